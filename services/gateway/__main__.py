@@ -1,0 +1,47 @@
+"""`python -m services.gateway --name gateway`: the gateway actor.
+
+Started by the supervisor, which passes the settings in HARK_* variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from aiohttp import web
+
+from services.gateway.app import create_app
+from shared import actor, logs
+from shared.config import Settings
+from shared.redis_util import connect
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.gateway")
+    parser.add_argument("--name", default="gateway", help="actor name")
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    logs.setup(settings.log_level, args.name)
+    if settings.redis_url is None:
+        parser.error("HARK_REDIS_URL is not set (the supervisor sets it)")
+
+    async def serve(stop: asyncio.Event) -> None:
+        assert settings.redis_url is not None
+        redis = connect(settings.redis_url, name=args.name)
+        runner = web.AppRunner(create_app(settings, redis, args.name), handle_signals=False,
+                               shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+            actor.notify_ready()
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            await redis.aclose()
+
+    actor.run(serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The gateway actor's core: sessions in, audio to mailboxes, results back out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.gateway.hub import Hub
+from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
+from services.gateway.router import Router
+from services.gateway.session import Session
+from shared import keys
+from shared.actor import ActorRuntime
+from shared.audit import Audit
+from shared.config import Settings
+from shared.messages import AudioChunk, SessionControl
+from shared.redis_util import Coalescer
+
+log = logging.getLogger(__name__)
+
+# How long `close` waits for the transcriber to flush before closing anyway.
+CLOSE_FLUSH_TIMEOUT_S = 10.0
+
+
+class Gateway:
+    """Owns the gateway's Redis-facing parts; `handle_ws` serves one client connection."""
+
+    def __init__(self, settings: Settings, redis: Redis, name: str = "gateway") -> None:
+        self.settings = settings
+        self.redis = redis
+        self.name = name
+        self.runtime = ActorRuntime(settings, redis, name, "gateway")
+        self.audit = Audit(redis, name, settings.audit_maxlen)
+        self.coalescer = Coalescer(redis)
+        self.hub = Hub(redis)
+        self.router = Router(redis, settings.heartbeat_interval)
+        self.sessions: dict[str, Session] = {}
+        self.accepting = True
+        self._beat_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.runtime.register()
+        await self.hub.start()
+        await self.router.start()
+        await self.runtime.beat("running", 0)
+        self._beat_task = asyncio.create_task(self._beat_loop(), name="gateway-heartbeat")
+        await self.audit.log("actor_start")
+
+    async def stop(self) -> None:
+        """Refuse new sessions, close open ones (1001), then release Redis resources."""
+        self.accepting = False
+        for session in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            await asyncio.gather(self._beat_task, return_exceptions=True)
+        await self.router.stop()
+        await self.hub.stop()
+        await self.coalescer.close()
+        await self.runtime.clear()
+        await self.audit.log("actor_stop")
+
+    async def _beat_loop(self) -> None:
+        # The gateway's message loop is its event loop: a beat from a task in it shows
+        # the loop still runs.
+        while True:
+            try:
+                await self.runtime.beat("running", len(self.sessions))
+            except RedisError:
+                log.warning("heartbeat write failed", exc_info=True)
+            await asyncio.sleep(self.settings.heartbeat_interval / 2)
+
+    # -- one connection ------------------------------------------------------------
+
+    async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        # Frames past twice the chunk limit are refused by aiohttp before they are
+        # buffered (close 1009); smaller oversize frames get an error and the session goes on.
+        ws = web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes, heartbeat=30)
+        await ws.prepare(request)
+        try:
+            fmt = AudioFormat().updated(dict(request.query))
+        except ClientError as exc:
+            return await _refuse(ws, exc.reply(), WSCloseCode.POLICY_VIOLATION)
+        if not self.accepting:
+            reply = error_reply("shutting_down", "the gateway is shutting down; reconnect")
+            return await _refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
+        actor = await self.router.pick()
+        if actor is None:
+            reply = error_reply("no_transcriber", "no transcriber is running; try again shortly")
+            return await _refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
+        session = Session(
+            ws, session_id=secrets.token_hex(16), client_id=secrets.token_hex(16),
+            resume_token=secrets.token_urlsafe(32), actor=actor, fmt=fmt,
+            queue_limit=self.settings.session_queue,
+        )  # fmt: skip
+        try:
+            await self._open(session, request)
+            await self._serve(session)
+        finally:
+            await self._end(session)
+        return ws
+
+    async def _open(self, session: Session, request: web.Request) -> None:
+        await self.hub.add(session)
+        self.sessions[session.session_id] = session
+        record = {
+            "client_id": session.client_id, "actor": session.actor,
+            "token_sha256": hashlib.sha256(session.resume_token.encode()).hexdigest(),
+            "created_at": f"{time.time():.3f}", "gateway": self.name,
+        }  # fmt: skip
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.session(session.session_id), mapping=record)  # type: ignore[arg-type]
+        pipe.expire(keys.session(session.session_id), self.settings.results_ttl)
+        self.audit.add_to(pipe, "session_open", session.session_id,
+                          actor=session.actor, peer=request.remote)  # fmt: skip
+        await pipe.execute()
+        log.info("session %s open on %s", session.session_id, session.actor)
+        session.send(session.greeting())
+
+    async def _serve(self, session: Session) -> None:
+        async for msg in session.ws:
+            try:
+                if msg.type == WSMsgType.BINARY:
+                    await self._on_audio(session, msg.data)
+                elif msg.type == WSMsgType.TEXT:
+                    if await self._on_text(session, msg.data):
+                        return
+                elif msg.type == WSMsgType.ERROR:
+                    log.info("session %s: connection error: %s", session.session_id,
+                             session.ws.exception())  # fmt: skip
+                    return
+            except ClientError as exc:
+                log.info("session %s: %s: %s", session.session_id, exc.code, exc.message)
+                session.stats.errors += 1
+                session.send(exc.reply())
+
+    async def _on_audio(self, session: Session, data: bytes) -> None:
+        if session.closing:
+            raise ClientError("session_closing", "audio after close is ignored")
+        size = len(data)
+        if size == 0:
+            raise ClientError("empty_frame", "Audio data is empty")
+        if size > self.settings.max_chunk_bytes:
+            raise ClientError(
+                "chunk_too_large",
+                f"audio chunk of {size} bytes exceeds the limit of "
+                f"{self.settings.max_chunk_bytes} bytes",
+            )
+        seq = session.last_seq + 1
+        chunk = AudioChunk(
+            session_id=session.session_id, client_id=session.client_id, seq=seq, data=data,
+            encoding=session.fmt.encoding, sample_rate=session.fmt.sample_rate,
+            received_at=time.time(),
+        )  # fmt: skip
+        try:
+            await self.coalescer.execute("XADD", keys.mailbox(session.actor), "*", "m",
+                                         chunk.encode())  # fmt: skip
+        except RedisError as exc:
+            log.warning("session %s: chunk %d not stored: %s", session.session_id, seq, exc)
+            raise ClientError("unavailable", "audio could not be stored; send it again") from None
+        session.last_seq = seq
+        session.acked(seq, size)
+
+    async def _on_text(self, session: Session, text: str) -> bool:
+        """Handle a control frame; True when the session is over."""
+        msg = parse_control(text)
+        kind = msg["type"]
+        if kind == "start":
+            if session.last_seq > 0:
+                raise ClientError("bad_setting", "start must come before the first audio frame")
+            params = {k: v for k, v in msg.items() if k != "type"}
+            session.fmt = session.fmt.updated(params)
+            session.send(session.greeting())
+        elif kind == "finalize":
+            await self._control(session, "finalize")
+        elif kind == "close":
+            session.closing = True
+            await self._control(session, "close")
+            complete = True
+            try:
+                await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                complete = False
+                log.warning("session %s: transcriber did not flush within %.0f s",
+                            session.session_id, CLOSE_FLUSH_TIMEOUT_S)  # fmt: skip
+            session.send(session.summary(complete))
+            return True
+        # keepalive needs no reply: receiving it is all it is for.
+        return False
+
+    async def _control(self, session: Session, op: str) -> None:
+        control = SessionControl(session.session_id, session.client_id, session.last_seq, op)
+        try:
+            await self.coalescer.execute("XADD", keys.mailbox(session.actor), "*", "m",
+                                         control.encode())  # fmt: skip
+        except RedisError:
+            raise ClientError("unavailable", f"{op} could not be delivered; try again") from None
+
+    async def _end(self, session: Session) -> None:
+        self.sessions.pop(session.session_id, None)
+        self.router.release(session.actor)
+        await self.hub.remove(session)
+        with contextlib.suppress(ClientError):  # Redis is away; the actor's idle sweep cleans up
+            await self._control(session, "end")
+        await session.drain(grace=2.0)
+        if not session.ws.closed:
+            await session.ws.close()
+        s = session.stats
+        await self.audit.log("session_close", session.session_id, chunks=s.chunks, bytes=s.bytes,
+                             finals=s.finals, errors=s.errors)  # fmt: skip
+        log.info("session %s closed: %d chunks, %d finals", session.session_id, s.chunks, s.finals)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "sessions": len(self.sessions),
+            "live_transcribers": sorted(self.router.live),
+            "subscriptions": self.hub.channels,
+        }
+
+
+async def _refuse(
+    ws: web.WebSocketResponse, reply: dict[str, Any], code: int
+) -> web.StreamResponse:
+    await ws.send_json(reply)
+    await ws.close(code=code, message=reply["error"].encode()[:120])
+    return ws

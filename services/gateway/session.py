@@ -1,0 +1,190 @@
+"""One client session in the gateway: its ids, its order of replies, its outgoing queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from services.gateway.protocol import AudioFormat, error_reply
+from shared.messages import ActorError, Flushed, Message, Transcript
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionStats:
+    chunks: int = 0
+    bytes: int = 0
+    finals: int = 0
+    partials: int = 0
+    errors: int = 0
+    duplicates_dropped: int = 0
+    opened_at: float = field(default_factory=time.time)
+
+
+class Session:
+    """A client's session on this gateway.
+
+    Replies leave in a fixed order: a chunk's ack before any result for it, finals in
+    seq order and each once (a result redelivered after a transcriber restart has a
+    seq already delivered and is dropped). The outgoing queue is bounded: at three
+    quarters full the client gets a warning, when full the connection is closed with
+    1013, so a client that stops reading cannot grow the gateway's memory.
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        *,
+        session_id: str,
+        client_id: str,
+        resume_token: str,
+        actor: str,
+        fmt: AudioFormat,
+        queue_limit: int,
+    ) -> None:
+        self.ws = ws
+        self.session_id = session_id
+        self.client_id = client_id
+        self.resume_token = resume_token
+        self.actor = actor
+        self.fmt = fmt
+        self.queue_limit = queue_limit
+        self.stats = SessionStats()
+        self.last_seq = 0  # last seq given to an accepted chunk
+        self.acked_seq = 0
+        self.delivered_seq = 0  # last final sent to the client
+        self.closing = False
+        self.close_flushed = asyncio.Event()
+        self.latencies: deque[float] = deque(maxlen=1024)
+        self._held: list[Transcript] = []
+        self._out: deque[str] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._warned = False
+        self._overflowed = False
+        self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{session_id}")
+
+    # -- outgoing -------------------------------------------------------------------
+
+    def send(self, reply: dict[str, Any]) -> None:
+        """Queue a reply; never blocks. Overflow closes the session (see class doc)."""
+        if self._overflowed or self._writer.done():
+            return
+        if len(self._out) >= self.queue_limit:
+            self._overflow()
+            return
+        if not self._warned and len(self._out) >= self.queue_limit * 3 // 4:
+            self._warned = True
+            self._out.append(json.dumps(error_reply(
+                "slow_consumer",
+                f"replies are piling up ({len(self._out)} waiting); read faster or be closed",
+            )))  # fmt: skip
+        self._out.append(json.dumps(reply))
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def _write(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._out:
+                await self.ws.send_str(self._out.popleft())
+            self._idle.set()
+            if self._warned and len(self._out) < self.queue_limit // 4:
+                self._warned = False
+
+    def _overflow(self) -> None:
+        self._overflowed = True
+        log.warning("session %s: outgoing queue full (%d), closing", self.session_id,
+                    len(self._out))  # fmt: skip
+        self._out.clear()
+        self._writer.cancel()
+        reason = b"client too slow: outgoing queue full"
+        task = asyncio.create_task(self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason))
+        task.add_done_callback(_log_failure)
+
+    async def drain(self, grace: float) -> None:
+        """Wait until the queued replies are written (or `grace` seconds pass), then stop."""
+        if self._out and not self._writer.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        await self.stop_writer()
+
+    async def stop_writer(self) -> None:
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+            await self._writer
+
+    # -- incoming from the transcriber ---------------------------------------------------
+
+    def acked(self, seq: int, size: int) -> None:
+        """Chunk `seq` is stored in the mailbox: ack it, then release results held for it."""
+        self.acked_seq = seq
+        self.stats.chunks += 1
+        self.stats.bytes += size
+        self.send({"status": "received", "size": size, "seq": seq})
+        if self._held:
+            ready = [t for t in self._held if t.seq <= seq]
+            self._held = [t for t in self._held if t.seq > seq]
+            for transcript in ready:
+                self._deliver(transcript)
+
+    def on_message(self, msg: Message) -> None:
+        if isinstance(msg, Transcript):
+            if msg.seq > self.acked_seq:  # result overtook the ack of its chunk
+                self._held.append(msg)
+            else:
+                self._deliver(msg)
+        elif isinstance(msg, Flushed):
+            if msg.op == "finalize":
+                self.send({"status": "finalized", "seq": msg.seq})
+            elif msg.op == "close":
+                self.close_flushed.set()
+        elif isinstance(msg, ActorError):
+            self.stats.errors += 1
+            self.send(error_reply(msg.code, msg.error, msg.seq))
+
+    def _deliver(self, t: Transcript) -> None:
+        if t.seq <= self.delivered_seq:
+            self.stats.duplicates_dropped += 1
+            return
+        if not t.final and not self.fmt.interim:
+            return
+        if t.final:
+            self.delivered_seq = t.seq
+            self.stats.finals += 1
+            self.latencies.append(time.time() - t.received_at)
+        else:
+            self.stats.partials += 1
+        self.send({
+            "status": "transcript", "client_id": self.client_id, "session_id": self.session_id,
+            "text": t.text, "seq": t.seq, "final": t.final,
+        })  # fmt: skip
+
+    def greeting(self) -> dict[str, Any]:
+        return {
+            "status": "ready", "session_id": self.session_id, "client_id": self.client_id,
+            "resume_token": self.resume_token, "actor": self.actor, **self.fmt.public(),
+        }  # fmt: skip
+
+    def summary(self, complete: bool) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "status": "closed", "session_id": self.session_id, "chunks": s.chunks,
+            "bytes": s.bytes, "finals": s.finals, "last_seq": self.last_seq,
+            "complete": complete,
+        }  # fmt: skip
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("closing a websocket failed", exc_info=task.exception())

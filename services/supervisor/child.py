@@ -1,0 +1,88 @@
+"""What the supervisor knows about each child: its spec, state and history."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Restart(enum.Enum):
+    """Erlang/OTP restart types."""
+
+    PERMANENT = "permanent"  # always restarted
+    TRANSIENT = "transient"  # restarted only after an abnormal exit
+    TEMPORARY = "temporary"  # never restarted
+
+
+class State(enum.Enum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    HUNG = "HUNG"  # missed its heartbeats; being killed
+    BACKOFF = "BACKOFF"  # exited; waiting to be restarted
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    EXITED = "EXITED"  # exited and not to be restarted (transient/temporary)
+    FATAL = "FATAL"  # restarted too often within the intensity window; given up
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How to start one actor. `name` is stable across restarts (it names the mailbox)."""
+
+    name: str
+    role: str  # redis | gateway | transcriber
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    restart: Restart = Restart.PERMANENT
+    notify: bool = True  # readiness comes as a line on a pipe (hark actors)
+
+
+@dataclass
+class Child:
+    """A supervised child and what happened to it."""
+
+    spec: ChildSpec
+    state: State = State.STOPPED
+    pid: int | None = None
+    started_at: float | None = None  # monotonic, of the current incarnation
+    restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)  # monotonic
+    last_exit: str | None = None
+    last_exit_at: float | None = None  # wall clock
+    last_restart_ms: float | None = None  # death -> replacement ready
+    heartbeat_age: float | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def row(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "name": self.name,
+            "role": self.spec.role,
+            "state": self.state.value,
+            "pid": self.pid,
+            "uptime_s": round(now - self.started_at, 3) if self.started_at is not None else None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "last_exit_at": self.last_exit_at,
+            "last_restart_ms": self.last_restart_ms,
+            "heartbeat_age_s": self.heartbeat_age,
+        }
+
+
+def describe_exit(returncode: int) -> str:
+    """'exit 0', 'exit 3' or 'killed by SIGKILL'."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    import signal
+
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"

@@ -1,0 +1,216 @@
+"""The `hark` command: `hark up` runs the tree, `hark status` reports on it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from services.supervisor.api import create_status_app
+from services.supervisor.backends.process import ProcessBackend
+from services.supervisor.supervisor import StartupError, Supervisor
+from services.supervisor.tree import RedisNotFound, actor_specs, embedded_redis
+from shared import actor, logs
+from shared.config import ENGINES, Settings, SettingsError, redact_url
+
+log = logging.getLogger("services.supervisor")
+
+# CLI flag -> Settings field, for the flags of `hark up` that override the environment.
+UP_FLAGS = {
+    "host": "host", "port": "port", "status_host": "status_host",
+    "status_port": "status_port", "transcribers": "transcribers", "engine": "engine",
+    "redis_url": "redis_url", "log_level": "log_level",
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hark", description="hark: a streaming speech-to-text gateway."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser(
+        "up",
+        help="run the whole tree: redis (embedded), gateway, transcribers",
+        description="Start the supervisor and its tree. Flags override HARK_* variables. "
+        "Ctrl-C (or SIGTERM) stops the tree: gateway, transcribers, then redis.",
+    )
+    up.add_argument("--host", help="gateway address (HARK_HOST, default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="gateway port (HARK_PORT, default 8000)")
+    up.add_argument("--status-host", help="supervisor API address (HARK_STATUS_HOST, "
+                    "default 127.0.0.1)")  # fmt: skip
+    up.add_argument("--status-port", type=int,
+                    help="supervisor API port (HARK_STATUS_PORT, default 8001)")  # fmt: skip
+    up.add_argument("--transcribers", type=int, metavar="N",
+                    help="transcriber actors (HARK_TRANSCRIBERS, default 2)")  # fmt: skip
+    up.add_argument("--engine", choices=ENGINES, help="engine (HARK_ENGINE, default mock)")
+    up.add_argument("--redis-url", help="use this Redis instead of starting an embedded one "
+                    "(HARK_REDIS_URL)")  # fmt: skip
+    up.add_argument("--log-level", help="DEBUG, INFO, WARNING... (HARK_LOG_LEVEL, default INFO)")
+
+    status = sub.add_parser(
+        "status",
+        help="one row per actor; exit 0 when all are RUNNING",
+        description="Ask the supervisor for the state of the tree. Exit code: 0 all RUNNING, "
+        "1 not healthy, 2 supervisor unreachable.",
+    )
+    status.add_argument("--json", action="store_true", help="print the JSON the API serves")
+    status.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
+                        "HARK_STATUS_PORT)")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if args.command == "up":
+            overrides = {
+                field: getattr(args, flag)
+                for flag, field in UP_FLAGS.items()
+                if getattr(args, flag) is not None
+            }
+            if "log_level" in overrides:
+                overrides["log_level"] = overrides["log_level"].upper()
+            settings = dataclasses.replace(settings, **overrides)
+    except SettingsError as exc:
+        sys.exit(f"hark: bad setting: {exc}")
+    if args.command == "up":
+        sys.exit(up(settings))
+    sys.exit(status(settings, args.url, args.json))
+
+
+# -- hark up ---------------------------------------------------------------------------
+
+
+def up(settings: Settings) -> int:
+    logs.setup(settings.log_level, "supervisor")
+    code = 0
+
+    async def serve(stop: asyncio.Event) -> None:
+        nonlocal code
+        code = await run_tree(settings, stop)
+
+    actor.run(serve)
+    return code
+
+
+async def run_tree(settings: Settings, stop: asyncio.Event) -> int:
+    """Run the tree until `stop` is set; the exit code for `hark up`."""
+    with tempfile.TemporaryDirectory(prefix="hark-") as workdir:
+        specs = []
+        if settings.redis_url is None:
+            try:
+                redis_spec, redis_url = embedded_redis(Path(workdir))
+            except RedisNotFound as exc:
+                log.error("%s", exc)
+                return 1
+            specs.append(redis_spec)
+        else:
+            redis_url = settings.redis_url
+        specs += actor_specs(settings, redis_url)
+        supervisor = Supervisor(settings, ProcessBackend(), specs, redis_url)
+        runner = web.AppRunner(create_status_app(supervisor), handle_signals=False)
+        await runner.setup()
+        try:
+            try:
+                await web.TCPSite(runner, settings.status_host, settings.status_port).start()
+            except OSError as exc:
+                log.error("cannot serve the status API on %s:%d: %s", settings.status_host,
+                          settings.status_port, exc.strerror)  # fmt: skip
+                return 1
+            starting = asyncio.create_task(supervisor.start())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return 130
+            stopped.cancel()
+            try:
+                starting.result()
+            except StartupError as exc:
+                log.error("hark could not start: %s", exc)
+                return 1
+            _banner(settings, redis_url)
+            await stop.wait()
+            log.info("stopping the tree")
+            return 0
+        finally:
+            await supervisor.stop()
+            await runner.cleanup()
+
+
+def _banner(settings: Settings, redis_url: str) -> None:
+    where = "embedded, loopback only" if settings.redis_url is None else "external"
+    lines = [
+        "hark is up",
+        f"  web page   http://{settings.host}:{settings.port}/",
+        f"  WebSocket  ws://{settings.host}:{settings.port}/ws",
+        f"  status     http://{settings.status_host}:{settings.status_port}/status   (hark status)",
+        f"  redis      {redact_url(redis_url)} ({where})",
+        f"  engine     {settings.engine}, {settings.transcribers} transcriber(s)",
+        "Ctrl-C stops it.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+# -- hark status -----------------------------------------------------------------------
+
+COLUMNS = (
+    ("NAME", "name", 15), ("STATE", "state", 9), ("PID", "pid", 8), ("UPTIME", "uptime_s", 10),
+    ("RESTARTS", "restarts", 9), ("LAST EXIT", "last_exit", 18),
+    ("HEARTBEAT", "heartbeat_age_s", 10), ("RESTART MS", "last_restart_ms", 10),
+)  # fmt: skip
+
+
+def status(settings: Settings, url: str | None, as_json: bool) -> int:
+    base = url or f"http://{settings.status_host}:{settings.status_port}"
+    try:
+        with urllib.request.urlopen(f"{base.rstrip('/')}/status", timeout=5) as resp:
+            report: dict[str, Any] = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"hark: supervisor not reachable at {base}: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_status(report))
+    return 0 if report.get("healthy") else 1
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = [f"tree {report['state']}  redis {'up' if report['redis'] else 'DOWN'}"]
+    lines.append("  ".join(title.ljust(width) for title, _, width in COLUMNS).rstrip())
+    for row in report["actors"]:
+        cells = [_cell(key, row.get(key)).ljust(width) for _, key, width in COLUMNS]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "uptime_s":
+        return _duration(float(value))
+    if key == "heartbeat_age_s":
+        return f"{float(value):.1f}s"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

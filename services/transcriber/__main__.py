@@ -1,0 +1,43 @@
+"""`python -m services.transcriber --name transcriber-0`: one transcriber actor.
+
+Started by the supervisor, which passes the settings in HARK_* variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from services.transcriber.actor import Transcriber
+from services.transcriber.engines import create_engine
+from shared import actor, logs
+from shared.config import Settings
+from shared.redis_util import connect
+
+log = logging.getLogger("services.transcriber")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.transcriber")
+    parser.add_argument("--name", required=True, help="actor name; also its mailbox and consumer")
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    logs.setup(settings.log_level, args.name)
+    if settings.redis_url is None:
+        parser.error("HARK_REDIS_URL is not set (the supervisor sets it)")
+    engine = create_engine(settings.engine)
+
+    async def serve(stop: asyncio.Event) -> None:
+        assert settings.redis_url is not None
+        redis = connect(settings.redis_url, name=args.name)
+        try:
+            await Transcriber(settings, engine, redis, args.name).run(stop)
+        finally:
+            await redis.aclose()
+
+    actor.run(serve)
+
+
+if __name__ == "__main__":
+    main()

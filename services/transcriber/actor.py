@@ -1,0 +1,214 @@
+"""The transcriber actor: reads its mailbox, runs the engine, publishes results.
+
+Reliability rests on the consumer group: an entry stays pending until XACK, and
+XACK happens only once the engine has covered the chunk with a final that is
+already in `hark:results:{session}`. A new incarnation of the same actor (same
+name, same consumer) first re-reads its own pending entries from id 0 and feeds
+them to fresh engine sessions, which rebuilds the state the dead one had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
+
+from services.transcriber.engines import Engine, EngineSession, Result
+from shared import keys
+from shared.actor import ActorRuntime, notify_ready
+from shared.audit import Audit
+from shared.config import Settings
+from shared.messages import (
+    AudioChunk,
+    Flushed,
+    Message,
+    MessageError,
+    SessionControl,
+    Transcript,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+READ_COUNT = 256
+# A session that has sent nothing for this long lost its gateway without an "end".
+IDLE_SESSION_S = 600.0
+
+
+@dataclass
+class _Session:
+    session_id: str
+    client_id: str
+    engine: EngineSession
+    received_at: float = 0.0
+    # (seq, entry id) of chunks not yet covered by a final, oldest first
+    pending: list[tuple[int, bytes]] = field(default_factory=list)
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class Transcriber:
+    """One transcriber actor: `Transcriber(settings, engine, redis, name)`, then `run(stop)`."""
+
+    def __init__(self, settings: Settings, engine: Engine, redis: Redis, name: str) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.redis = redis
+        self.name = name
+        self.runtime = ActorRuntime(settings, redis, name, "transcriber")
+        self.audit = Audit(redis, name, settings.audit_maxlen)
+        self.mailbox = keys.mailbox(name)
+        self.sessions: dict[str, _Session] = {}
+        self.recovered = 0
+        self._last_sweep = time.monotonic()
+
+    async def start(self) -> None:
+        """Create the mailbox and group if needed, register, and replay pending entries."""
+        try:
+            await self.redis.xgroup_create(self.mailbox, keys.GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        await self.runtime.register()
+        await self.runtime.beat("starting", 0)
+        await self._recover()
+        await self.runtime.beat("running", len(self.sessions))
+        await self.audit.log("actor_start", engine=self.engine.name, recovered=self.recovered)
+        log.info("%s ready (engine %s, %d entries recovered)",
+                 self.name, self.engine.name, self.recovered)  # fmt: skip
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The message loop, until `stop` is set. Entries left pending wait for the next run."""
+        await self.start()
+        notify_ready()
+        block_ms = max(1, int(self.settings.heartbeat_interval * 500))
+        while not stop.is_set():
+            reply = await self.redis.xreadgroup(
+                keys.GROUP, self.name, {self.mailbox: ">"}, count=READ_COUNT, block=block_ms
+            )
+            await self._handle(_entries(reply))
+        await self.runtime.clear()
+        await self.audit.log("actor_stop")
+
+    async def _recover(self) -> None:
+        last = b"0"
+        while True:
+            reply = await self.redis.xreadgroup(
+                keys.GROUP, self.name, {self.mailbox: last}, count=READ_COUNT
+            )
+            entries = _entries(reply)
+            if not entries:
+                return
+            self.recovered += len(entries)
+            await self._handle(entries)
+            last = entries[-1][0]
+
+    async def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        acks: list[bytes] = []
+        touched: dict[str, _Session] = {}
+        for entry_id, fields in entries:
+            payload = fields.get(b"m") if fields else None
+            try:
+                if payload is None:
+                    raise MessageError("entry has no message")
+                msg = decode(payload)
+                self._apply(pipe, entry_id, msg, acks, touched)
+            except MessageError as exc:
+                # A malformed entry is dropped and reported, never retried into a wedge.
+                log.warning("%s: dropping bad mailbox entry %r: %s", self.name, entry_id, exc)
+                self.audit.add_to(pipe, "bad_message", entry=entry_id.decode(), error=str(exc))
+                acks.append(entry_id)
+        for sess in touched.values():
+            committed = sess.engine.committed_seq
+            while sess.pending and sess.pending[0][0] <= committed:
+                acks.append(sess.pending.pop(0)[1])
+            pipe.expire(keys.results(sess.session_id), self.settings.results_ttl)
+        if acks:
+            pipe.xack(self.mailbox, keys.GROUP, *acks)
+        if self.runtime.beat_due():
+            key, value, ttl = self.runtime.heartbeat("running", len(self.sessions))
+            pipe.set(key, value, px=ttl)
+        self._sweep(pipe)
+        if len(pipe):
+            await pipe.execute()
+
+    def _apply(
+        self,
+        pipe: Pipeline,
+        entry_id: bytes,
+        msg: Message,
+        acks: list[bytes],
+        touched: dict[str, _Session],
+    ) -> None:
+        if isinstance(msg, AudioChunk):
+            sess = self._session(msg.session_id, msg.client_id, msg.encoding, msg.sample_rate)
+            sess.received_at = msg.received_at
+            sess.last_seen = time.monotonic()
+            sess.pending.append((msg.seq, entry_id))
+            touched[sess.session_id] = sess
+            self._publish(pipe, sess, sess.engine.feed(msg.seq, msg.data))
+        elif isinstance(msg, SessionControl):
+            acks.append(entry_id)
+            sess_or_none = self.sessions.get(msg.session_id)
+            if sess_or_none is not None:
+                touched[msg.session_id] = sess_or_none
+                self._publish(pipe, sess_or_none, sess_or_none.engine.flush())
+            if msg.op == "end":
+                gone = self.sessions.pop(msg.session_id, None)
+                if gone is not None:  # the client left: nothing of it is waited for any more
+                    acks.extend(entry for _, entry in gone.pending)
+                    gone.pending.clear()
+                return
+            flushed = Flushed(msg.session_id, msg.client_id, msg.seq, msg.op).encode()
+            pipe.publish(keys.transcripts(msg.client_id), flushed)
+        else:
+            raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
+
+    def _session(self, session_id: str, client_id: str, encoding: str, rate: int) -> _Session:
+        sess = self.sessions.get(session_id)
+        if sess is None:
+            engine_session = self.engine.open_session(session_id, encoding, rate)
+            sess = _Session(session_id, client_id, engine_session)
+            self.sessions[session_id] = sess
+        return sess
+
+    def _publish(self, pipe: Pipeline, sess: _Session, results: list[Result]) -> None:
+        for result in results:
+            payload = Transcript(
+                session_id=sess.session_id, client_id=sess.client_id, seq=result.seq,
+                text=result.text, final=result.final, actor=self.name,
+                received_at=sess.received_at,
+            ).encode()  # fmt: skip
+            if result.final:
+                # Stored before published and before the XACK that follows in this pipeline,
+                # so a final the client may have missed is always there to replay.
+                pipe.xadd(keys.results(sess.session_id), {"m": payload},
+                          maxlen=self.settings.results_maxlen, approximate=True)  # fmt: skip
+                self.audit.add_to(pipe, "transcript", sess.session_id,
+                                  seq=result.seq, text=result.text)  # fmt: skip
+            pipe.publish(keys.transcripts(sess.client_id), payload)
+
+    def _sweep(self, pipe: Pipeline) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < IDLE_SESSION_S / 10:
+            return
+        self._last_sweep = now
+        for sid in [s for s, v in self.sessions.items() if now - v.last_seen > IDLE_SESSION_S]:
+            sess = self.sessions.pop(sid)
+            self._publish(pipe, sess, sess.engine.flush())
+            if sess.pending:
+                pipe.xack(self.mailbox, keys.GROUP, *(entry for _, entry in sess.pending))
+            log.info("%s: session %s idle for %.0f s, dropped", self.name, sid, IDLE_SESSION_S)
+
+
+def _entries(reply: object) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    """The entries of a single-stream XREADGROUP reply (RESP2: [[stream, entries]])."""
+    if not reply:
+        return []
+    assert isinstance(reply, list)
+    return list(reply[0][1])

@@ -1,0 +1,97 @@
+"""What every actor process shares: heartbeat, readiness notice, entry-point plumbing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.config import Settings
+from shared.messages import Heartbeat
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+NOTIFY_FD_ENV = "HARK_NOTIFY_FD"
+
+
+class ActorRuntime:
+    """An actor's identity and liveness signals.
+
+    The heartbeat is a key with a TTL of (misses + 1) beats, written from inside
+    the actor's own loop, so a stuck loop shows as an ageing or missing key.
+    """
+
+    def __init__(self, settings: Settings, redis: Redis, name: str, role: str) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.name = name
+        self.role = role
+        self.started_at = time.time()
+        self._last_beat = 0.0
+        self._ttl_ms = int(settings.heartbeat_interval * (settings.heartbeat_misses + 1) * 1000)
+
+    def heartbeat(self, state: str, load: int) -> tuple[str, bytes, int]:
+        """The key, value and TTL (ms) of a heartbeat, for the caller's SET ... PX."""
+        self._last_beat = time.monotonic()
+        beat = Heartbeat(
+            name=self.name, pid=os.getpid(), role=self.role, state=state, load=load,
+            version=VERSION, ts=time.time(), started_at=self.started_at,
+        )  # fmt: skip
+        return keys.actor(self.name), beat.encode(), self._ttl_ms
+
+    def beat_due(self) -> bool:
+        # Twice per interval, so one late beat is never read as a miss.
+        return time.monotonic() - self._last_beat >= self.settings.heartbeat_interval / 2
+
+    async def beat(self, state: str, load: int) -> None:
+        key, value, ttl = self.heartbeat(state, load)
+        await self.redis.set(key, value, px=ttl)
+
+    async def register(self) -> None:
+        await self.redis.sadd(keys.ACTORS, self.name)
+
+    async def clear(self) -> None:
+        """Remove the heartbeat at a clean stop, so nobody routes to a stopped actor."""
+        with contextlib.suppress(Exception):
+            await self.redis.delete(keys.actor(self.name))
+
+
+def notify_ready() -> None:
+    """Tell the supervisor (process backend) that this actor is up: one line on a pipe."""
+    fd = os.environ.pop(NOTIFY_FD_ENV, None)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"READY\n")
+        os.close(int(fd))
+    except OSError:
+        log.warning("could not notify the supervisor on fd %s", fd)
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run an actor's `main(stop)` on uvloop where available; SIGTERM/SIGINT set `stop`.
+
+    The handlers only record the signal; `main` decides how to wind down.
+    """
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(runner())
+    else:
+        uvloop.run(runner())

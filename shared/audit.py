@@ -1,0 +1,62 @@
+"""The audit log: one Redis Stream (`hark:audit`) that every actor appends to.
+
+Entries are flat string maps: `event`, `actor`, `ts`, optionally `session`, plus
+event-specific fields. Secrets never go in: callers pass only ids and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared import keys
+
+log = logging.getLogger(__name__)
+
+
+class Audit:
+    """Writes an actor's audit entries. Appending never raises into the caller's path."""
+
+    def __init__(self, redis: Redis, actor: str, maxlen: int) -> None:
+        self._redis = redis
+        self.actor = actor
+        self.maxlen = maxlen
+
+    def entry(self, event: str, session: str | None = None, **fields: Any) -> dict[str, str]:
+        out = {"event": event, "actor": self.actor, "ts": f"{time.time():.6f}"}
+        if session is not None:
+            out["session"] = session
+        for key, value in fields.items():
+            if value is not None:
+                out[key] = str(value)
+        return out
+
+    def add_to(self, pipe: Pipeline, event: str, session: str | None = None, **fields: Any) -> None:
+        """Queue the entry on a pipeline the caller executes anyway."""
+        pipe.xadd(keys.AUDIT, self.entry(event, session, **fields),  # type: ignore[arg-type]
+                  maxlen=self.maxlen, approximate=True)  # fmt: skip
+
+    async def log(self, event: str, session: str | None = None, **fields: Any) -> None:
+        try:
+            await self._redis.xadd(
+                keys.AUDIT, self.entry(event, session, **fields),  # type: ignore[arg-type]
+                maxlen=self.maxlen, approximate=True,
+            )  # fmt: skip
+        except Exception:
+            # Losing an audit line must not take a session or a restart down with it.
+            log.warning("audit write failed: %s session=%s", event, session, exc_info=True)
+
+
+def format_entry(entry_id: str, fields: dict[str, str]) -> str:
+    """One audit entry as a readable line: time, event, actor, session, the rest."""
+    ts = float(fields.get("ts", "0"))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+    rest = " ".join(
+        f"{k}={v}" for k, v in fields.items() if k not in ("ts", "event", "actor", "session")
+    )
+    session = fields.get("session", "-")
+    return f"{when} {fields.get('event', '?'):<16} {fields.get('actor', '?'):<16} {session} {rest}"

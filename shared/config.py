@@ -1,0 +1,171 @@
+"""hark's one settings object.
+
+Built once at each entry point (`Settings.from_env()`, then CLI flags applied with
+`dataclasses.replace`) and passed down. The supervisor hands its settings to the
+actors it starts through the same environment variables (`to_env()`), so every
+process of a tree agrees on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ENGINES = ("mock",)
+ENCODINGS = ("pcm_s16le", "pcm_f32le")
+
+
+class SettingsError(ValueError):
+    """A setting has a value hark cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """Where a setting comes from: its HARK_ name and the original service's alias."""
+
+    name: str
+    alias: str | None = None
+
+
+def _env(name: str, alias: str | None = None) -> dict[str, Any]:
+    return {"env": EnvVar(name, alias)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a hark tree. Field metadata names the environment variable."""
+
+    host: str = field(default="127.0.0.1", metadata=_env("HARK_HOST"))
+    port: int = field(default=8000, metadata=_env("HARK_PORT", "APP_PORT"))
+    status_host: str = field(default="127.0.0.1", metadata=_env("HARK_STATUS_HOST"))
+    status_port: int = field(default=8001, metadata=_env("HARK_STATUS_PORT"))
+    transcribers: int = field(default=2, metadata=_env("HARK_TRANSCRIBERS"))
+    engine: str = field(default="mock", metadata=_env("HARK_ENGINE"))
+    # None: `hark up` starts an embedded redis-server on loopback.
+    redis_url: str | None = field(default=None, metadata=_env("HARK_REDIS_URL", "REDIS_URL"))
+    max_chunk_bytes: int = field(
+        default=1024 * 1024, metadata=_env("HARK_MAX_CHUNK_BYTES", "MAX_AUDIO_SIZE")
+    )
+    log_level: str = field(default="INFO", metadata=_env("HARK_LOG_LEVEL", "LOG_LEVEL"))
+    heartbeat_interval: float = field(default=1.0, metadata=_env("HARK_HEARTBEAT_INTERVAL"))
+    heartbeat_misses: int = field(default=3, metadata=_env("HARK_HEARTBEAT_MISSES"))
+    shutdown_timeout: float = field(default=5.0, metadata=_env("HARK_SHUTDOWN_TIMEOUT"))
+    restart_intensity: int = field(default=5, metadata=_env("HARK_RESTART_INTENSITY"))
+    restart_period: float = field(default=10.0, metadata=_env("HARK_RESTART_PERIOD"))
+    backoff_min: float = field(default=0.1, metadata=_env("HARK_BACKOFF_MIN"))
+    backoff_max: float = field(default=30.0, metadata=_env("HARK_BACKOFF_MAX"))
+    session_queue: int = field(default=256, metadata=_env("HARK_SESSION_QUEUE"))
+    audit_maxlen: int = field(default=100_000, metadata=_env("HARK_AUDIT_MAXLEN"))
+    results_maxlen: int = field(default=1000, metadata=_env("HARK_RESULTS_MAXLEN"))
+    results_ttl: int = field(default=3600, metadata=_env("HARK_RESULTS_TTL"))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise SettingsError naming the first setting that cannot work."""
+        for name in ("port", "status_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise SettingsError(f"{_var(name)}={value}: a port is 0..65535")
+        positive = (
+            "transcribers", "max_chunk_bytes", "heartbeat_interval", "heartbeat_misses",
+            "shutdown_timeout", "restart_period", "backoff_min", "backoff_max",
+            "session_queue", "audit_maxlen", "results_maxlen", "results_ttl",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_var(name)}={getattr(self, name)}: must be > 0")
+        if self.restart_intensity < 0:
+            raise SettingsError(f"{_var('restart_intensity')}: must be >= 0")
+        if self.engine not in ENGINES:
+            raise SettingsError(f"HARK_ENGINE={self.engine!r}: one of {', '.join(ENGINES)}")
+        if self.backoff_min > self.backoff_max:
+            raise SettingsError("HARK_BACKOFF_MIN must not exceed HARK_BACKOFF_MAX")
+        if self.redis_url is not None:
+            scheme = urlsplit(self.redis_url).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                raise SettingsError(
+                    f"HARK_REDIS_URL: scheme {scheme!r} is not redis://, rediss:// or unix://"
+                )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from HARK_* variables (or the original service's aliases)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var: EnvVar = f.metadata["env"]
+            raw = env.get(var.name)
+            if raw is None and var.alias is not None:
+                raw = env.get(var.alias)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f, var.name, raw)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env()` in a child rebuild these settings."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.metadata["env"].name] = str(value)
+        return out
+
+    def transcriber_names(self) -> list[str]:
+        return [f"transcriber-{i}" for i in range(self.transcribers)]
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "redis_url" and value is not None:
+                value = redact_url(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    def public(self) -> dict[str, Any]:
+        """The settings as JSON-safe values with secrets redacted."""
+        out = dataclasses.asdict(self)
+        if self.redis_url is not None:
+            out["redis_url"] = redact_url(self.redis_url)
+        return out
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***'."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _var(name: str) -> str:
+    for f in dataclasses.fields(Settings):
+        if f.name == name:
+            env: EnvVar = f.metadata["env"]
+            return env.name
+    raise KeyError(name)
+
+
+def _parse(f: dataclasses.Field[Any], var: str, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{var}={raw!r}: not a {kind}") from None
+    if var.endswith("LOG_LEVEL"):
+        return raw.upper()
+    return raw

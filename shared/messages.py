@@ -1,0 +1,192 @@
+"""Messages between actors: msgpack maps with a version and a kind, one class per kind.
+
+Every message encodes to `{"v": VERSION, "kind": <kind>, <fields>...}`. `decode()`
+checks the version, the kind and every field's type, so a malformed payload from
+Redis becomes a `MessageError` at the edge instead of an AttributeError deep in
+an actor. Clients never see these: they speak JSON to the gateway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+VERSION = 1
+
+
+class MessageError(ValueError):
+    """A payload is not a valid hark message of a known kind and version."""
+
+
+M = TypeVar("M", bound="Message")
+
+_KINDS: dict[str, type[Message]] = {}
+# Field types allowed on the wire; `float` accepts ints too, since msgpack keeps 1.0 as a float
+# but a peer in another language may send 1.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "bytes": (bytes,),
+    "str | None": (str, type(None)),
+    "float | None": (float, int, type(None)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every wire message. Subclasses set KIND and declare typed fields."""
+
+    KIND: ClassVar[str] = ""
+
+    def __init_subclass__(cls) -> None:
+        if cls.KIND:
+            # dataclass(slots=True) builds a second class of the same name: that one replaces
+            # the first; a different class claiming a taken kind is a bug.
+            known = _KINDS.get(cls.KIND)
+            if known is not None and known.__qualname__ != cls.__qualname__:
+                raise TypeError(f"message kind {cls.KIND!r} defined twice")
+            _KINDS[cls.KIND] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": VERSION, "kind": self.KIND}
+        for f in dataclasses.fields(self):
+            out[f.name] = getattr(self, f.name)
+        return out
+
+    def encode(self) -> bytes:
+        packed: bytes = msgpack.packb(self.to_dict(), use_bin_type=True)
+        return packed
+
+
+def decode(payload: bytes) -> Message:
+    """The message in `payload`, or MessageError saying what is wrong with it."""
+    try:
+        data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise MessageError(f"not msgpack: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError(f"not a map but {type(data).__name__}")
+    version = data.get("v")
+    if version != VERSION:
+        raise MessageError(f"unsupported version {version!r} (this build speaks {VERSION})")
+    kind = data.get("kind")
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageError(f"unknown kind {kind!r}")
+    return _build(cls, data)
+
+
+def decode_as(cls: type[M], payload: bytes) -> M:
+    """Like decode(), but the message must be of class `cls`."""
+    msg = decode(payload)
+    if not isinstance(msg, cls):
+        raise MessageError(f"expected {cls.KIND!r}, got {msg.KIND!r}")
+    return msg
+
+
+def _build(cls: type[M], data: dict[str, Any]) -> M:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is not dataclasses.MISSING:
+                continue
+            raise MessageError(f"{cls.KIND}: missing field {f.name!r}")
+        value = data[f.name]
+        allowed = _TYPES[str(f.type)]
+        # bool is an int subclass; a bool where a number belongs is a bug at the sender.
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise MessageError(
+                f"{cls.KIND}.{f.name}: expected {f.type}, got {type(value).__name__}"
+            )
+        values[f.name] = value
+    return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk(Message):
+    """One accepted binary frame, gateway -> the session's transcriber mailbox."""
+
+    KIND: ClassVar[str] = "chunk"
+    session_id: str
+    client_id: str
+    seq: int
+    data: bytes
+    encoding: str
+    sample_rate: int
+    received_at: float  # gateway clock (time.time()) when the frame arrived
+
+
+@dataclass(frozen=True, slots=True)
+class SessionControl(Message):
+    """A control step for a session, in the same mailbox so it is ordered with the audio.
+
+    op: "finalize" (flush the utterance, keep going), "close" (flush, the client is
+    leaving) or "end" (the connection is gone: drop the session's state).
+    `seq` is the last audio seq sent before this control.
+    """
+
+    KIND: ClassVar[str] = "control"
+    session_id: str
+    client_id: str
+    seq: int
+    op: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript(Message):
+    """A result, transcriber -> `transcripts:<client_id>` and `hark:results:{<session>}`.
+
+    `seq` is the last audio chunk the text covers; a final commits every chunk up to it.
+    """
+
+    KIND: ClassVar[str] = "transcript"
+    session_id: str
+    client_id: str
+    seq: int
+    text: str
+    final: bool
+    actor: str
+    received_at: float  # copied from the chunk, so the gateway can measure latency
+
+
+@dataclass(frozen=True, slots=True)
+class Flushed(Message):
+    """The transcriber has handled a finalize/close control up to `seq`."""
+
+    KIND: ClassVar[str] = "flushed"
+    session_id: str
+    client_id: str
+    seq: int
+    op: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActorError(Message):
+    """A problem with a session's audio that the client should hear about."""
+
+    KIND: ClassVar[str] = "error"
+    session_id: str
+    client_id: str
+    seq: int
+    code: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """The value of `hark:actor:<name>`, written from inside the actor's message loop."""
+
+    KIND: ClassVar[str] = "heartbeat"
+    name: str
+    pid: int
+    role: str
+    state: str
+    load: int  # sessions (transcriber) or connections (gateway) it holds now
+    version: str
+    ts: float
+    started_at: float
