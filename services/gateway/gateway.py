@@ -24,6 +24,7 @@ from shared.audit import Audit
 from shared.config import Settings
 from shared.messages import AudioChunk, SessionControl
 from shared.redis_util import Coalescer
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,7 @@ class Gateway:
         for session in list(self.sessions.values()):
             with contextlib.suppress(Exception):
                 await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-        if self._beat_task is not None:
-            self._beat_task.cancel()
-            await asyncio.gather(self._beat_task, return_exceptions=True)
+        await cancel_and_wait(self._beat_task)
         await self.router.stop()
         await self.hub.stop()
         await self.coalescer.close()

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from services.gateway.session import Session
 from shared import keys
 from shared.messages import MessageError, decode
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,7 @@ class Hub:
         self._task = asyncio.create_task(self._listen(), name="hub-listen")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def add(self, session: Session) -> None:

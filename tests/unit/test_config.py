@@ -1,0 +1,67 @@
+"""Settings: environment names, the original service's aliases, validation, redaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import Settings, SettingsError, redact_url
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    s = Settings.from_env({})
+    assert (s.host, s.port, s.status_port, s.transcribers, s.engine) == (
+        "127.0.0.1", 8000, 8001, 2, "mock",
+    )  # fmt: skip
+    assert s.redis_url is None
+    assert s.max_chunk_bytes == 1024 * 1024
+
+
+def test_hark_variables_are_read() -> None:
+    s = Settings.from_env({"HARK_PORT": "9000", "HARK_TRANSCRIBERS": "4",
+                           "HARK_HEARTBEAT_INTERVAL": "0.5", "HARK_LOG_LEVEL": "debug"})  # fmt: skip
+    assert (s.port, s.transcribers, s.heartbeat_interval, s.log_level) == (9000, 4, 0.5, "DEBUG")
+
+
+def test_original_service_variables_still_work() -> None:
+    s = Settings.from_env({"APP_PORT": "8080", "REDIS_URL": "redis://r:6379/0",
+                           "MAX_AUDIO_SIZE": "2048", "LOG_LEVEL": "WARNING"})  # fmt: skip
+    assert (s.port, s.redis_url, s.max_chunk_bytes, s.log_level) == (
+        8080, "redis://r:6379/0", 2048, "WARNING",
+    )  # fmt: skip
+
+
+def test_hark_variable_wins_over_the_alias() -> None:
+    assert Settings.from_env({"HARK_PORT": "1", "APP_PORT": "2"}).port == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"HARK_PORT": "eighty"}, "HARK_PORT"),
+        ({"HARK_PORT": "70000"}, "HARK_PORT"),
+        ({"HARK_TRANSCRIBERS": "0"}, "HARK_TRANSCRIBERS"),
+        ({"HARK_ENGINE": "nope"}, "HARK_ENGINE"),
+        ({"HARK_REDIS_URL": "http://x"}, "HARK_REDIS_URL"),
+        ({"HARK_BACKOFF_MIN": "5", "HARK_BACKOFF_MAX": "1"}, "HARK_BACKOFF_MIN"),
+    ],
+)
+def test_bad_setting_is_refused_naming_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_repr_and_public_view_never_show_the_redis_password() -> None:
+    s = Settings.from_env({"HARK_REDIS_URL": "redis://user:s3cret@host:6380/1"})
+    assert "s3cret" not in repr(s)
+    assert "s3cret" not in str(s.public())
+    assert s.public()["redis_url"] == "redis://user:***@host:6380/1"
+
+
+def test_redact_leaves_a_url_without_password_alone() -> None:
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_to_env_rebuilds_the_same_settings_in_a_child() -> None:
+    s = Settings.from_env({"HARK_PORT": "9001", "HARK_REDIS_URL": "redis://:pw@h:1/0",
+                           "HARK_HEARTBEAT_MISSES": "5"})  # fmt: skip
+    assert Settings.from_env(s.to_env()) == s
