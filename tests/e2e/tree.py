@@ -118,7 +118,7 @@ class Tree:
         return proc.returncode, out.decode()
 
     async def wait_audit(
-        self, match: Callable[[dict[str, str]], bool], timeout: float = 20.0
+        self, match: Callable[[dict[str, str]], bool], within: float = 20.0
     ) -> dict[str, str]:
         """The next audit entry (after the last one returned) that `match`es."""
         assert self.redis is not None, "audit waits need the tree's Redis URL"
@@ -134,7 +134,7 @@ class Tree:
                         if match(entry):
                             return entry
 
-        return await asyncio.wait_for(scan(), timeout)
+        return await asyncio.wait_for(scan(), within)
 
     async def audit(self) -> list[dict[str, str]]:
         assert self.redis is not None

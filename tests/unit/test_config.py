@@ -17,8 +17,9 @@ def test_defaults_match_the_documented_ones() -> None:
 
 
 def test_hark_variables_are_read() -> None:
-    s = Settings.from_env({"HARK_PORT": "9000", "HARK_TRANSCRIBERS": "4",
-                           "HARK_HEARTBEAT_INTERVAL": "0.5", "HARK_LOG_LEVEL": "debug"})  # fmt: skip
+    env = {"HARK_PORT": "9000", "HARK_TRANSCRIBERS": "4", "HARK_HEARTBEAT_INTERVAL": "0.5",
+           "HARK_LOG_LEVEL": "debug"}  # fmt: skip
+    s = Settings.from_env(env)
     assert (s.port, s.transcribers, s.heartbeat_interval, s.log_level) == (9000, 4, 0.5, "DEBUG")
 
 
