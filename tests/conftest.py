@@ -9,6 +9,7 @@ output's header says which one ran.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.supervisor.tree import free_port, redis_server_binary
+from shared.config import EnvVar, Settings
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 def pytest_configure(config: pytest.Config) -> None:
     # Children of `hark up` started by the tests must not inherit a developer's settings.
-    for name in list(os.environ):
-        if name.startswith("HARK_"):
-            del os.environ[name]
+    for f in dataclasses.fields(Settings):
+        var: EnvVar = f.metadata["env"]
+        for name in (var.name, var.alias):
+            if name is not None:
+                os.environ.pop(name, None)

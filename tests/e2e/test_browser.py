@@ -1,0 +1,93 @@
+"""The web page in headless Chromium with a fake microphone, against a real tree.
+
+Chromium comes from Debian's `chromium` package. When it is missing, the test
+installs it (apt-get, as root) rather than skipping: the page is what a new user
+sees first, so CI must exercise it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, async_playwright, expect
+
+from tests.e2e.conftest import TreeFactory
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+CHROMIUM_FLAGS = [
+    "--use-fake-device-for-media-stream",  # a generated tone instead of a microphone
+    "--use-fake-ui-for-media-stream",  # grant the microphone without a prompt
+    "--disable-gpu",
+    "--disable-background-networking",  # this machine's network is closed; don't try
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def chromium_path() -> str:
+    """Debian's chromium, installed now if it is missing."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.fail("chromium is missing and cannot be installed here: run "
+                    "`sudo apt-get install -y chromium` (Debian) and test again")  # fmt: skip
+    print("installing Debian's chromium for the browser test (apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.fail("apt-get installed chromium but it is not on PATH")
+    return found
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    return chromium_path()
+
+
+@pytest.fixture
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield browser
+        await browser.close()
+
+
+async def test_page_streams_the_microphone_and_shows_live_transcripts(
+    start_tree: TreeFactory, redis_url: str, browser: Browser
+) -> None:
+    tree = await start_tree(redis_url=redis_url)
+    page = await browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    await page.goto(f"http://127.0.0.1:{tree.port}/")
+    await expect(page.locator("#state")).to_have_text("idle")
+
+    await page.click("#start")
+    await expect(page.locator("#state")).to_have_text("streaming", timeout=20_000)
+    # Each 100 ms frame of 16 kHz 16-bit mono is 3200 bytes; 5 finals is half a second.
+    finals = page.locator("#transcripts li")
+    await expect(finals.nth(4)).to_be_attached(timeout=30_000)
+    for text in await finals.all_inner_texts():
+        assert text.startswith("Transcribed: ") and text.endswith("(size: 3200 bytes)"), text
+    assert int(await page.inner_text("#acks")) >= 5
+    assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")
+
+    await page.click("#stop")
+    await expect(page.locator("#state")).to_have_text("closed", timeout=20_000)
+    sent = int(await page.inner_text("#sent"))
+    assert int(await page.inner_text("#acks")) == sent  # every frame sent was acked
+    assert int(await page.inner_text("#finals")) == sent
+    assert not [line for line in console if line.startswith("error")], console
+    if shot_dir := os.environ.get("HARK_SCREENSHOTS"):
+        await page.screenshot(path=os.path.join(shot_dir, "web-page.png"), full_page=True)
