@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -76,22 +77,35 @@ def notify_ready() -> None:
         log.warning("could not notify the supervisor on fd %s", fd)
 
 
-def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, int | None]], grace: float) -> int:
     """Run an actor's `main(stop)` on uvloop where available; SIGTERM/SIGINT set `stop`.
 
-    The handlers only record the signal; `main` decides how to wind down.
+    The handlers only record the signal; `main` decides how to wind down, within
+    `grace` seconds of the signal. Past that the process exits regardless: a
+    shutdown that waits on an unreachable Redis must not keep an orphan alive.
+    Returns what `main` returns (None counts as 0), for the process exit code.
     """
 
-    async def runner() -> None:
+    async def runner() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+        work = asyncio.create_task(main(stop), name="main")
+        signalled = asyncio.create_task(stop.wait(), name="stop-signal")
+        await asyncio.wait([work, signalled], return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            done, _ = await asyncio.wait([work], timeout=grace)
+            if not done:
+                log.error("did not stop within %.1f s of the signal; exiting now", grace)
+                logging.shutdown()
+                os._exit(1)
+        signalled.cancel()
+        return await work or 0
 
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(runner())
-    else:
-        uvloop.run(runner())
+        return asyncio.run(runner())
+    code: int = uvloop.run(runner())
+    return code

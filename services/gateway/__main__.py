@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import sys
 
 from aiohttp import web
 
@@ -14,6 +16,8 @@ from services.gateway.app import create_app
 from shared import actor, logs
 from shared.config import Settings
 from shared.redis_util import connect
+
+log = logging.getLogger("services.gateway")
 
 
 def main() -> None:
@@ -25,7 +29,7 @@ def main() -> None:
     if settings.redis_url is None:
         parser.error("HARK_REDIS_URL is not set (the supervisor sets it)")
 
-    async def serve(stop: asyncio.Event) -> None:
+    async def serve(stop: asyncio.Event) -> int:
         assert settings.redis_url is not None
         redis = connect(settings.redis_url, name=args.name)
         runner = web.AppRunner(create_app(settings, redis, args.name), handle_signals=False,
@@ -33,14 +37,19 @@ def main() -> None:
         await runner.setup()
         try:
             site = web.TCPSite(runner, settings.host, settings.port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
+                return 2
             actor.notify_ready()
             await stop.wait()
+            return 0
         finally:
             await runner.cleanup()
             await redis.aclose()
 
-    actor.run(serve)
+    sys.exit(actor.run(serve, grace=settings.shutdown_timeout))
 
 
 if __name__ == "__main__":

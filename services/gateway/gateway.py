@@ -142,6 +142,7 @@ class Gateway:
                 log.info("session %s: %s: %s", session.session_id, exc.code, exc.message)
                 session.stats.errors += 1
                 session.send(exc.reply())
+                await self.audit.log("client_error", session.session_id, code=exc.code)
 
     async def _on_audio(self, session: Session, data: bytes) -> None:
         if session.closing:

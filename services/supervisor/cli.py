@@ -18,7 +18,7 @@ from aiohttp import web
 
 from services.supervisor.api import create_status_app
 from services.supervisor.backends.process import ProcessBackend
-from services.supervisor.supervisor import StartupError, Supervisor
+from services.supervisor.supervisor import START_ORDER, StartupError, Supervisor
 from services.supervisor.tree import RedisNotFound, actor_specs, embedded_redis
 from shared import actor, logs
 from shared.config import ENGINES, Settings, SettingsError, redact_url
@@ -95,14 +95,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def up(settings: Settings) -> int:
     logs.setup(settings.log_level, "supervisor")
-    code = 0
 
-    async def serve(stop: asyncio.Event) -> None:
-        nonlocal code
-        code = await run_tree(settings, stop)
+    async def serve(stop: asyncio.Event) -> int:
+        return await run_tree(settings, stop)
 
-    actor.run(serve)
-    return code
+    # The supervisor's own stop waits for each child up to the shutdown timeout, in order.
+    return actor.run(serve, grace=settings.shutdown_timeout * (len(START_ORDER) + 1))
 
 
 async def run_tree(settings: Settings, stop: asyncio.Event) -> int:

@@ -66,6 +66,7 @@ class Supervisor:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._started = False
         self._rng = random.Random()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -83,6 +84,7 @@ class Supervisor:
             if role == "redis" or (self.redis is None and role == START_ORDER[1]):
                 await self._connect()
         self._monitor = asyncio.create_task(self._watch_heartbeats(), name="heartbeats")
+        self._started = True
         await self._audit("supervisor_start", children=len(self.children))
 
     async def _await_ready(self, group: list[Child]) -> None:
@@ -176,6 +178,12 @@ class Supervisor:
             child.last_exit = describe_exit(returncode)
             child.last_exit_at = time.time()
             uptime = died_at - child.started_at
+            if not self._started and not child.ready_ever:
+                # As in OTP: a child that cannot start fails the supervisor's start-up
+                # rather than looping through restarts.
+                child.state = State.FATAL
+                log.error("%s failed to start: %s", child.name, child.last_exit)
+                return
             if self._stopping.is_set() or child.state == State.STOPPING:
                 child.state = State.STOPPED
                 await self._audit("actor_exit", child=child.name, exit=child.last_exit)
@@ -231,6 +239,7 @@ class Supervisor:
         if not ok:
             return
         child.state = State.RUNNING
+        child.ready_ever = True
         child.ready.set()
         died_at = self._died_at.pop(child.name, None)
         if died_at is not None:

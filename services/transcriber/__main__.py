@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 from services.transcriber.actor import Transcriber
 from services.transcriber.engines import create_engine
@@ -36,7 +37,7 @@ def main() -> None:
         finally:
             await redis.aclose()
 
-    actor.run(serve)
+    sys.exit(actor.run(serve, grace=settings.shutdown_timeout))
 
 
 if __name__ == "__main__":

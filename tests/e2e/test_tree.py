@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import tempfile
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -182,3 +185,41 @@ async def test_ctrl_c_stops_the_whole_tree_with_embedded_redis_and_leaves_no_pro
     assert await tree.stop() == 0
     left = [name for name, pid in pids.items() if exists(pid)]
     assert left == [], f"processes left behind: {left}"
+
+
+async def test_taken_gateway_port_fails_hark_up_at_once_with_a_clear_message(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        tree = Tree(Path(tempfile.mkdtemp()) / "hark.log", redis_url=redis_url)
+        tree.port = squatter.getsockname()[1]
+        with pytest.raises(RuntimeError, match="exited early"):
+            await tree.start()
+        assert await tree.stop() == 1
+    log = tree.log_tail()
+    assert "cannot listen on 127.0.0.1" in log and "gateway failed to start" in log
+    assert "Traceback" not in log
+
+
+async def test_supervisor_killed_with_sigkill_takes_its_children_with_it(
+    start_tree: TreeFactory,
+) -> None:
+    tree = await start_tree()  # embedded Redis too
+    pids = {a["name"]: a["pid"] for a in (await tree.status())["actors"]}
+    fds = {name: os.pidfd_open(pid) for name, pid in pids.items()}
+    assert tree.proc is not None
+    tree.proc.kill()
+    loop = asyncio.get_running_loop()
+
+    async def gone(fd: int) -> None:
+        exited = loop.create_future()
+        loop.add_reader(fd, exited.set_result, None)  # a pidfd turns readable at exit
+        try:
+            await asyncio.wait_for(exited, 15)
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+    await asyncio.gather(*(gone(fd) for fd in fds.values()))
