@@ -73,7 +73,10 @@ class Tree:
         while True:  # the banner is printed once every child is ready
             line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
             if not line:
-                raise RuntimeError(f"hark up exited early:\n{self.log_tail()}")
+                # Reap it here: signalling an exited child from stop() would reap it
+                # behind asyncio's back (Popen.send_signal polls) and lose its exit code.
+                code = await asyncio.wait_for(self.proc.wait(), 30)
+                raise RuntimeError(f"hark up exited early ({code}):\n{self.log_tail()}")
             self.banner.append(line.decode().rstrip())
             if line.startswith(b"Ctrl-C"):
                 return
