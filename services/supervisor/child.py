@@ -45,7 +45,7 @@ class Child:
     """A supervised child and what happened to it."""
 
     spec: ChildSpec
-    state: State = State.STOPPED
+    _state: State = State.STOPPED
     pid: int | None = None
     started_at: float | None = None  # monotonic, of the current incarnation
     restarts: int = 0
@@ -56,10 +56,27 @@ class Child:
     heartbeat_age: float | None = None
     ready_ever: bool = False  # some incarnation has been ready
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self._state = value
+        self._changed.set()  # wakes every reach() waiting now
+        self._changed = asyncio.Event()
+
+    async def reach(self, *states: State) -> State:
+        """Wait until the child is in one of `states`; the state it is in."""
+        while self._state not in states:
+            await self._changed.wait()
+        return self._state
 
     def row(self) -> dict[str, Any]:
         now = time.monotonic()

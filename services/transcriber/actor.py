@@ -128,8 +128,7 @@ class Transcriber:
             while sess.pending and sess.pending[0][0] <= committed:
                 acks.append(sess.pending.pop(0)[1])
             pipe.expire(keys.results(sess.session_id), self.settings.results_ttl)
-        if acks:
-            pipe.xack(self.mailbox, keys.GROUP, *acks)
+        self._commit(pipe, acks)
         if self.runtime.beat_due():
             key, value, ttl = self.runtime.heartbeat("running", len(self.sessions))
             pipe.set(key, value, px=ttl)
@@ -169,6 +168,12 @@ class Transcriber:
         else:
             raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
 
+    def _commit(self, pipe: Pipeline, entries: list[bytes]) -> None:
+        """Acknowledge entries and delete them: a mailbox holds only uncommitted audio."""
+        if entries:
+            pipe.xack(self.mailbox, keys.GROUP, *entries)
+            pipe.xdel(self.mailbox, *entries)
+
     def _session(self, session_id: str, client_id: str, encoding: str, rate: int) -> _Session:
         sess = self.sessions.get(session_id)
         if sess is None:
@@ -201,8 +206,7 @@ class Transcriber:
         for sid in [s for s, v in self.sessions.items() if now - v.last_seen > IDLE_SESSION_S]:
             sess = self.sessions.pop(sid)
             self._publish(pipe, sess, sess.engine.flush())
-            if sess.pending:
-                pipe.xack(self.mailbox, keys.GROUP, *(entry for _, entry in sess.pending))
+            self._commit(pipe, [entry for _, entry in sess.pending])
             log.info("%s: session %s idle for %.0f s, dropped", self.name, sid, IDLE_SESSION_S)
 
 

@@ -75,6 +75,7 @@ async def test_chunk_becomes_a_published_stored_final_and_is_acked(
     stored = await redis.xrange(keys.results("s1"))
     assert [decode(fields[b"m"]) for _, fields in stored] == [result]
     assert await pending(redis) == 0
+    assert await redis.xlen(keys.mailbox(NAME)) == 0, "committed audio stays in the mailbox"
     audit = [f for _, f in await redis.xrange(keys.AUDIT)]
     assert {b"event": b"transcript", b"session": b"s1"}.items() <= audit[-1].items()
 

@@ -1,0 +1,211 @@
+"""The supervisor's restart policy, with a scripted backend and a real Redis for its audit.
+
+The backend's children are futures the test resolves, so each restart decision
+is observed exactly, without processes or timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from signal import SIGKILL, SIGTERM
+
+import pytest
+from redis.asyncio import Redis
+
+from services.supervisor.child import ChildSpec, Restart, State
+from services.supervisor.supervisor import StartupError, Supervisor
+from shared import keys
+from shared.config import Settings
+
+pytestmark = pytest.mark.timeout(30)
+
+_pids = itertools.count(1000)
+
+
+class FakeHandle:
+    """One incarnation: ready when told, exits when told (or when signalled)."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self._pid = next(_pids)
+        self.exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.signals: list[int] = []
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self.exit)
+
+    async def wait_ready(self) -> bool:
+        return await asyncio.shield(self.ready)
+
+    def signal(self, signum: int) -> None:
+        self.signals.append(signum)
+        if signum in (SIGTERM, SIGKILL) and not self.exit.done():
+            self.exit.set_result(-signum)
+
+    def crash(self, code: int = -SIGKILL) -> None:
+        self.exit.set_result(code)
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.spawned: asyncio.Queue[FakeHandle] = asyncio.Queue()
+        self.ready_at_once = True
+
+    async def spawn(self, spec: ChildSpec) -> FakeHandle:
+        handle = FakeHandle(spec)
+        if self.ready_at_once:
+            handle.ready.set_result(True)
+        await self.spawned.put(handle)
+        return handle
+
+    async def next(self) -> FakeHandle:
+        return await asyncio.wait_for(self.spawned.get(), 10)
+
+
+def spec(restart: Restart = Restart.PERMANENT) -> ChildSpec:
+    return ChildSpec(name="transcriber-0", role="transcriber", argv=("x",), restart=restart)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    # Heartbeats far apart: scripted children never beat, and the monitor must not
+    # take them for hung here.
+    return Settings(redis_url=redis_url, heartbeat_interval=600, backoff_min=0.02,
+                    backoff_max=1.0, restart_intensity=3, restart_period=60)  # fmt: skip
+
+
+@pytest.fixture
+async def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+async def make(settings: Settings, backend: FakeBackend) -> AsyncIterator[list[Supervisor]]:
+    made: list[Supervisor] = []
+    yield made
+    for sup in made:
+        await sup.stop()
+
+
+async def started(
+    made: list[Supervisor], settings: Settings, backend: FakeBackend, child: ChildSpec
+) -> tuple[Supervisor, FakeHandle]:
+    assert settings.redis_url is not None
+    sup = Supervisor(settings, backend, [child], settings.redis_url)
+    made.append(sup)
+    await sup.start()
+    return sup, await backend.next()
+
+
+async def audit(redis: Redis, event: str) -> list[dict[bytes, bytes]]:
+    return [f for _, f in await redis.xrange(keys.AUDIT) if f[b"event"] == event.encode()]
+
+
+async def settled(sup: Supervisor, *states: State) -> None:
+    """Until the child is in one of `states` (the runner moves on its own schedule)."""
+    await asyncio.wait_for(sup.children["transcriber-0"].reach(*states), 10)
+
+
+@pytest.mark.parametrize(
+    ("restart", "code", "restarted"),
+    [
+        (Restart.PERMANENT, 0, True),
+        (Restart.PERMANENT, -9, True),
+        (Restart.TRANSIENT, 0, False),
+        (Restart.TRANSIENT, 3, True),
+        (Restart.TEMPORARY, -9, False),
+    ],
+)
+async def test_restart_type_decides_whether_an_exit_is_restarted(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend,
+    restart: Restart, code: int, restarted: bool,
+) -> None:  # fmt: skip
+    sup, first = await started(make, settings, backend, spec(restart))
+    first.crash(code)
+    if restarted:
+        second = await backend.next()
+        assert second.pid != first.pid
+        await settled(sup, State.RUNNING)
+        assert sup.children["transcriber-0"].restarts == 1
+    else:
+        await settled(sup, State.EXITED)
+        assert backend.spawned.empty()
+        assert sup.status()["healthy"] is False
+
+
+async def test_first_restart_is_immediate_then_backoff_doubles_with_jitter(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend, redis: Redis
+) -> None:
+    _, handle = await started(make, settings, backend, spec())
+    for _ in range(3):
+        handle.crash()
+        handle = await backend.next()
+    delays = [float(e[b"delay_s"]) for e in await audit(redis, "actor_restart")]
+    assert delays[0] == 0.0
+    assert 0.01 <= delays[1] <= 0.02  # backoff_min, jittered into [50 %, 100 %]
+    assert 0.02 <= delays[2] <= 0.04  # doubled
+
+
+async def test_more_restarts_than_the_intensity_allows_make_the_child_fatal(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend, redis: Redis
+) -> None:
+    sup, handle = await started(make, settings, backend, spec())
+    for _ in range(settings.restart_intensity):
+        handle.crash()
+        handle = await backend.next()
+    handle.crash()  # one more within the period
+    await settled(sup, State.FATAL)
+    assert backend.spawned.empty()
+    report = sup.status()
+    assert (report["state"], report["healthy"]) == ("FATAL", False)
+    assert report["actors"][0]["restarts"] == settings.restart_intensity
+    assert len(await audit(redis, "actor_fatal")) == 1
+
+
+async def test_restarts_outside_the_period_do_not_count_toward_fatal(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend
+) -> None:
+    # Intensity 2: the first two crashes may come within the millisecond (the first
+    # restart is immediate); from then on the backoff spaces them wider than the window.
+    settings = replace(settings, restart_intensity=2, restart_period=0.001)
+    sup, handle = await started(make, settings, backend, spec())
+    for _ in range(4):
+        handle.crash()
+        handle = await backend.next()
+    await settled(sup, State.RUNNING)
+    assert sup.children["transcriber-0"].restarts == 4
+
+
+async def test_child_that_dies_before_it_is_ready_fails_the_start(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend
+) -> None:
+    backend.ready_at_once = False
+    assert settings.redis_url is not None
+    sup = Supervisor(settings, backend, [spec()], settings.redis_url)
+    make.append(sup)
+    starting = asyncio.create_task(sup.start())
+    handle = await backend.next()
+    handle.crash(1)
+    with pytest.raises(StartupError, match="transcriber-0 did not start: exit 1"):
+        await starting
+    assert sup.children["transcriber-0"].state == State.FATAL
+    assert backend.spawned.empty()
+
+
+async def test_stop_terminates_with_sigterm_and_nothing_is_restarted(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend
+) -> None:
+    sup, handle = await started(make, settings, backend, spec())
+    await sup.stop()
+    assert handle.signals == [signal.SIGTERM]
+    assert sup.children["transcriber-0"].state == State.STOPPED
+    assert backend.spawned.empty()
