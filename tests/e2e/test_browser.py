@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, async_playwright, expect
 
-from tests.e2e.conftest import TreeFactory
+from tests.conftest import TreeFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 

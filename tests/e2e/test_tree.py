@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from services.supervisor.tree import free_port
-from tests.e2e.conftest import TreeFactory
-from tests.e2e.tree import Tree, count, replies_until
+from tests.conftest import TreeFactory
+from tests.tree import Tree, count, replies_until
 
 pytestmark = pytest.mark.timeout(90)
 
