@@ -1,0 +1,46 @@
+"""A transcriber whose loop stops (SIGSTOP) is found HUNG by its missed heartbeats and replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import aiohttp
+import pytest
+
+from tests.conftest import TreeFactory
+from tests.tree import count, replies_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_stopped_transcriber_is_reported_hung_killed_and_replaced_without_loss(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    # Beats every 0.5 s (the harness's setting), HUNG after 3 missed, SIGKILL 1 s after SIGTERM.
+    tree = await start_tree(redis_url=redis_url, env={"HARK_SHUTDOWN_TIMEOUT": "1"})
+    async with aiohttp.ClientSession() as http, http.ws_connect(tree.ws_url) as ws:
+        hello = await ws.receive_json(timeout=10)
+        name = hello["actor"]
+        before = await tree.actor(name)
+        os.kill(before["pid"], signal.SIGSTOP)
+        try:
+            for _ in range(5):  # audio for a frozen actor waits in its mailbox
+                await ws.send_bytes(b"\x00" * 320)
+            acks = await replies_until(ws, lambda r: count(r, "received") == 5)
+            assert count(acks, "transcript") == 0
+
+            hung = await tree.wait_audit(lambda e: e["event"] == "actor_hung" and e["child"] == name)
+            back = await tree.wait_audit(
+                lambda e: e["event"] == "actor_ready" and e["child"] == name
+            )
+        finally:
+            if os.path.exists(f"/proc/{before['pid']}"):
+                os.kill(before["pid"], signal.SIGCONT)  # leave nothing frozen behind
+        replies = await replies_until(ws, lambda r: count(r, "transcript") == 5)
+    assert [r["seq"] for r in replies if r["status"] == "transcript"] == [1, 2, 3, 4, 5]
+    assert int(hung["pid"]) == before["pid"]
+    after = await tree.actor(name)
+    assert after["pid"] != before["pid"] and after["state"] == "RUNNING"
+    assert after["restarts"] == 1 and after["last_exit"] == "killed by SIGKILL"
+    print(f"hung -> replacement ready: {float(back['ts']) - float(hung['ts']):.2f} s")
