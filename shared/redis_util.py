@@ -87,3 +87,16 @@ class Coalescer:
     async def close(self) -> None:
         if self._task is not None:
             await asyncio.wait([self._task])
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(raw: Any) -> list[Entry]:
+    """XRANGE / XREVRANGE entries as (id, fields); an entry deleted meanwhile has no fields."""
+    return [(entry_id, fields or {}) for entry_id, fields in raw or []]
+
+
+def text_map(raw: Any) -> dict[str, str]:
+    """An HGETALL reply (bytes) as text."""
+    return {k.decode(): v.decode() for k, v in (raw or {}).items()}

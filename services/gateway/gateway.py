@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.gateway import resume
 from services.gateway.hub import Hub
 from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
@@ -86,45 +87,84 @@ class Gateway:
         # buffered (close 1009); smaller oversize frames get an error and the session goes on.
         ws = web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes, heartbeat=30)
         await ws.prepare(request)
-        try:
-            fmt = AudioFormat().updated(dict(request.query))
-        except ClientError as exc:
-            return await _refuse(ws, exc.reply(), WSCloseCode.POLICY_VIOLATION)
         if not self.accepting:
             reply = error_reply("shutting_down", "the gateway is shutting down; reconnect")
             return await _refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
-        actor = await self.router.pick()
-        if actor is None:
-            reply = error_reply("no_transcriber", "no transcriber is running; try again shortly")
-            return await _refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
-        session = Session(
-            ws, session_id=secrets.token_hex(16), client_id=secrets.token_hex(16),
-            resume_token=secrets.token_urlsafe(32), actor=actor, fmt=fmt,
-            queue_limit=self.settings.session_queue,
-        )  # fmt: skip
+        resuming = "session_id" in request.query or "resume_token" in request.query
         try:
-            await self._open(session, request)
+            session = await (self._resume(ws, request) if resuming else self._open(ws, request))
+        except ClientError as exc:
+            code = WSCloseCode.TRY_AGAIN_LATER if exc.code == "no_transcriber" else (
+                WSCloseCode.POLICY_VIOLATION)  # fmt: skip
+            return await _refuse(ws, exc.reply(), code)
+        try:
             await self._serve(session)
         finally:
             await self._end(session)
         return ws
 
-    async def _open(self, session: Session, request: web.Request) -> None:
+    async def _open(self, ws: web.WebSocketResponse, request: web.Request) -> Session:
+        fmt = AudioFormat().updated(dict(request.query))
+        actor = await self.router.pick()
+        if actor is None:
+            raise ClientError("no_transcriber", "no transcriber is running; try again shortly")
+        session = Session(
+            ws, session_id=secrets.token_hex(16), client_id=secrets.token_hex(16),
+            resume_token=secrets.token_urlsafe(32), actor=actor, fmt=fmt,
+            queue_limit=self.settings.session_queue,
+        )  # fmt: skip
         await self.hub.add(session)
         self.sessions[session.session_id] = session
         record = {
             "client_id": session.client_id, "actor": session.actor,
-            "token_sha256": hashlib.sha256(session.resume_token.encode()).hexdigest(),
-            "created_at": f"{time.time():.3f}", "gateway": self.name,
+            "token_sha256": resume.token_hash(session.resume_token),
+            "created_at": f"{time.time():.3f}", "gateway": self.name, **fmt.public(),
         }  # fmt: skip
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(keys.session(session.session_id), mapping=record)  # type: ignore[arg-type]
+        pipe.hset(keys.session(session.session_id), mapping=_strings(record))
         pipe.expire(keys.session(session.session_id), self.settings.results_ttl)
         self.audit.add_to(pipe, "session_open", session.session_id,
                           actor=session.actor, peer=request.remote)  # fmt: skip
         await pipe.execute()
         log.info("session %s open on %s", session.session_id, session.actor)
         session.send(session.greeting())
+        return session
+
+    async def _resume(self, ws: web.WebSocketResponse, request: web.Request) -> Session:
+        query = request.query
+        after = query.get("last_final", "0")
+        if not after.isdigit() or len(after) > 12:
+            raise ClientError("bad_setting", "last_final must be a non-negative integer")
+        found = await resume.load(self.redis, query.get("session_id", ""),
+                                  query.get("resume_token", ""))  # fmt: skip
+        if found.closed:
+            raise ClientError("bad_resume", "the session was closed; open a new one")
+        old = self.sessions.get(found.session_id)
+        if old is not None:  # its connection is still open here: this one takes over
+            await old.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"resumed elsewhere")
+            await asyncio.wait_for(old.ended.wait(), CLOSE_FLUSH_TIMEOUT_S)
+        session = Session(
+            ws, session_id=found.session_id, client_id=found.client_id,
+            resume_token=query["resume_token"], actor=found.actor, fmt=found.fmt,
+            queue_limit=self.settings.session_queue,
+        )  # fmt: skip
+        session.last_seq = session.acked_seq = await resume.last_accepted_seq(
+            self.redis, found.actor, found.session_id
+        )
+        session.delivered_seq = int(after)
+        session.begin_replay()
+        await self.hub.add(session)
+        self.sessions[session.session_id] = session
+        self.router.claim(session.actor)
+        finals = await resume.stored_finals(self.redis, session.session_id, int(after))
+        await self.audit.log("session_resume", session.session_id, actor=session.actor,
+                             last_seq=session.last_seq, replayed=len(finals),
+                             peer=request.remote)  # fmt: skip
+        log.info("session %s resumed at seq %d, %d finals replayed", session.session_id,
+                 session.last_seq, len(finals))  # fmt: skip
+        session.send(session.resumed(len(finals)))
+        session.replay(finals)
+        return session
 
     async def _serve(self, session: Session) -> None:
         async for msg in session.ws:
@@ -180,12 +220,15 @@ class Gateway:
                 raise ClientError("bad_setting", "start must come before the first audio frame")
             params = {k: v for k, v in msg.items() if k != "type"}
             session.fmt = session.fmt.updated(params)
+            await self.redis.hset(keys.session(session.session_id),
+                                  mapping=_strings(session.fmt.public()))  # fmt: skip
             session.send(session.greeting())
         elif kind == "finalize":
             await self._control(session, "finalize")
         elif kind == "close":
             session.closing = True
             await self._control(session, "close")
+            await self.redis.hset(keys.session(session.session_id), "closed", "1")
             complete = True
             try:
                 await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
@@ -207,7 +250,8 @@ class Gateway:
             raise ClientError("unavailable", f"{op} could not be delivered; try again") from None
 
     async def _end(self, session: Session) -> None:
-        self.sessions.pop(session.session_id, None)
+        if self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
         self.router.release(session.actor)
         await self.hub.remove(session)
         with contextlib.suppress(ClientError):  # Redis is away; the actor's idle sweep cleans up
@@ -218,6 +262,7 @@ class Gateway:
         s = session.stats
         await self.audit.log("session_close", session.session_id, chunks=s.chunks, bytes=s.bytes,
                              finals=s.finals, errors=s.errors)  # fmt: skip
+        session.ended.set()
         log.info("session %s closed: %d chunks, %d finals", session.session_id, s.chunks, s.finals)
 
     def stats(self) -> dict[str, Any]:
@@ -226,6 +271,11 @@ class Gateway:
             "live_transcribers": sorted(self.router.live),
             "subscriptions": self.hub.channels,
         }
+
+
+def _strings(values: dict[str, Any]) -> Mapping[Any, str]:
+    """Hash field values as Redis stores them (booleans as 0/1)."""
+    return {k: str(int(v) if isinstance(v, bool) else v) for k, v in values.items()}
 
 
 async def _refuse(

@@ -60,7 +60,9 @@ class Hub:
 
     async def remove(self, session: Session) -> None:
         channel = keys.transcripts(session.client_id).encode()
-        if self._sessions.pop(channel, None) is not None:
+        # A resumed session may have taken the channel over already: leave it alone.
+        if self._sessions.get(channel) is session:
+            del self._sessions[channel]
             try:
                 await self._pubsub.unsubscribe(channel)
             except RedisError:

@@ -74,6 +74,10 @@ class Router:
         self.assigned[actor] += 1
         return actor
 
+    def claim(self, actor: str) -> None:
+        """Count a session that comes back to `actor` (a resume)."""
+        self.assigned[actor] += 1
+
     def release(self, actor: str) -> None:
         self.assigned[actor] -= 1
         if self.assigned[actor] <= 0:

@@ -66,6 +66,8 @@ class Session:
         self.close_flushed = asyncio.Event()
         self.latencies: deque[float] = deque(maxlen=1024)
         self._held: list[Transcript] = []
+        self._backlog: list[Message] | None = None  # live results held during a replay
+        self.ended = asyncio.Event()
         self._out: deque[str] = deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -138,8 +140,22 @@ class Session:
             for transcript in ready:
                 self._deliver(transcript)
 
+    def begin_replay(self) -> None:
+        """Hold live results until `replay()` has sent the stored ones before them."""
+        self._backlog = []
+
+    def replay(self, finals: list[Transcript]) -> None:
+        """Send stored finals (seq order), then the live results that came meanwhile."""
+        for transcript in finals:
+            self._deliver(transcript, replayed=True)
+        backlog, self._backlog = self._backlog or [], None
+        for msg in backlog:
+            self.on_message(msg)
+
     def on_message(self, msg: Message) -> None:
-        if isinstance(msg, Transcript):
+        if self._backlog is not None:
+            self._backlog.append(msg)
+        elif isinstance(msg, Transcript):
             if msg.seq > self.acked_seq:  # result overtook the ack of its chunk
                 self._held.append(msg)
             else:
@@ -153,7 +169,7 @@ class Session:
             self.stats.errors += 1
             self.send(error_reply(msg.code, msg.error, msg.seq))
 
-    def _deliver(self, t: Transcript) -> None:
+    def _deliver(self, t: Transcript, replayed: bool = False) -> None:
         if t.seq <= self.delivered_seq:
             self.stats.duplicates_dropped += 1
             return
@@ -165,16 +181,24 @@ class Session:
             self.latencies.append(time.time() - t.received_at)
         else:
             self.stats.partials += 1
-        self.send({
+        reply = {
             "status": "transcript", "client_id": self.client_id, "session_id": self.session_id,
             "text": t.text, "seq": t.seq, "final": t.final,
-        })  # fmt: skip
+        }  # fmt: skip
+        if replayed:
+            reply["replayed"] = True
+        self.send(reply)
 
     def greeting(self) -> dict[str, Any]:
         return {
             "status": "ready", "session_id": self.session_id, "client_id": self.client_id,
             "resume_token": self.resume_token, "actor": self.actor, **self.fmt.public(),
         }  # fmt: skip
+
+    def resumed(self, replayed: int) -> dict[str, Any]:
+        """The greeting of a resumed session: resend audio after `last_seq`."""
+        return {**self.greeting(), "status": "resumed", "last_seq": self.last_seq,
+                "replayed": replayed}  # fmt: skip
 
     def summary(self, complete: bool) -> dict[str, Any]:
         s = self.stats

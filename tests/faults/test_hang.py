@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -30,12 +31,14 @@ async def test_stopped_transcriber_is_reported_hung_killed_and_replaced_without_
             acks = await replies_until(ws, lambda r: count(r, "received") == 5)
             assert count(acks, "transcript") == 0
 
-            hung = await tree.wait_audit(lambda e: e["event"] == "actor_hung" and e["child"] == name)
+            hung = await tree.wait_audit(
+                lambda e: e["event"] == "actor_hung" and e["child"] == name
+            )
             back = await tree.wait_audit(
                 lambda e: e["event"] == "actor_ready" and e["child"] == name
             )
         finally:
-            if os.path.exists(f"/proc/{before['pid']}"):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(before["pid"], signal.SIGCONT)  # leave nothing frozen behind
         replies = await replies_until(ws, lambda r: count(r, "transcript") == 5)
     assert [r["seq"] for r in replies if r["status"] == "transcript"] == [1, 2, 3, 4, 5]

@@ -231,3 +231,79 @@ async def test_http_endpoints_answer_as_the_original_service_did(
     assert ready.status == 200 and (await ready.json())["transcribers"] == ["transcriber-0"]
     config = await (await gateway.get("/config")).json()
     assert config["max_chunk_bytes"] == LIMIT
+
+
+async def _session_with_finals(gateway: TestClient[Any, Any], n: int) -> dict[str, Any]:
+    """A session that sent `n` chunks and got their finals, then lost its connection."""
+    ws, hello = await open_session(gateway)
+    for _ in range(n):
+        await ws.send_bytes(b"\x00" * 10)
+    for _ in range(2 * n):
+        await receive(ws)
+    await ws.close()  # no "close" message: the session stays resumable
+    return hello
+
+
+def _resume_query(hello: dict[str, Any], last_final: int, token: str | None = None) -> str:
+    token = hello["resume_token"] if token is None else token
+    return f"?session_id={hello['session_id']}&resume_token={token}&last_final={last_final}"
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_resume_replays_missed_finals_then_carries_on_numbering(
+    gateway: TestClient[Any, Any],
+) -> None:
+    hello = await _session_with_finals(gateway, 3)
+    ws, back = await open_session(gateway, _resume_query(hello, last_final=1))
+    assert back["status"] == "resumed"
+    assert (back["session_id"], back["client_id"]) == (hello["session_id"], hello["client_id"])
+    assert (back["last_seq"], back["replayed"]) == (3, 2)
+    replayed = [await receive(ws) for _ in range(2)]
+    assert [(r["seq"], r["replayed"]) for r in replayed] == [(2, True), (3, True)]
+    await ws.send_bytes(b"\x00" * 10)
+    ack, final = await receive(ws), await receive(ws)
+    assert (ack["status"], ack["seq"], final["seq"]) == ("received", 4, 4)
+    await ws.close()
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_resume_is_refused_alike_for_a_wrong_token_and_an_unknown_session(
+    gateway: TestClient[Any, Any],
+) -> None:
+    hello = await _session_with_finals(gateway, 1)
+    replies = []
+    for query in (_resume_query(hello, 0, token="x" * 43),
+                  _resume_query({**hello, "session_id": "0" * 32}, 0)):  # fmt: skip
+        ws, reply = await open_session(gateway, query)
+        await ws.receive(timeout=10)
+        assert ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION
+        replies.append(reply)
+    assert replies[0] == replies[1]
+    assert (replies[0]["status"], replies[0]["code"]) == ("error", "bad_resume")
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_a_session_closed_by_its_client_cannot_be_resumed(
+    gateway: TestClient[Any, Any],
+) -> None:
+    ws, hello = await open_session(gateway)
+    await ws.send_str('{"type": "close"}')
+    async for _ in ws:
+        pass
+    ws, reply = await open_session(gateway, _resume_query(hello, 0))
+    assert reply["code"] == "bad_resume" and "closed" in reply["error"]
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_resume_takes_over_a_connection_that_is_still_open(
+    gateway: TestClient[Any, Any],
+) -> None:
+    old, hello = await open_session(gateway)
+    new, back = await open_session(gateway, _resume_query(hello, 0))
+    assert back["status"] == "resumed" and back["last_seq"] == 0
+    msg = await old.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    await new.send_bytes(b"\x00" * 10)
+    assert (await receive(new))["seq"] == 1
+    assert (await receive(new))["status"] == "transcript"
+    await new.close()

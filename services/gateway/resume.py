@@ -1,0 +1,103 @@
+"""Resuming a session after a lost connection (a gateway crash, a network drop).
+
+What a resume needs is already in Redis: the session record (`hark:session:{id}`:
+client id, actor, audio format, the SHA-256 of the resume token), the finals the
+transcriber stored (`hark:results:{id}`), and the session's audio not yet covered
+by a final (its entries in the actor's mailbox, which holds nothing else). The
+last chunk the gateway accepted is the newest of those, so the hot path writes
+nothing extra per chunk for resume's sake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from services.gateway.protocol import AudioFormat, ClientError
+from shared import keys
+from shared.messages import AudioChunk, MessageError, Transcript, decode
+from shared.redis_util import stream_entries, text_map
+
+SCAN_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """A session record that matched its resume token."""
+
+    session_id: str
+    client_id: str
+    actor: str
+    fmt: AudioFormat
+    closed: bool
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def load(redis: Redis, session_id: str, token: str) -> Resumable:
+    """The session `session_id` if `token` is its resume token; else ClientError.
+
+    An unknown session and a wrong token get the same answer, so the error tells a
+    stranger nothing about which sessions exist.
+    """
+    refused = ClientError("bad_resume", "unknown session or wrong resume token", fatal=True)
+    if not session_id or not token or len(session_id) > 64 or len(token) > 128:
+        raise refused
+    record = text_map(await redis.hgetall(keys.session(session_id)))
+    stored = record.get("token_sha256", "")
+    # Compared in constant time: the check must not leak how much of a guess was right.
+    if not hmac.compare_digest(stored.encode(), token_hash(token).encode()) or not stored:
+        raise refused
+    fmt = AudioFormat().updated(
+        {k: record[k] for k in ("encoding", "sample_rate", "interim") if k in record}
+    )
+    return Resumable(session_id, record["client_id"], record["actor"], fmt,
+                     closed=record.get("closed") == "1")  # fmt: skip
+
+
+async def last_accepted_seq(redis: Redis, actor: str, session_id: str) -> int:
+    """The highest seq of the session's audio that Redis holds (0 when none)."""
+    last = 0
+    for _, fields in stream_entries(await redis.xrevrange(keys.results(session_id), count=1)):
+        last = max(last, _seq(fields.get(b"m")))
+    start = "-"
+    while True:
+        raw = await redis.xrange(keys.mailbox(actor), min=start, count=SCAN_BATCH)
+        entries = stream_entries(raw)
+        for _, fields in entries:
+            payload = fields.get(b"m")
+            try:
+                msg = decode(payload) if payload else None
+            except MessageError:
+                continue
+            if isinstance(msg, AudioChunk) and msg.session_id == session_id:
+                last = max(last, msg.seq)
+        if len(entries) < SCAN_BATCH:
+            return last
+        start = "(" + entries[-1][0].decode()
+
+
+async def stored_finals(redis: Redis, session_id: str, after: int) -> list[Transcript]:
+    """The session's stored finals with seq > `after`, in seq order, each seq once."""
+    finals: dict[int, Transcript] = {}
+    for _, fields in stream_entries(await redis.xrange(keys.results(session_id))):
+        try:
+            msg = decode(fields.get(b"m", b""))
+        except MessageError:
+            continue
+        if isinstance(msg, Transcript) and msg.final and msg.seq > after:
+            finals.setdefault(msg.seq, msg)  # a redelivered final repeats an earlier one
+    return [finals[seq] for seq in sorted(finals)]
+
+
+def _seq(payload: bytes | None) -> int:
+    try:
+        msg = decode(payload) if payload else None
+    except MessageError:
+        return 0
+    return msg.seq if isinstance(msg, Transcript) else 0
