@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 
@@ -91,3 +92,28 @@ async def test_page_streams_the_microphone_and_shows_live_transcripts(
     assert not [line for line in console if line.startswith("error")], console
     if shot_dir := os.environ.get("HARK_SCREENSHOTS"):
         await page.screenshot(path=os.path.join(shot_dir, "web-page.png"), full_page=True)
+
+
+async def test_page_resumes_after_the_gateway_is_killed_and_loses_no_audio(
+    start_tree: TreeFactory, redis_url: str, browser: Browser
+) -> None:
+    tree = await start_tree(redis_url=redis_url)
+    gateway = await tree.actor("gateway")
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{tree.port}/")
+    await page.click("#start")
+    finals = page.locator("#transcripts li")
+    await expect(finals.nth(4)).to_be_attached(timeout=30_000)
+
+    os.kill(gateway["pid"], signal.SIGKILL)
+    await expect(page.locator("#notes li")).to_contain_text("resumed after seq", timeout=30_000)
+    count_then = await finals.count()
+    await expect(finals.nth(count_then + 4)).to_be_attached(timeout=30_000)  # still streaming
+
+    await page.click("#stop")
+    await expect(page.locator("#state")).to_have_text("closed", timeout=20_000)
+    sent = int(await page.inner_text("#sent"))
+    seqs = [int(s) for s in await finals.evaluate_all("items => items.map(i => i.dataset.seq)")]
+    assert seqs == list(range(1, sent + 1)), "a frame was lost or transcribed twice"
+    assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")
+    assert (await tree.actor("gateway"))["pid"] != gateway["pid"]
