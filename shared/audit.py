@@ -17,6 +17,9 @@ from shared import keys
 
 log = logging.getLogger(__name__)
 
+# Set by Audit itself: a caller's field of the same name would overwrite the writer's.
+RESERVED = frozenset({"event", "actor", "ts", "session"})
+
 
 class Audit:
     """Writes an actor's audit entries. Appending never raises into the caller's path."""
@@ -27,6 +30,8 @@ class Audit:
         self.maxlen = maxlen
 
     def entry(self, event: str, session: str | None = None, **fields: Any) -> dict[str, str]:
+        if RESERVED & fields.keys():
+            raise ValueError(f"audit fields {sorted(RESERVED & fields.keys())} are reserved")
         out = {"event": event, "actor": self.actor, "ts": f"{time.time():.6f}"}
         if session is not None:
             out["session"] = session

@@ -15,6 +15,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
+# Longer than any blocking read hark issues (XREADGROUP blocks for half a heartbeat,
+# the audit API for at most MAX_BLOCK_S). redis-py's own default is 5 s: a blocking
+# command of 5 s or more then times out, and the retry below re-issues it forever.
+SOCKET_TIMEOUT_S = 30.0
+MAX_BLOCK_S = 20.0
+
 
 def connect(url: str, *, name: str | None = None) -> Redis:
     """A client for `url` that retries lost connections with jittered backoff.
@@ -29,6 +35,9 @@ def connect(url: str, *, name: str | None = None) -> Redis:
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=5.0,
+        socket_keepalive=True,
         client_name=name,
     )
     return client

@@ -124,7 +124,7 @@ class Gateway:
         pipe.hset(keys.session(session.session_id), mapping=_strings(record))
         pipe.expire(keys.session(session.session_id), self.settings.results_ttl)
         self.audit.add_to(pipe, "session_open", session.session_id,
-                          actor=session.actor, peer=request.remote)  # fmt: skip
+                          transcriber=session.actor, peer=request.remote)  # fmt: skip
         await pipe.execute()
         log.info("session %s open on %s", session.session_id, session.actor)
         session.send(session.greeting())
@@ -157,7 +157,7 @@ class Gateway:
         self.sessions[session.session_id] = session
         self.router.claim(session.actor)
         finals = await resume.stored_finals(self.redis, session.session_id, int(after))
-        await self.audit.log("session_resume", session.session_id, actor=session.actor,
+        await self.audit.log("session_resume", session.session_id, transcriber=session.actor,
                              last_seq=session.last_seq, replayed=len(finals),
                              peer=request.remote)  # fmt: skip
         log.info("session %s resumed at seq %d, %d finals replayed", session.session_id,

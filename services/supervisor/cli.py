@@ -10,6 +10,7 @@ import logging
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from services.supervisor.backends.process import ProcessBackend
 from services.supervisor.supervisor import START_ORDER, StartupError, Supervisor
 from services.supervisor.tree import RedisNotFound, actor_specs, embedded_redis
 from shared import actor, logs
+from shared.audit import format_entry
 from shared.config import ENGINES, Settings, SettingsError, redact_url
 
 log = logging.getLogger("services.supervisor")
@@ -67,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the JSON the API serves")
     status.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
                         "HARK_STATUS_PORT)")  # fmt: skip
+
+    audit = sub.add_parser(
+        "audit",
+        help="print the audit log: sessions, transcripts, errors, crashes, restarts",
+        description="Read the hark:audit stream through the supervisor's API.",
+    )
+    audit.add_argument("--session", help="only this session's entries")
+    audit.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
+    audit.add_argument("-n", "--count", type=int, default=50, help="entries to show (default 50)")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
+                       "HARK_STATUS_PORT)")  # fmt: skip
     return parser
 
 
@@ -87,7 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"hark: bad setting: {exc}")
     if args.command == "up":
         sys.exit(up(settings))
-    sys.exit(status(settings, args.url, args.json))
+    base = args.url or f"http://{settings.status_host}:{settings.status_port}"
+    if args.command == "audit":
+        sys.exit(audit(base, args.session, args.follow, args.count, args.json))
+    sys.exit(status(base, args.json))
 
 
 # -- hark up ---------------------------------------------------------------------------
@@ -172,19 +189,59 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def status(settings: Settings, url: str | None, as_json: bool) -> int:
-    base = url or f"http://{settings.status_host}:{settings.status_port}"
+def _get(base: str, path: str, params: dict[str, str] | None = None, timeout: float = 5) -> Any:
+    """GET a JSON document from the supervisor API; SupervisorUnreachable on failure."""
+    url = f"{base.rstrip('/')}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
     try:
-        with urllib.request.urlopen(f"{base.rstrip('/')}/status", timeout=5) as resp:
-            report: dict[str, Any] = json.load(resp)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.load(resp)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"hark: supervisor not reachable at {base}: {exc}", file=sys.stderr)
+        raise SupervisorUnreachable(f"hark: supervisor not reachable at {base}: {exc}") from exc
+
+
+class SupervisorUnreachable(Exception):
+    """The supervisor API did not answer."""
+
+
+def status(base: str, as_json: bool) -> int:
+    try:
+        report: dict[str, Any] = _get(base, "/status")
+    except SupervisorUnreachable as exc:
+        print(exc, file=sys.stderr)
         return 2
     if as_json:
         print(json.dumps(report, indent=2))
     else:
         print(format_status(report))
     return 0 if report.get("healthy") else 1
+
+
+# -- hark audit --------------------------------------------------------------------
+
+
+def audit(base: str, session: str | None, follow: bool, count: int, as_json: bool) -> int:
+    params = {"count": str(count)}
+    if session:
+        params["session"] = session
+    try:
+        page = _get(base, "/audit", params)
+        while True:
+            for entry in page["entries"]:
+                entry_id = entry.pop("id")
+                print(json.dumps({"id": entry_id, **entry}) if as_json
+                      else format_entry(entry_id, entry), flush=True)  # fmt: skip
+            if not follow:
+                return 0
+            follow_params = {**params, "after": page["last_id"], "block_ms": "5000",
+                             "count": "1000"}  # fmt: skip
+            page = _get(base, "/audit", follow_params, timeout=15)
+    except SupervisorUnreachable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
 
 
 def format_status(report: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import pytest
 
 from services.supervisor.tree import free_port
 from tests.conftest import TreeFactory
-from tests.tree import Tree, count, replies_until
+from tests.tree import Tree, count, hark_command, replies_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -223,3 +224,45 @@ async def test_supervisor_killed_with_sigkill_takes_its_children_with_it(
             os.close(fd)
 
     await asyncio.gather(*(gone(fd) for fd in fds.values()))
+
+
+async def test_hark_audit_prints_the_log_filters_by_session_and_follows(tree: Tree) -> None:
+    async with aiohttp.ClientSession() as http, http.ws_connect(tree.ws_url) as ws:
+        hello = await ws.receive_json(timeout=10)
+        await stream(ws, [10, 20])
+    sid = hello["session_id"]
+    await tree.wait_audit(lambda e: e["event"] == "session_close" and e.get("session") == sid)
+
+    code, out = await tree.cli("audit")
+    assert code == 0
+    events = [line.split()[2] for line in out.splitlines()]
+    assert "supervisor_start" in events and "session_open" in events
+
+    code, out = await tree.cli("audit", "--session", sid, "--json")
+    entries = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and {e["session"] for e in entries} == {sid}
+    assert [e["event"] for e in entries] == [
+        "session_open", "transcript", "transcript", "session_close",
+    ]  # fmt: skip
+    assert [e["seq"] for e in entries if e["event"] == "transcript"] == ["1", "2"]
+
+    follower = await asyncio.create_subprocess_exec(
+        *hark_command(), "audit", "--follow", "-n", "1", "--url", tree.status_url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert follower.stdout is not None
+        # Its first line (the newest entry) shows it is following from there on.
+        assert await asyncio.wait_for(follower.stdout.readline(), 20)
+        async with aiohttp.ClientSession() as http, http.ws_connect(tree.ws_url) as ws:
+            new = (await ws.receive_json(timeout=10))["session_id"]
+        assert follower.stdout is not None
+        while True:  # the new session's opening shows up while --follow runs
+            line = (await asyncio.wait_for(follower.stdout.readline(), 20)).decode()
+            assert line, "hark audit --follow exited"
+            assert "Traceback" not in line and "not reachable" not in line, line
+            if "session_open" in line and new in line:
+                break
+    finally:
+        follower.terminate()
+        await follower.wait()
