@@ -190,3 +190,15 @@ class Heartbeat(Message):
     version: str
     ts: float
     started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ActorDown(Message):
+    """Supervisor -> `hark:control`: `name` stopped and will not be restarted (FATAL, EXITED).
+
+    Gateways move that actor's sessions, with their uncommitted audio, to live actors.
+    """
+
+    KIND: ClassVar[str] = "actor_down"
+    name: str
+    reason: str

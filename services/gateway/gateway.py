@@ -23,7 +23,7 @@ from shared import keys
 from shared.actor import ActorRuntime
 from shared.audit import Audit
 from shared.config import Settings
-from shared.messages import AudioChunk, SessionControl
+from shared.messages import ActorDown, AudioChunk, Message, SessionControl
 from shared.redis_util import Coalescer
 from shared.tasks import cancel_and_wait
 
@@ -43,8 +43,9 @@ class Gateway:
         self.runtime = ActorRuntime(settings, redis, name, "gateway")
         self.audit = Audit(redis, name, settings.audit_maxlen)
         self.coalescer = Coalescer(redis)
-        self.hub = Hub(redis)
-        self.router = Router(redis, settings.heartbeat_interval)
+        self.hub = Hub(redis, on_control=self._on_control)
+        self.router = Router(redis, settings.heartbeat_interval, on_down=self._actor_down)
+        self._moves: set[asyncio.Task[None]] = set()
         self.sessions: dict[str, Session] = {}
         self.accepting = True
         self._beat_task: asyncio.Task[None] | None = None
@@ -64,6 +65,8 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         await cancel_and_wait(self._beat_task)
+        for task in list(self._moves):
+            await cancel_and_wait(task)
         await self.router.stop()
         await self.hub.stop()
         await self.coalescer.close()
@@ -152,10 +155,12 @@ class Gateway:
             self.redis, found.actor, found.session_id
         )
         session.delivered_seq = int(after)
+        self.router.claim(session.actor)
+        if self.router.gone(session.actor):
+            await self._move(session)
         session.begin_replay()
         await self.hub.add(session)
         self.sessions[session.session_id] = session
-        self.router.claim(session.actor)
         finals = await resume.stored_finals(self.redis, session.session_id, int(after))
         await self.audit.log("session_resume", session.session_id, transcriber=session.actor,
                              last_seq=session.last_seq, replayed=len(finals),
@@ -203,8 +208,9 @@ class Gateway:
             received_at=time.time(),
         )  # fmt: skip
         try:
-            await self.coalescer.execute("XADD", keys.mailbox(session.actor), "*", "m",
-                                         chunk.encode())  # fmt: skip
+            async with session.lock:
+                await self.coalescer.execute("XADD", keys.mailbox(session.actor), "*", "m",
+                                             chunk.encode())  # fmt: skip
         except RedisError as exc:
             log.warning("session %s: chunk %d not stored: %s", session.session_id, seq, exc)
             raise ClientError("unavailable", "audio could not be stored; send it again") from None
@@ -244,8 +250,9 @@ class Gateway:
     async def _control(self, session: Session, op: str) -> None:
         control = SessionControl(session.session_id, session.client_id, session.last_seq, op)
         try:
-            await self.coalescer.execute("XADD", keys.mailbox(session.actor), "*", "m",
-                                         control.encode())  # fmt: skip
+            async with session.lock:
+                await self.coalescer.execute("XADD", keys.mailbox(session.actor), "*", "m",
+                                             control.encode())  # fmt: skip
         except RedisError:
             raise ClientError("unavailable", f"{op} could not be delivered; try again") from None
 
@@ -264,6 +271,48 @@ class Gateway:
                              finals=s.finals, errors=s.errors)  # fmt: skip
         session.ended.set()
         log.info("session %s closed: %d chunks, %d finals", session.session_id, s.chunks, s.finals)
+
+    # -- transcribers that stay down -------------------------------------------------
+
+    def _on_control(self, msg: Message) -> None:
+        if isinstance(msg, ActorDown):
+            self.router.mark_down(msg.name)
+
+    def _actor_down(self, name: str) -> None:
+        for session in [s for s in self.sessions.values() if s.actor == name]:
+            task = asyncio.create_task(self._move_live(session), name=f"move-{session.session_id}")
+            self._moves.add(task)
+            task.add_done_callback(self._move_done)
+
+    def _move_done(self, task: asyncio.Task[None]) -> None:
+        self._moves.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("moving a session failed", exc_info=task.exception())
+
+    async def _move_live(self, session: Session) -> None:
+        try:
+            await self._move(session)
+        except ClientError as exc:  # nowhere to go: the client may resume later
+            session.send(exc.reply())
+            await session.drain(grace=1.0)
+            await session.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no transcriber")
+
+    async def _move(self, session: Session) -> None:
+        """Give the session to a live transcriber, with its audio not yet transcribed."""
+        async with session.lock:
+            old = session.actor
+            new = await self.router.pick()
+            if new is None:
+                raise ClientError("no_transcriber", f"{old} is down and no transcriber is "
+                                  "running; resume this session later")  # fmt: skip
+            moved = await resume.move_entries(self.redis, old, new, session.session_id)
+            session.actor = new
+            self.router.release(old)
+            await self.redis.hset(keys.session(session.session_id), "actor", new)
+        log.warning("session %s moved from %s to %s with %d entries", session.session_id,
+                    old, new, moved)  # fmt: skip
+        await self.audit.log("session_moved", session.session_id, source=old, target=new,
+                             entries=moved)  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
         return {

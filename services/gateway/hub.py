@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -11,12 +12,13 @@ from redis.exceptions import RedisError
 
 from services.gateway.session import Session
 from shared import keys
-from shared.messages import MessageError, decode
+from shared.messages import Message, MessageError, decode
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_S = 5.0
+CONTROL_CHANNEL = keys.CONTROL.encode()
 
 
 class Hub:
@@ -26,8 +28,9 @@ class Hub:
     published after the client's first chunk can be missed.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, on_control: Callable[[Message], None]) -> None:
         self._pubsub = redis.pubsub()
+        self._on_control = on_control
         self._sessions: dict[bytes, Session] = {}
         self._confirm: dict[bytes, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +91,12 @@ class Hub:
                 fut.set_result(None)
             return
         if kind != "message":
+            return
+        if channel == CONTROL_CHANNEL:
+            try:
+                self._on_control(decode(msg["data"]))
+            except MessageError as exc:
+                log.warning("bad message on %s: %s", keys.CONTROL, exc)
             return
         session = self._sessions.get(channel)
         if session is None:

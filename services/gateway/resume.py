@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from services.gateway.protocol import AudioFormat, ClientError
 from shared import keys
-from shared.messages import AudioChunk, MessageError, Transcript, decode
+from shared.messages import AudioChunk, MessageError, SessionControl, Transcript, decode
 from shared.redis_util import stream_entries, text_map
 
 SCAN_BATCH = 500
@@ -101,3 +101,38 @@ def _seq(payload: bytes | None) -> int:
     except MessageError:
         return 0
     return msg.seq if isinstance(msg, Transcript) else 0
+
+
+async def move_entries(redis: Redis, old: str, new: str, session_id: str) -> int:
+    """Move the session's uncommitted mailbox entries from `old` to `new`, in order.
+
+    One MULTI: the entries are added to the new mailbox and acknowledged and deleted
+    in the old one together, so neither a crash in between nor the old actor coming
+    back can make them processed twice or not at all. The number moved.
+    """
+    ids: list[bytes] = []
+    payloads: list[bytes] = []
+    start = "-"
+    while True:
+        entries = stream_entries(await redis.xrange(keys.mailbox(old), min=start, count=SCAN_BATCH))
+        for entry_id, fields in entries:
+            payload = fields.get(b"m")
+            try:
+                msg = decode(payload) if payload else None
+            except MessageError:
+                continue
+            if isinstance(msg, AudioChunk | SessionControl) and msg.session_id == session_id:
+                ids.append(entry_id)
+                payloads.append(payload)  # type: ignore[arg-type]
+        if len(entries) < SCAN_BATCH:
+            break
+        start = "(" + entries[-1][0].decode()
+    if not ids:
+        return 0
+    pipe = redis.pipeline(transaction=True)
+    for payload in payloads:
+        pipe.xadd(keys.mailbox(new), {"m": payload})
+    pipe.xack(keys.mailbox(old), keys.GROUP, *ids)
+    pipe.xdel(keys.mailbox(old), *ids)
+    await pipe.execute()
+    return len(ids)

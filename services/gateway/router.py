@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -24,10 +26,17 @@ class Router:
     since that actor holds its recognition state.
     """
 
-    def __init__(self, redis: Redis, interval: float) -> None:
+    def __init__(
+        self, redis: Redis, interval: float, on_down: Callable[[str], None] | None = None
+    ) -> None:
         self._redis = redis
         self._interval = interval
+        self._on_down = on_down
         self.live: dict[str, Heartbeat] = {}
+        # Actors known to be gone, with when: a heartbeat counts again only if its actor
+        # started after that (a new incarnation), not one left over from before.
+        self.down: dict[str, float] = {}
+        self.present: set[str] = set()  # transcribers with a heartbeat, in any state
         self.assigned: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
 
@@ -42,6 +51,7 @@ class Router:
         members = await self._redis.smembers(keys.ACTORS)
         names = sorted(n.decode() for n in members if isinstance(n, bytes))
         live: dict[str, Heartbeat] = {}
+        present: set[str] = set()
         if names:
             values = await self._redis.mget([keys.actor(n) for n in names])
             for name, value in zip(names, values, strict=True):
@@ -52,9 +62,31 @@ class Router:
                 except MessageError:
                     log.warning("bad heartbeat for %s", name)
                     continue
-                if beat.role == "transcriber" and beat.state == "running":
-                    live[name] = beat
+                if beat.role != "transcriber":
+                    continue
+                present.add(name)
+                if beat.state != "running":  # starting: recovering its mailbox
+                    continue
+                if name in self.down:
+                    if beat.started_at <= self.down[name]:
+                        continue
+                    del self.down[name]
+                live[name] = beat
+        vanished = (set(self.live) | self.present) - present
         self.live = live
+        self.present = present
+        for name in sorted(vanished):  # its heartbeat expired: gone for a while already
+            self.mark_down(name)
+
+    def mark_down(self, name: str) -> None:
+        """`name` is gone: route nothing to it and move its sessions (once)."""
+        self.live.pop(name, None)
+        if name in self.down:
+            return
+        self.down[name] = time.time()
+        log.warning("transcriber %s is down; moving its sessions", name)
+        if self._on_down is not None:
+            self._on_down(name)
 
     async def _loop(self) -> None:
         while True:
@@ -73,6 +105,10 @@ class Router:
         actor = min(self.live, key=lambda name: (self.assigned[name], name))
         self.assigned[actor] += 1
         return actor
+
+    def gone(self, actor: str) -> bool:
+        """Whether `actor` is down or has no heartbeat at all (not merely restarting)."""
+        return actor in self.down or actor not in self.present
 
     def claim(self, actor: str) -> None:
         """Count a session that comes back to `actor` (a resume)."""

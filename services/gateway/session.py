@@ -68,6 +68,9 @@ class Session:
         self._held: list[Transcript] = []
         self._backlog: list[Message] | None = None  # live results held during a replay
         self.ended = asyncio.Event()
+        # Held around every write to the actor's mailbox, and while the session moves to
+        # another actor, so no chunk lands in the old mailbox after the move read it.
+        self.lock = asyncio.Lock()
         self._out: deque[str] = deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()

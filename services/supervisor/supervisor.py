@@ -31,7 +31,7 @@ from services.supervisor.child import Child, ChildSpec, Restart, State, describe
 from shared import keys
 from shared.audit import Audit
 from shared.config import Settings
-from shared.messages import Heartbeat, MessageError, decode_as
+from shared.messages import ActorDown, Heartbeat, MessageError, decode_as
 from shared.redis_util import connect
 from shared.tasks import cancel_and_wait
 
@@ -193,16 +193,19 @@ class Supervisor:
                               exit=child.last_exit, uptime_s=f"{uptime:.3f}")  # fmt: skip
             if not _should_restart(child.spec.restart, returncode):
                 child.state = State.EXITED
+                await self._announce_down(child)
                 return
             child.restart_times = [
                 t for t in child.restart_times if died_at - t < self.settings.restart_period
             ] + [died_at]
             if len(child.restart_times) > self.settings.restart_intensity:
                 child.state = State.FATAL
-                log.error("%s restarted %d times within %.0f s: FATAL, not restarting",
-                          child.name, self.settings.restart_intensity,
-                          self.settings.restart_period)  # fmt: skip
+                settings = self.settings
+                log.error("%s: %d exits within %.0f s exceed HARK_RESTART_INTENSITY=%d: FATAL, "
+                          "not restarting", child.name, len(child.restart_times),
+                          settings.restart_period, settings.restart_intensity)  # fmt: skip
                 await self._audit("actor_fatal", child=child.name, exit=child.last_exit)
+                await self._announce_down(child)
                 return
             if uptime >= BACKOFF_RESET_S:
                 consecutive = 0
@@ -314,6 +317,16 @@ class Supervisor:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "actors": rows,
         }
+
+    async def _announce_down(self, child: Child) -> None:
+        """Tell the gateways a transcriber is gone for good, so they move its sessions."""
+        if child.spec.role != "transcriber" or self.redis is None:
+            return
+        msg = ActorDown(child.name, f"{child.state.value}: {child.last_exit}")
+        try:
+            await self.redis.publish(keys.CONTROL, msg.encode())
+        except RedisError:
+            log.warning("could not announce that %s is down", child.name, exc_info=True)
 
     async def _audit(self, event: str, **fields: Any) -> None:
         if self.audit is not None and self.redis is not None:

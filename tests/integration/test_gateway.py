@@ -307,3 +307,41 @@ async def test_resume_takes_over_a_connection_that_is_still_open(
     assert (await receive(new))["seq"] == 1
     assert (await receive(new))["status"] == "transcript"
     await new.close()
+
+
+async def test_session_moves_when_its_transcribers_heartbeat_vanishes(
+    settings: Settings, gateway: TestClient[Any, Any], redis: Redis
+) -> None:
+    # Two transcribers, no supervisor: the gateway learns of the loss from the heartbeat alone.
+    assert settings.redis_url is not None
+    actors, stops, tasks = [], [], []
+    for name in ("transcriber-0", "transcriber-1"):
+        client = Redis.from_url(settings.redis_url)
+        actor = Transcriber(settings, MockEngine(), client, name)
+        stop = asyncio.Event()
+        tasks.append(asyncio.create_task(actor.run(stop)))
+        await actor.runtime.beat("running", 0)
+        actors.append((actor, client))
+        stops.append(stop)
+    try:
+        ws, hello = await open_session(gateway)
+        assert hello["actor"] == "transcriber-0"
+        stops[0].set()  # a clean stop removes its heartbeat key
+        await asyncio.wait_for(tasks[0], 5)
+        moved, last = None, b"0"
+        while moved is None:  # the router reads heartbeats every half second
+            for _, entries in await redis.xread({keys.AUDIT: last}, block=2000) or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if fields[b"event"] == b"session_moved":
+                        moved = fields
+        assert moved[b"target"] == b"transcriber-1"
+        await ws.send_bytes(b"\x00" * 10)
+        assert (await receive(ws))["status"] == "received"
+        assert (await receive(ws))["status"] == "transcript"
+        await ws.close()
+    finally:
+        stops[1].set()
+        await asyncio.wait_for(tasks[1], 5)
+        for _, client in actors:
+            await client.aclose()
