@@ -62,6 +62,7 @@ class Gateway:
         """Refuse new sessions, close open ones (1001), then release Redis resources."""
         self.accepting = False
         for session in list(self.sessions.values()):
+            session.close_reason = "shutdown"
             with contextlib.suppress(Exception):
                 await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         await cancel_and_wait(self._beat_task)
@@ -243,6 +244,7 @@ class Gateway:
                 log.warning("session %s: transcriber did not flush within %.0f s",
                             session.session_id, CLOSE_FLUSH_TIMEOUT_S)  # fmt: skip
             session.send(session.summary(complete))
+            session.close_reason = "closed_by_client"
             return True
         # keepalive needs no reply: receiving it is all it is for.
         return False
@@ -268,7 +270,8 @@ class Gateway:
             await session.ws.close()
         s = session.stats
         await self.audit.log("session_close", session.session_id, chunks=s.chunks, bytes=s.bytes,
-                             finals=s.finals, errors=s.errors)  # fmt: skip
+                             finals=s.finals, errors=s.errors,
+                             reason=session.close_reason)  # fmt: skip
         session.ended.set()
         log.info("session %s closed: %d chunks, %d finals", session.session_id, s.chunks, s.finals)
 

@@ -18,6 +18,8 @@ from shared.messages import ActorError, Flushed, Message, Transcript
 
 log = logging.getLogger(__name__)
 
+STALLED_CLOSE_S = 2.0
+
 
 @dataclass
 class SessionStats:
@@ -63,6 +65,7 @@ class Session:
         self.acked_seq = 0
         self.delivered_seq = 0  # last final sent to the client
         self.closing = False
+        self.close_reason = "disconnected"  # why the session ended, for the audit log
         self.close_flushed = asyncio.Event()
         self.latencies: deque[float] = deque(maxlen=1024)
         self._held: list[Transcript] = []
@@ -109,13 +112,23 @@ class Session:
 
     def _overflow(self) -> None:
         self._overflowed = True
+        self.closing = True  # no more audio is taken from it
+        self.close_reason = "slow_consumer"
         log.warning("session %s: outgoing queue full (%d), closing", self.session_id,
                     len(self._out))  # fmt: skip
         self._out.clear()
         self._writer.cancel()
-        reason = b"client too slow: outgoing queue full"
-        task = asyncio.create_task(self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason))
+        task = asyncio.create_task(self._close_stalled(), name=f"close-{self.session_id}")
         task.add_done_callback(_log_failure)
+
+    async def _close_stalled(self) -> None:
+        # The close frame waits behind what the client has not read; past the grace
+        # aiohttp drops the connection instead (the cancelled close aborts the transport).
+        reason = b"client too slow: outgoing queue full"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason), STALLED_CLOSE_S
+            )
 
     async def drain(self, grace: float) -> None:
         """Wait until the queued replies are written (or `grace` seconds pass), then stop."""
