@@ -54,6 +54,9 @@ class Settings:
     heartbeat_interval: float = field(default=1.0, metadata=_env("HARK_HEARTBEAT_INTERVAL"))
     heartbeat_misses: int = field(default=3, metadata=_env("HARK_HEARTBEAT_MISSES"))
     shutdown_timeout: float = field(default=5.0, metadata=_env("HARK_SHUTDOWN_TIMEOUT"))
+    # How long a stopping gateway waits for in-flight results; inside the shutdown timeout.
+    # None: 60 % of it (see `drain_seconds`).
+    drain_timeout: float | None = field(default=None, metadata=_env("HARK_DRAIN_TIMEOUT"))
     restart_intensity: int = field(default=5, metadata=_env("HARK_RESTART_INTENSITY"))
     restart_period: float = field(default=10.0, metadata=_env("HARK_RESTART_PERIOD"))
     backoff_min: float = field(default=0.1, metadata=_env("HARK_BACKOFF_MIN"))
@@ -84,6 +87,10 @@ class Settings:
             raise SettingsError(f"{_var('restart_intensity')}: must be >= 0")
         if self.engine not in ENGINES:
             raise SettingsError(f"HARK_ENGINE={self.engine!r}: one of {', '.join(ENGINES)}")
+        if self.drain_timeout is not None and not 0 < self.drain_timeout < self.shutdown_timeout:
+            raise SettingsError(
+                "HARK_DRAIN_TIMEOUT must be > 0 and less than HARK_SHUTDOWN_TIMEOUT"
+            )
         if self.backoff_min > self.backoff_max:
             raise SettingsError("HARK_BACKOFF_MIN must not exceed HARK_BACKOFF_MAX")
         if self.redis_url is not None:
@@ -116,6 +123,13 @@ class Settings:
             if value is not None:
                 out[f.metadata["env"].name] = str(value)
         return out
+
+    @property
+    def drain_seconds(self) -> float:
+        """The drain timeout in force: HARK_DRAIN_TIMEOUT, else 60 % of the shutdown timeout."""
+        if self.drain_timeout is not None:
+            return self.drain_timeout
+        return 0.6 * self.shutdown_timeout
 
     def transcriber_names(self) -> list[str]:
         return [f"transcriber-{i}" for i in range(self.transcribers)]
@@ -162,7 +176,7 @@ def _parse(f: dataclasses.Field[Any], var: str, raw: str) -> Any:
     try:
         if kind == "int":
             return int(raw)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return float(raw)
     except ValueError:
         raise SettingsError(f"{var}={raw!r}: not a {kind}") from None

@@ -12,7 +12,7 @@ import sys
 
 from aiohttp import web
 
-from services.gateway.app import create_app
+from services.gateway.app import GATEWAY, create_app
 from shared import actor, logs
 from shared.config import Settings
 from shared.redis_util import connect
@@ -32,7 +32,8 @@ def main() -> None:
     async def serve(stop: asyncio.Event) -> int:
         assert settings.redis_url is not None
         redis = connect(settings.redis_url, name=args.name)
-        runner = web.AppRunner(create_app(settings, redis, args.name), handle_signals=False,
+        app = create_app(settings, redis, args.name)
+        runner = web.AppRunner(app, handle_signals=False,
                                shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
         await runner.setup()
         try:
@@ -44,6 +45,9 @@ def main() -> None:
                 return 2
             actor.notify_ready()
             await stop.wait()
+            # Drain while the server still reads frames: aiohttp's cleanup stops reading
+            # from connections before the app's shutdown hooks run.
+            await app[GATEWAY].drain()
             return 0
         finally:
             await runner.cleanup()

@@ -47,7 +47,7 @@ class Gateway:
         self.router = Router(redis, settings.heartbeat_interval, on_down=self._actor_down)
         self._moves: set[asyncio.Task[None]] = set()
         self.sessions: dict[str, Session] = {}
-        self.accepting = True
+        self.accepting = True  # False from the start of drain() on
         self._beat_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -59,8 +59,13 @@ class Gateway:
         await self.audit.log("actor_start")
 
     async def stop(self) -> None:
-        """Refuse new sessions, close open ones (1001), then release Redis resources."""
-        self.accepting = False
+        """Drain, then close sessions (1001) and release Redis resources.
+
+        Draining: new sessions and new audio are refused (`shutting_down`), each
+        session's utterance is finalized, and the gateway waits up to
+        `drain_timeout` for the finals of every chunk it has acked.
+        """
+        await self.drain()
         for session in list(self.sessions.values()):
             session.close_reason = "shutdown"
             with contextlib.suppress(Exception):
@@ -73,6 +78,26 @@ class Gateway:
         await self.coalescer.close()
         await self.runtime.clear()
         await self.audit.log("actor_stop")
+
+    async def drain(self) -> None:
+        """Stop taking sessions and audio; wait for the finals of what was acked. Once."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        busy = [s for s in self.sessions.values() if s.delivered_seq < s.last_seq]
+        await self.audit.log("gateway_drain", sessions=len(self.sessions), busy=len(busy))
+        if not busy:
+            return
+        for session in busy:
+            with contextlib.suppress(ClientError):
+                await self._control(session, "finalize")
+        waiting = asyncio.gather(*(s.settled() for s in busy))
+        try:
+            await asyncio.wait_for(waiting, self.settings.drain_seconds)
+        except TimeoutError:
+            left = sum(s.last_seq - s.delivered_seq for s in busy)
+            log.warning("drain: %d chunks still without a final after %.1f s; their "
+                        "clients can resume", left, self.settings.drain_seconds)  # fmt: skip
 
     async def _beat_loop(self) -> None:
         # The gateway's message loop is its event loop: a beat from a task in it shows
@@ -191,6 +216,9 @@ class Gateway:
                 await self.audit.log("client_error", session.session_id, code=exc.code)
 
     async def _on_audio(self, session: Session, data: bytes) -> None:
+        if not self.accepting:
+            raise ClientError("shutting_down", "the gateway is shutting down; send this "
+                              "again after you reconnect")  # fmt: skip
         if session.closing:
             raise ClientError("session_closing", "audio after close is ignored")
         size = len(data)

@@ -74,6 +74,7 @@ class Session:
         # Held around every write to the actor's mailbox, and while the session moves to
         # another actor, so no chunk lands in the old mailbox after the move read it.
         self.lock = asyncio.Lock()
+        self._progress = asyncio.Event()  # set at each final delivered
         self._out: deque[str] = deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -193,6 +194,7 @@ class Session:
             return
         if t.final:
             self.delivered_seq = t.seq
+            self._progress.set()
             self.stats.finals += 1
             self.latencies.append(time.time() - t.received_at)
         else:
@@ -204,6 +206,12 @@ class Session:
         if replayed:
             reply["replayed"] = True
         self.send(reply)
+
+    async def settled(self) -> None:
+        """Until every accepted chunk is covered by a final sent to the client."""
+        while self.delivered_seq < self.last_seq:
+            self._progress.clear()
+            await self._progress.wait()
 
     def greeting(self) -> dict[str, Any]:
         return {
