@@ -54,7 +54,10 @@ class ActorRuntime:
 
     async def beat(self, state: str, load: int) -> None:
         key, value, ttl = self.heartbeat(state, load)
-        await self.redis.set(key, value, px=ttl)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(key, value, px=ttl)
+        pipe.sadd(keys.ACTORS, self.name)  # again each beat: Redis may have lost it
+        await pipe.execute()
 
     async def register(self) -> None:
         await self.redis.sadd(keys.ACTORS, self.name)

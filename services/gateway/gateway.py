@@ -44,7 +44,8 @@ class Gateway:
         self.audit = Audit(redis, name, settings.audit_maxlen)
         self.coalescer = Coalescer(redis)
         self.hub = Hub(redis, on_control=self._on_control)
-        self.router = Router(redis, settings.heartbeat_interval, on_down=self._actor_down)
+        self.router = Router(redis, settings.heartbeat_interval, settings.heartbeat_misses,
+                             on_down=self._actor_down)  # fmt: skip
         self._moves: set[asyncio.Task[None]] = set()
         self.sessions: dict[str, Session] = {}
         self.accepting = True  # False from the start of drain() on

@@ -27,10 +27,19 @@ class Router:
     """
 
     def __init__(
-        self, redis: Redis, interval: float, on_down: Callable[[str], None] | None = None
+        self,
+        redis: Redis,
+        interval: float,
+        misses: int,
+        on_down: Callable[[str], None] | None = None,
     ) -> None:
         self._redis = redis
         self._interval = interval
+        # A transcriber is gone once nobody has seen its heartbeat for this long (its
+        # key's TTL). "Missing right now" is not enough: after a Redis restart every key
+        # is missing until the actors beat again.
+        self._silence_limit = interval * (misses + 1)
+        self._last_seen: dict[str, float] = {}
         self._on_down = on_down
         self.live: dict[str, Heartbeat] = {}
         # Actors known to be gone, with when: a heartbeat counts again only if its actor
@@ -65,6 +74,7 @@ class Router:
                 if beat.role != "transcriber":
                     continue
                 present.add(name)
+                self._last_seen[name] = time.monotonic()
                 if beat.state != "running":  # starting: recovering its mailbox
                     continue
                 if name in self.down:
@@ -72,10 +82,12 @@ class Router:
                         continue
                     del self.down[name]
                 live[name] = beat
-        vanished = (set(self.live) | self.present) - present
+        now = time.monotonic()
+        silent = {n for n, seen in self._last_seen.items() if now - seen > self._silence_limit}
         self.live = live
         self.present = present
-        for name in sorted(vanished):  # its heartbeat expired: gone for a while already
+        for name in sorted(silent):
+            del self._last_seen[name]
             self.mark_down(name)
 
     def mark_down(self, name: str) -> None:
@@ -93,8 +105,11 @@ class Router:
             await asyncio.sleep(self._interval)
             try:
                 await self.refresh()
-            except RedisError:
-                log.warning("could not read heartbeats", exc_info=True)
+            except RedisError as exc:
+                # Nobody's silence counts while we cannot look: start their clocks over.
+                log.warning("could not read heartbeats: %s", exc)
+                now = time.monotonic()
+                self._last_seen = dict.fromkeys(self._last_seen, now)
 
     async def pick(self) -> str | None:
         """The live transcriber with the fewest sessions from this gateway, or None."""

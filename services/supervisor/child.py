@@ -54,6 +54,7 @@ class Child:
     last_exit_at: float | None = None  # wall clock
     last_restart_ms: float | None = None  # death -> replacement ready
     heartbeat_age: float | None = None
+    last_beat: float | None = None  # monotonic: when its latest heartbeat was written
     ready_ever: bool = False  # some incarnation has been ready
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)

@@ -67,6 +67,8 @@ class Supervisor:
         self._monitor: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._started = False
+        self._audit_queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._audit_writer: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -119,6 +121,7 @@ class Supervisor:
         await self._audit("supervisor_stop")
         for role in reversed(START_ORDER):
             if role == "redis" and self.redis is not None:
+                await self._flush_audit(self.settings.shutdown_timeout)
                 await self.redis.aclose()
                 self.redis = None
             group = [c for c in self.children.values() if c.spec.role == role]
@@ -127,7 +130,8 @@ class Supervisor:
         for name, result in zip(self._runners, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 log.error("runner of %s failed", name, exc_info=result)
-        if self.redis is not None:
+        if self.redis is not None:  # no embedded Redis: it was not closed above
+            await self._flush_audit(self.settings.shutdown_timeout)
             await self.redis.aclose()
 
     async def terminate(self, child: Child) -> None:
@@ -157,6 +161,7 @@ class Supervisor:
             child.ready.clear()
             child.state = State.STARTING
             child.heartbeat_age = None
+            child.last_beat = None
             try:
                 handle = await self.backend.spawn(child.spec)
             except OSError as exc:
@@ -242,6 +247,7 @@ class Supervisor:
         if not ok:
             return
         child.state = State.RUNNING
+        child.last_beat = time.monotonic()  # an actor beats before it says it is ready
         child.ready_ever = True
         child.ready.set()
         died_at = self._died_at.pop(child.name, None)
@@ -279,19 +285,31 @@ class Supervisor:
             except RedisError:
                 if self.redis_ok:
                     log.warning("Redis unreachable: tree DEGRADED")
+                    await self._audit("redis_unreachable")
                 self.redis_ok = False
                 continue
-            self.redis_ok = True
+            mono = time.monotonic()
+            if not self.redis_ok:
+                # Nobody could beat while Redis was away: every silence starts over now.
+                log.info("Redis reachable again")
+                for child in actors:
+                    child.last_beat = mono
+                self.redis_ok = True
+                await self._audit("redis_reachable")
             now = time.time()
             for child, value in zip(actors, values, strict=True):
                 beat = _heartbeat(value)
                 if beat is not None and beat.pid == child.pid:
-                    child.heartbeat_age = round(max(0.0, now - beat.ts), 3)
-                else:  # none, or one left by the previous incarnation
+                    child.last_beat = max(child.last_beat or 0.0, mono - max(0.0, now - beat.ts))
+                # Silence is measured from the last beat seen, not from "missing right
+                # now": after a Redis restart every key is missing until the next beat.
+                if child.last_beat is None:
                     child.heartbeat_age = None
+                    continue
+                child.heartbeat_age = round(mono - child.last_beat, 3)
                 if child.state != State.RUNNING:
                     continue
-                if child.heartbeat_age is None or child.heartbeat_age > limit:
+                if child.heartbeat_age > limit:
                     child.state = State.HUNG
                     log.error("%s (pid %s) missed %d heartbeats: HUNG, restarting it",
                               child.name, child.pid, self.settings.heartbeat_misses)  # fmt: skip
@@ -329,8 +347,24 @@ class Supervisor:
             log.warning("could not announce that %s is down", child.name, exc_info=True)
 
     async def _audit(self, event: str, **fields: Any) -> None:
-        if self.audit is not None and self.redis is not None:
-            await self.audit.log(event, **fields)
+        """Queue an audit entry. Written in order by one task, so that no restart ever
+        waits on Redis (which may be the child being restarted)."""
+        fields.setdefault("at", f"{time.time():.6f}")  # when it happened, not when written
+        self._audit_queue.put_nowait((event, fields))
+        if self._audit_writer is None:
+            self._audit_writer = asyncio.create_task(self._write_audit(), name="audit-writer")
+
+    async def _write_audit(self) -> None:
+        while True:
+            event, fields = await self._audit_queue.get()
+            if self.audit is not None:
+                await self.audit.log(event, **fields)  # logs and drops on Redis failure
+            self._audit_queue.task_done()
+
+    async def _flush_audit(self, grace: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._audit_queue.join(), grace)
+        await cancel_and_wait(self._audit_writer)
 
 
 def _should_restart(restart: Restart, returncode: int) -> bool:

@@ -10,13 +10,14 @@ them to fresh engine sessions, which rebuilds the state the dead one had.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from services.transcriber.engines import Engine, EngineSession, Result
 from shared import keys
@@ -36,6 +37,8 @@ from shared.messages import (
 log = logging.getLogger(__name__)
 
 READ_COUNT = 256
+REDIS_BACKOFF_MIN_S = 0.1
+REDIS_BACKOFF_MAX_S = 2.0
 # A session that has sent nothing for this long lost its gateway without an "end".
 IDLE_SESSION_S = 600.0
 
@@ -68,11 +71,7 @@ class Transcriber:
 
     async def start(self) -> None:
         """Create the mailbox and group if needed, register, and replay pending entries."""
-        try:
-            await self.redis.xgroup_create(self.mailbox, keys.GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self._ensure_group()
         await self.runtime.register()
         await self.runtime.beat("starting", 0)
         await self._recover()
@@ -81,18 +80,48 @@ class Transcriber:
         log.info("%s ready (engine %s, %d entries recovered)",
                  self.name, self.engine.name, self.recovered)  # fmt: skip
 
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.mailbox, keys.GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
     async def run(self, stop: asyncio.Event) -> None:
-        """The message loop, until `stop` is set. Entries left pending wait for the next run."""
+        """The message loop, until `stop` is set. Entries left pending wait for the next run.
+
+        Redis going away does not end it: the actor waits with backoff, then starts
+        over as a new incarnation would (group ensured, state rebuilt from its pending
+        entries), so a Redis restart costs no crash and no restart budget.
+        """
         await self.start()
         notify_ready()
         block_ms = max(1, int(self.settings.heartbeat_interval * 500))
+        backoff = REDIS_BACKOFF_MIN_S
         while not stop.is_set():
-            reply = await self.redis.xreadgroup(
-                keys.GROUP, self.name, {self.mailbox: ">"}, count=READ_COUNT, block=block_ms
-            )
-            await self._handle(_entries(reply))
+            try:
+                reply = await self.redis.xreadgroup(
+                    keys.GROUP, self.name, {self.mailbox: ">"}, count=READ_COUNT, block=block_ms
+                )
+                await self._handle(_entries(reply))
+                backoff = REDIS_BACKOFF_MIN_S
+            except (RedisError, OSError) as exc:
+                log.warning("%s: Redis: %s; starting over in %.1f s", self.name, exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
+                if not stop.is_set():
+                    await self._start_over()
         await self.runtime.clear()
         await self.audit.log("actor_stop")
+
+    async def _start_over(self) -> None:
+        """Rebuild from Redis after an outage: what is pending there is the truth."""
+        self.sessions.clear()
+        try:
+            await self.start()
+        except (RedisError, OSError) as exc:
+            log.warning("%s: Redis still unavailable: %s", self.name, exc)
 
     async def _recover(self) -> None:
         last = b"0"
@@ -132,6 +161,7 @@ class Transcriber:
         if self.runtime.beat_due():
             key, value, ttl = self.runtime.heartbeat("running", len(self.sessions))
             pipe.set(key, value, px=ttl)
+            pipe.sadd(keys.ACTORS, self.name)  # again each beat: Redis may have lost it
         self._sweep(pipe)
         if len(pipe):
             await pipe.execute()
