@@ -54,6 +54,8 @@ class Client:
         self._pending: deque[tuple[int, bytes]] = deque()  # sent, not yet acked
         self._sent = 0
         self._acked = asyncio.Event()
+        self._deadline: float | None = None  # while reconnecting: when to give up
+        self._delay = 0.05
 
     async def run(self, chunks: Iterable[bytes], on_reply: Callable[[Reply], None]) -> Reply:
         """Stream `chunks`, then close the session; the server's closing summary."""
@@ -149,9 +151,6 @@ class Client:
     def _drop_acked(self, seq: int) -> None:
         while self._pending and self._pending[0][0] <= seq:
             self._pending.popleft()
-
-    _deadline: float | None = None
-    _delay = 0.05
 
     async def _reconnect_wait(self, exc: BaseException) -> None:
         loop = asyncio.get_running_loop()

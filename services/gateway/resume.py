@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -65,20 +66,34 @@ async def last_accepted_seq(redis: Redis, actor: str, session_id: str) -> int:
     last = 0
     for _, fields in stream_entries(await redis.xrevrange(keys.results(session_id), count=1)):
         last = max(last, _seq(fields.get(b"m")))
+    async for _, _, msg in session_entries(redis, actor, session_id):
+        if isinstance(msg, AudioChunk):
+            last = max(last, msg.seq)
+    return last
+
+
+async def session_entries(
+    redis: Redis, actor: str, session_id: str
+) -> AsyncIterator[tuple[bytes, bytes, AudioChunk | SessionControl]]:
+    """(entry id, payload, message) of the session's entries in `actor`'s mailbox, in order.
+
+    The mailbox holds only uncommitted entries, so this reads little.
+    """
     start = "-"
     while True:
         raw = await redis.xrange(keys.mailbox(actor), min=start, count=SCAN_BATCH)
         entries = stream_entries(raw)
-        for _, fields in entries:
+        for entry_id, fields in entries:
             payload = fields.get(b"m")
             try:
                 msg = decode(payload) if payload else None
             except MessageError:
                 continue
-            if isinstance(msg, AudioChunk) and msg.session_id == session_id:
-                last = max(last, msg.seq)
+            if isinstance(msg, AudioChunk | SessionControl) and msg.session_id == session_id:
+                assert payload is not None
+                yield entry_id, payload, msg
         if len(entries) < SCAN_BATCH:
-            return last
+            return
         start = "(" + entries[-1][0].decode()
 
 
@@ -112,21 +127,9 @@ async def move_entries(redis: Redis, old: str, new: str, session_id: str) -> int
     """
     ids: list[bytes] = []
     payloads: list[bytes] = []
-    start = "-"
-    while True:
-        entries = stream_entries(await redis.xrange(keys.mailbox(old), min=start, count=SCAN_BATCH))
-        for entry_id, fields in entries:
-            payload = fields.get(b"m")
-            try:
-                msg = decode(payload) if payload else None
-            except MessageError:
-                continue
-            if isinstance(msg, AudioChunk | SessionControl) and msg.session_id == session_id:
-                ids.append(entry_id)
-                payloads.append(payload)  # type: ignore[arg-type]
-        if len(entries) < SCAN_BATCH:
-            break
-        start = "(" + entries[-1][0].decode()
+    async for entry_id, payload, _ in session_entries(redis, old, session_id):
+        ids.append(entry_id)
+        payloads.append(payload)
     if not ids:
         return 0
     pipe = redis.pipeline(transaction=True)

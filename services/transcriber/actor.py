@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -33,6 +34,7 @@ from shared.messages import (
     Transcript,
     decode,
 )
+from shared.redis_util import Entry, stream_entries
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ class Transcriber:
             await self._handle(entries)
             last = entries[-1][0]
 
-    async def _handle(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
+    async def _handle(self, entries: list[Entry]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         acks: list[bytes] = []
         touched: dict[str, _Session] = {}
@@ -240,9 +242,6 @@ class Transcriber:
             log.info("%s: session %s idle for %.0f s, dropped", self.name, sid, IDLE_SESSION_S)
 
 
-def _entries(reply: object) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+def _entries(reply: Any) -> list[Entry]:
     """The entries of a single-stream XREADGROUP reply (RESP2: [[stream, entries]])."""
-    if not reply:
-        return []
-    assert isinstance(reply, list)
-    return list(reply[0][1])
+    return stream_entries(reply[0][1]) if reply else []
