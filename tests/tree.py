@@ -121,18 +121,28 @@ class Tree:
         return proc.returncode, out.decode()
 
     async def wait_audit(
-        self, match: Callable[[dict[str, str]], bool], within: float = 20.0
+        self,
+        match: Callable[[dict[str, str]], bool],
+        within: float = 20.0,
+        from_start: bool = False,
     ) -> dict[str, str]:
-        """The next audit entry (after the last one returned) that `match`es."""
+        """The next audit entry (after the last one returned) that `match`es.
+
+        `from_start`: any entry, from the beginning of the log, without moving the
+        cursor; for entries of different writers, whose order in the log is not fixed.
+        """
         assert self.redis is not None, "audit waits need the tree's Redis URL"
 
         async def scan() -> dict[str, str]:
             assert self.redis is not None
+            last = b"0" if from_start else self._audit_last
             while True:
-                reply = await self.redis.xread({keys.AUDIT: self._audit_last}, block=1000)
+                reply = await self.redis.xread({keys.AUDIT: last}, block=1000)
                 for _, entries in reply or []:
                     for entry_id, fields in entries:
-                        self._audit_last = entry_id
+                        last = entry_id
+                        if not from_start:
+                            self._audit_last = entry_id
                         entry = {k.decode(): v.decode() for k, v in fields.items()}
                         if match(entry):
                             return entry

@@ -35,9 +35,12 @@ async def test_sessions_of_a_fatal_transcriber_move_with_their_uncommitted_audio
         assert count(acks, "transcript") == 0
         os.kill(victim["pid"], signal.SIGKILL)
 
-        died = await tree.wait_audit(lambda e: e["event"] == "actor_exit" and e["child"] == doomed)
+        # The supervisor and the gateway write these; either may come first in the log.
+        died = await tree.wait_audit(
+            lambda e: e["event"] == "actor_exit" and e["child"] == doomed, from_start=True
+        )
         moved = await tree.wait_audit(
-            lambda e: e["event"] == "session_moved" and e.get("session") == sid
+            lambda e: e["event"] == "session_moved" and e.get("session") == sid, from_start=True
         )
         replies = await replies_until(ws, lambda r: count(r, "transcript") == 5)
         await ws.send_bytes(b"\x00" * 300)  # and the session goes on there
@@ -46,7 +49,7 @@ async def test_sessions_of_a_fatal_transcriber_move_with_their_uncommitted_audio
     assert [r["seq"] for r in replies if r["status"] == "transcript"] == [4, 5, 6, 7, 8]
     assert [r["seq"] for r in more if r["status"] == "transcript"] == [9]
     assert (moved["source"], moved["target"], moved["entries"]) == (doomed, survivor, "5")
-    delay = float(moved["ts"]) - float(died["ts"])
+    delay = float(moved["ts"]) - float(died["at"])  # "at": when the exit happened
     print(f"death -> session moved: {delay * 1000:.0f} ms")
     assert delay < 3.0
     by = {int(e["seq"]): e["actor"] for e in await tree.audit()
