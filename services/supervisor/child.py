@@ -38,6 +38,9 @@ class ChildSpec:
     env: dict[str, str] = field(default_factory=dict)
     restart: Restart = Restart.PERMANENT
     notify: bool = True  # readiness comes as a line on a pipe (hark actors)
+    # argv of a warm spare of this role, which reads its name from stdin (see the
+    # process backend); None: no spare
+    spare_argv: tuple[str, ...] | None = None
 
 
 @dataclass

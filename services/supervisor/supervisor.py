@@ -126,6 +126,7 @@ class Supervisor:
                 self.redis = None
             group = [c for c in self.children.values() if c.spec.role == role]
             await asyncio.gather(*(self.terminate(c) for c in group))
+        await self.backend.close()
         results = await asyncio.gather(*self._runners.values(), return_exceptions=True)
         for name, result in zip(self._runners, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):

@@ -60,9 +60,10 @@ def embedded_redis(workdir: Path) -> tuple[ChildSpec, str]:
 def actor_specs(settings: Settings, redis_url: str) -> list[ChildSpec]:
     """The gateway and the transcribers, each told the settings through HARK_* variables."""
     env = replace(settings, redis_url=redis_url).to_env()
+    transcriber = (sys.executable, "-m", "services.transcriber", "--name")
     specs = [
         ChildSpec(name=name, role="transcriber", env=env, restart=Restart.PERMANENT,
-                  argv=(sys.executable, "-m", "services.transcriber", "--name", name))
+                  argv=(*transcriber, name), spare_argv=(*transcriber, "-"))
         for name in settings.transcriber_names()
     ]  # fmt: skip
     specs.append(

@@ -21,13 +21,19 @@ log = logging.getLogger("services.transcriber")
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m services.transcriber")
-    parser.add_argument("--name", required=True, help="actor name; also its mailbox and consumer")
+    parser.add_argument("--name", required=True, help="actor name; also its mailbox and "
+                        "consumer; '-': a warm spare, which reads it from stdin")  # fmt: skip
     args = parser.parse_args()
     settings = Settings.from_env()
-    logs.setup(settings.log_level, args.name)
     if settings.redis_url is None:
         parser.error("HARK_REDIS_URL is not set (the supervisor sets it)")
     engine = create_engine(settings.engine)
+    if args.name == "-":
+        # Imports and the engine are loaded (most of the start-up): wait until needed.
+        args.name = sys.stdin.readline().strip()
+        if not args.name:
+            return  # closed without a name: the spare is not needed
+    logs.setup(settings.log_level, args.name)
 
     async def serve(stop: asyncio.Event) -> None:
         assert settings.redis_url is not None

@@ -27,6 +27,21 @@ def exists(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+def children_of(pid: int) -> set[int]:
+    """Every process whose parent is `pid`: the actors, and spares the status does not list."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
 async def stream(ws: aiohttp.ClientWebSocketResponse, sizes: list[int]) -> list[dict[str, Any]]:
     """Send one chunk per size; the replies up to every ack and final."""
     for size in sizes:
@@ -179,6 +194,9 @@ async def test_ctrl_c_stops_the_whole_tree_with_embedded_redis_and_leaves_no_pro
     pids = {a["name"]: a["pid"] for a in report["actors"]}
     assert set(pids) == {"redis", "transcriber-0", "transcriber-1", "gateway"}
     assert report["healthy"]
+    assert tree.proc is not None
+    spawned = children_of(tree.proc.pid)
+    assert set(pids.values()) <= spawned
     async with aiohttp.ClientSession() as http, http.ws_connect(tree.ws_url) as ws:
         await ws.receive_json(timeout=10)
         assert count(await stream(ws, [10]), "transcript") == 1
@@ -186,6 +204,7 @@ async def test_ctrl_c_stops_the_whole_tree_with_embedded_redis_and_leaves_no_pro
     assert await tree.stop() == 0
     left = [name for name, pid in pids.items() if exists(pid)]
     assert left == [], f"processes left behind: {left}"
+    assert not [pid for pid in spawned if exists(pid)], "a spare was left behind"
 
 
 async def test_taken_gateway_port_fails_hark_up_at_once_with_a_clear_message(
@@ -208,9 +227,10 @@ async def test_supervisor_killed_with_sigkill_takes_its_children_with_it(
     start_tree: TreeFactory,
 ) -> None:
     tree = await start_tree()  # embedded Redis too
-    pids = {a["name"]: a["pid"] for a in (await tree.status())["actors"]}
-    fds = {name: os.pidfd_open(pid) for name, pid in pids.items()}
     assert tree.proc is not None
+    pids = {str(pid): pid for pid in children_of(tree.proc.pid)}  # actors and spares
+    assert len(pids) >= 4
+    fds = {name: os.pidfd_open(pid) for name, pid in pids.items()}
     tree.proc.kill()
     loop = asyncio.get_running_loop()
 

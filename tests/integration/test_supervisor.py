@@ -67,6 +67,9 @@ class FakeBackend:
         await self.spawned.put(handle)
         return handle
 
+    async def close(self) -> None:
+        pass
+
     async def next(self) -> FakeHandle:
         return await asyncio.wait_for(self.spawned.get(), 10)
 

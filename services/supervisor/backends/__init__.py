@@ -28,3 +28,7 @@ class Backend(Protocol):
     """Starts children."""
 
     async def spawn(self, spec: ChildSpec) -> Handle: ...
+
+    async def close(self) -> None:
+        """Release what the backend holds besides the children (spares, connections)."""
+        ...

@@ -30,6 +30,11 @@ def _child_setup() -> None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not start a spare", exc_info=task.exception())
+
+
 class ProcessHandle:
     """A child process and the read end of its readiness pipe."""
 
@@ -66,9 +71,64 @@ class ProcessHandle:
 
 
 class ProcessBackend:
-    """Spawns children as local processes."""
+    """Spawns children as local processes.
+
+    For a spec with `spare_argv`, it keeps one warm spare of that role: a process
+    that has done its imports (most of a Python actor's start-up) and waits for its
+    name on stdin. A restart hands the name to the spare, so the replacement is up
+    in tens of milliseconds, and a new spare starts in the background.
+    """
+
+    def __init__(self) -> None:
+        self._spares: dict[str, tuple[ProcessHandle, asyncio.subprocess.Process]] = {}
+        self._warming: dict[str, asyncio.Task[None]] = {}
 
     async def spawn(self, spec: ChildSpec) -> ProcessHandle:
+        spare = self._spares.pop(spec.role, None)
+        if spec.spare_argv is not None:
+            self._warm(spec)  # the next one, for the restart after this
+        if spare is not None:
+            handle, proc = spare
+            if proc.returncode is None and proc.stdin is not None:
+                try:
+                    proc.stdin.write(f"{spec.name}\n".encode())
+                    await proc.stdin.drain()
+                    proc.stdin.close()
+                    return handle
+                except (ConnectionError, OSError):
+                    log.warning("spare %s died before it was used", proc.pid)
+            handle.signal(signal.SIGKILL)
+        return await self._start(spec.argv, spec)
+
+    def _warm(self, spec: ChildSpec) -> None:
+        if spec.role in self._spares or spec.role in self._warming:
+            return
+
+        async def warm() -> None:
+            assert spec.spare_argv is not None
+            try:
+                handle = await self._start(spec.spare_argv, spec, stdin=asyncio.subprocess.PIPE)
+            finally:
+                del self._warming[spec.role]
+            self._spares[spec.role] = (handle, handle._proc)
+
+        task = asyncio.create_task(warm(), name=f"spare-{spec.role}")
+        self._warming[spec.role] = task
+        task.add_done_callback(_log_failure)
+
+    async def close(self) -> None:
+        """Stop the spares (they were never actors, so nobody else waits for them)."""
+        for task in list(self._warming.values()):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for handle, proc in self._spares.values():
+            handle.signal(signal.SIGKILL)
+            await proc.wait()
+        self._spares.clear()
+
+    async def _start(
+        self, argv: tuple[str, ...], spec: ChildSpec, stdin: int = asyncio.subprocess.DEVNULL
+    ) -> ProcessHandle:
         env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
         read_fd: int | None = None
         pass_fds: tuple[int, ...] = ()
@@ -79,8 +139,8 @@ class ProcessBackend:
             pass_fds = (write_fd,)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *spec.argv, env=env, pass_fds=pass_fds, start_new_session=True,
-                preexec_fn=_child_setup,
+                *argv, env=env, pass_fds=pass_fds, start_new_session=True,
+                preexec_fn=_child_setup, stdin=stdin,
             )  # fmt: skip
         except BaseException:
             if read_fd is not None:
