@@ -1,0 +1,74 @@
+"""A session's audio as speech engines want it: mono float32 samples at 16 kHz.
+
+Clients send `pcm_s16le` at any rate from 8 to 48 kHz, or `pcm_f32le`. A chunk may
+end in the middle of a sample (clients cut frames where they like); the stray
+bytes wait for the next chunk. Resampling keeps its filter state across chunks,
+so a stream cut into 100 ms pieces resamples as one signal, and replaying the same
+chunks after a crash gives the same samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import soxr
+
+TARGET_RATE = 16_000
+WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
+
+
+class AudioError(ValueError):
+    """Audio that cannot be decoded; `code` is the client-facing error code."""
+
+    code = "bad_audio"
+
+
+class Decoder:
+    """One session's audio converter; feed chunks in order, then `flush()`."""
+
+    def __init__(self, encoding: str, sample_rate: int) -> None:
+        if encoding not in WIDTHS:
+            raise AudioError(f"encoding {encoding!r} is not one of {', '.join(WIDTHS)}")
+        if not 8000 <= sample_rate <= 48000:
+            raise AudioError(f"sample rate {sample_rate} is outside 8000..48000")
+        self.encoding = encoding
+        self.width = WIDTHS[encoding]
+        self.sample_rate = sample_rate
+        self._carry = b""
+        self._resampler: Any = None
+        if sample_rate != TARGET_RATE:
+            self._resampler = soxr.ResampleStream(sample_rate, TARGET_RATE, 1, dtype="float32")
+
+    def decode(self, data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The 16 kHz samples this chunk completes (possibly none)."""
+        data = self._carry + data
+        cut = len(data) - len(data) % self.width
+        self._carry = data[cut:]
+        samples = self._samples(data[:cut])
+        if self._resampler is None:
+            return samples
+        out: np.ndarray[Any, np.dtype[np.float32]] = self._resampler.resample_chunk(samples)
+        return out
+
+    def flush(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The resampler's tail at the end of the stream (a stray partial sample is dropped)."""
+        self._carry = b""
+        if self._resampler is None:
+            return np.zeros(0, dtype=np.float32)
+        empty = np.zeros(0, dtype=np.float32)
+        out: np.ndarray[Any, np.dtype[np.float32]] = self._resampler.resample_chunk(
+            empty, last=True
+        )
+        return out
+
+    def _samples(self, data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
+        if self.encoding == "pcm_s16le":
+            ints = np.frombuffer(data, dtype="<i2")
+            return (ints.astype(np.float32) / 32768.0).astype(np.float32)
+        floats = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(floats)):
+            raise AudioError("pcm_f32le audio holds NaN or infinite samples")
+        if floats.size and float(np.max(np.abs(floats))) > 64.0:
+            raise AudioError("pcm_f32le samples far outside -1..1: is this really float audio?")
+        return floats
