@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-ENGINES = ("mock",)
+ENGINES = ("mock", "whisper")
 ENCODINGS = ("pcm_s16le", "pcm_f32le")
 
 
@@ -61,6 +61,12 @@ class Settings:
     restart_period: float = field(default=10.0, metadata=_env("HARK_RESTART_PERIOD"))
     backoff_min: float = field(default=0.1, metadata=_env("HARK_BACKOFF_MIN"))
     backoff_max: float = field(default=30.0, metadata=_env("HARK_BACKOFF_MAX"))
+    # The whisper engine's model: a CTranslate2 model directory, or a hub name (then, and
+    # only then, faster-whisper may download). None: the Whisper base model packages.
+    whisper_model: str | None = field(default=None, metadata=_env("HARK_WHISPER_MODEL"))
+    language: str = field(default="en", metadata=_env("HARK_LANGUAGE"))
+    partial_interval: float = field(default=1.0, metadata=_env("HARK_PARTIAL_INTERVAL"))
+    cache_dir: str | None = field(default=None, metadata=_env("HARK_CACHE_DIR"))
     session_queue: int = field(default=256, metadata=_env("HARK_SESSION_QUEUE"))
     audit_maxlen: int = field(default=100_000, metadata=_env("HARK_AUDIT_MAXLEN"))
     results_maxlen: int = field(default=1000, metadata=_env("HARK_RESULTS_MAXLEN"))
@@ -77,7 +83,7 @@ class Settings:
                 raise SettingsError(f"{_var(name)}={value}: a port is 0..65535")
         positive = (
             "transcribers", "max_chunk_bytes", "heartbeat_interval", "heartbeat_misses",
-            "shutdown_timeout", "restart_period", "backoff_min", "backoff_max",
+            "shutdown_timeout", "restart_period", "partial_interval", "backoff_min", "backoff_max",
             "session_queue", "audit_maxlen", "results_maxlen", "results_ttl",
         )  # fmt: skip
         for name in positive:

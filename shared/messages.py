@@ -34,6 +34,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "bytes": (bytes,),
     "str | None": (str, type(None)),
     "float | None": (float, int, type(None)),
+    "list[Any]": (list, tuple),
 }
 
 
@@ -93,7 +94,7 @@ def _build(cls: type[M], data: dict[str, Any]) -> M:
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
-            if f.default is not dataclasses.MISSING:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 continue
             raise MessageError(f"{cls.KIND}: missing field {f.name!r}")
         value = data[f.name]
@@ -119,6 +120,7 @@ class AudioChunk(Message):
     encoding: str
     sample_rate: int
     received_at: float  # gateway clock (time.time()) when the frame arrived
+    start_s: float = 0.0  # seconds of the session's audio before this chunk
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,9 @@ class Transcript(Message):
     final: bool
     actor: str
     received_at: float  # copied from the chunk, so the gateway can measure latency
+    start: float | None = None  # seconds of the session's audio, where the engine says
+    end: float | None = None
+    words: list[Any] = dataclasses.field(default_factory=list)  # [text, start, end, prob]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,13 @@ from redis.exceptions import RedisError
 
 from services.gateway import resume
 from services.gateway.hub import Hub
-from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
+from services.gateway.protocol import (
+    WIDTHS,
+    AudioFormat,
+    ClientError,
+    error_reply,
+    parse_control,
+)
 from services.gateway.router import Router
 from services.gateway.session import Session
 from shared import keys
@@ -178,9 +184,10 @@ class Gateway:
             resume_token=query["resume_token"], actor=found.actor, fmt=found.fmt,
             queue_limit=self.settings.session_queue,
         )  # fmt: skip
-        session.last_seq = session.acked_seq = await resume.last_accepted_seq(
+        session.last_seq, session.audio_s = await resume.last_accepted(
             self.redis, found.actor, found.session_id
         )
+        session.acked_seq = session.last_seq
         session.delivered_seq = int(after)
         self.router.claim(session.actor)
         if self.router.gone(session.actor):
@@ -235,7 +242,7 @@ class Gateway:
         chunk = AudioChunk(
             session_id=session.session_id, client_id=session.client_id, seq=seq, data=data,
             encoding=session.fmt.encoding, sample_rate=session.fmt.sample_rate,
-            received_at=time.time(),
+            received_at=time.time(), start_s=session.audio_s,
         )  # fmt: skip
         try:
             async with session.lock:
@@ -245,6 +252,7 @@ class Gateway:
             log.warning("session %s: chunk %d not stored: %s", session.session_id, seq, exc)
             raise ClientError("unavailable", "audio could not be stored; send it again") from None
         session.last_seq = seq
+        session.audio_s += size / (WIDTHS[session.fmt.encoding] * session.fmt.sample_rate)
         session.acked(seq, size)
 
     async def _on_text(self, session: Session, text: str) -> bool:

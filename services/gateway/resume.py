@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from services.gateway.protocol import AudioFormat, ClientError
+from services.gateway.protocol import WIDTHS, AudioFormat, ClientError
 from shared import keys
 from shared.messages import AudioChunk, MessageError, SessionControl, Transcript, decode
 from shared.redis_util import stream_entries, text_map
@@ -61,15 +61,21 @@ async def load(redis: Redis, session_id: str, token: str) -> Resumable:
                      closed=record.get("closed") == "1")  # fmt: skip
 
 
-async def last_accepted_seq(redis: Redis, actor: str, session_id: str) -> int:
-    """The highest seq of the session's audio that Redis holds (0 when none)."""
-    last = 0
+async def last_accepted(redis: Redis, actor: str, session_id: str) -> tuple[int, float]:
+    """The highest seq of the session's audio that Redis holds (0 when none), and how
+    many seconds of audio that is: exact while the last chunk is still in the
+    mailbox, else the end of the last final (silence after it is not counted)."""
+    last, seconds = 0, 0.0
     for _, fields in stream_entries(await redis.xrevrange(keys.results(session_id), count=1)):
-        last = max(last, _seq(fields.get(b"m")))
+        final = _transcript(fields.get(b"m"))
+        if final is not None:
+            last, seconds = final.seq, final.end or 0.0
     async for _, _, msg in session_entries(redis, actor, session_id):
-        if isinstance(msg, AudioChunk):
-            last = max(last, msg.seq)
-    return last
+        if isinstance(msg, AudioChunk) and msg.seq >= last:
+            last = msg.seq
+            width = WIDTHS.get(msg.encoding, 2)
+            seconds = msg.start_s + len(msg.data) / (width * msg.sample_rate)
+    return last, seconds
 
 
 async def session_entries(
@@ -110,12 +116,12 @@ async def stored_finals(redis: Redis, session_id: str, after: int) -> list[Trans
     return [finals[seq] for seq in sorted(finals)]
 
 
-def _seq(payload: bytes | None) -> int:
+def _transcript(payload: bytes | None) -> Transcript | None:
     try:
         msg = decode(payload) if payload else None
     except MessageError:
-        return 0
-    return msg.seq if isinstance(msg, Transcript) else 0
+        return None
+    return msg if isinstance(msg, Transcript) else None
 
 
 async def move_entries(redis: Redis, old: str, new: str, session_id: str) -> int:

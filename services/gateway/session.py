@@ -63,7 +63,9 @@ class Session:
         self.stats = SessionStats()
         self.last_seq = 0  # last seq given to an accepted chunk
         self.acked_seq = 0
+        self.audio_s = 0.0  # seconds of audio accepted (for chunk timestamps)
         self.delivered_seq = 0  # last final sent to the client
+        self.covered_seq = 0  # last chunk a flush confirmed (silence gets no final)
         self.closing = False
         self.close_reason = "disconnected"  # why the session ended, for the audit log
         self.close_flushed = asyncio.Event()
@@ -178,6 +180,9 @@ class Session:
             else:
                 self._deliver(msg)
         elif isinstance(msg, Flushed):
+            # Everything up to msg.seq is covered now, silence with no final included.
+            self.covered_seq = max(self.covered_seq, msg.seq)
+            self._progress.set()
             if msg.op == "finalize":
                 self.send({"status": "finalized", "seq": msg.seq})
             elif msg.op == "close":
@@ -203,13 +208,18 @@ class Session:
             "status": "transcript", "client_id": self.client_id, "session_id": self.session_id,
             "text": t.text, "seq": t.seq, "final": t.final,
         }  # fmt: skip
+        if t.start is not None:
+            reply["start"], reply["end"] = t.start, t.end
+        if t.words:
+            reply["words"] = [{"word": w, "start": s, "end": e, "conf": p}
+                              for w, s, e, p in t.words]  # fmt: skip
         if replayed:
             reply["replayed"] = True
         self.send(reply)
 
     async def settled(self) -> None:
         """Until every accepted chunk is covered by a final sent to the client."""
-        while self.delivered_seq < self.last_seq:
+        while max(self.delivered_seq, self.covered_seq) < self.last_seq:
             self._progress.clear()
             await self._progress.wait()
 

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from services.transcriber.actor import Transcriber
-from services.transcriber.engines import create_engine
+from services.transcriber.engines import EngineUnavailable, create_engine
 from shared import actor, logs
 from shared.config import Settings
 from shared.redis_util import connect
@@ -27,7 +27,13 @@ def main() -> None:
     settings = Settings.from_env()
     if settings.redis_url is None:
         parser.error("HARK_REDIS_URL is not set (the supervisor sets it)")
-    engine = create_engine(settings.engine)
+    try:
+        engine = create_engine(settings)
+    except EngineUnavailable as exc:
+        # Said at start, not at the first chunk; the supervisor then fails `hark up`.
+        logs.setup(settings.log_level, args.name)
+        log.error("engine %s unavailable: %s", settings.engine, exc)
+        sys.exit(2)
     if args.name == "-":
         # Imports and the engine are loaded (most of the start-up): wait until needed.
         args.name = sys.stdin.readline().strip()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +21,13 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
-from services.transcriber.engines import Engine, EngineSession, Result
+from services.transcriber.engines import BadInput, Engine, EngineSession, Result
 from shared import keys
 from shared.actor import ActorRuntime, notify_ready
 from shared.audit import Audit
 from shared.config import Settings
 from shared.messages import (
+    ActorError,
     AudioChunk,
     Flushed,
     Message,
@@ -148,7 +150,7 @@ class Transcriber:
                 if payload is None:
                     raise MessageError("entry has no message")
                 msg = decode(payload)
-                self._apply(pipe, entry_id, msg, acks, touched)
+                await self._apply(pipe, entry_id, msg, acks, touched)
             except MessageError as exc:
                 # A malformed entry is dropped and reported, never retried into a wedge.
                 log.warning("%s: dropping bad mailbox entry %r: %s", self.name, entry_id, exc)
@@ -168,7 +170,7 @@ class Transcriber:
         if len(pipe):
             await pipe.execute()
 
-    def _apply(
+    async def _apply(
         self,
         pipe: Pipeline,
         entry_id: bytes,
@@ -177,18 +179,25 @@ class Transcriber:
         touched: dict[str, _Session],
     ) -> None:
         if isinstance(msg, AudioChunk):
-            sess = self._session(msg.session_id, msg.client_id, msg.encoding, msg.sample_rate)
-            sess.received_at = msg.received_at
-            sess.last_seen = time.monotonic()
-            sess.pending.append((msg.seq, entry_id))
-            touched[sess.session_id] = sess
-            self._publish(pipe, sess, sess.engine.feed(msg.seq, msg.data))
+            try:
+                sess = self._session(msg.session_id, msg.client_id, msg.encoding, msg.sample_rate)
+                sess.received_at = msg.received_at
+                sess.last_seen = time.monotonic()
+                sess.pending.append((msg.seq, entry_id))
+                touched[sess.session_id] = sess
+                results = await self._engine(sess.engine.feed, msg.seq, msg.data, msg.start_s)
+            except BadInput as exc:  # tell the client; the chunk is done with
+                error = ActorError(msg.session_id, msg.client_id, msg.seq, exc.code, str(exc))
+                pipe.publish(keys.transcripts(msg.client_id), error.encode())
+                acks.append(entry_id)
+                return
+            self._publish(pipe, sess, results)
         elif isinstance(msg, SessionControl):
             acks.append(entry_id)
             sess_or_none = self.sessions.get(msg.session_id)
             if sess_or_none is not None:
                 touched[msg.session_id] = sess_or_none
-                self._publish(pipe, sess_or_none, sess_or_none.engine.flush())
+                self._publish(pipe, sess_or_none, await self._engine(sess_or_none.engine.flush))
             if msg.op == "end":
                 gone = self.sessions.pop(msg.session_id, None)
                 if gone is not None:  # the client left: nothing of it is waited for any more
@@ -206,6 +215,18 @@ class Transcriber:
             pipe.xack(self.mailbox, keys.GROUP, *entries)
             pipe.xdel(self.mailbox, *entries)
 
+    async def _engine(self, call: Callable[..., list[Result]], *args: Any) -> list[Result]:
+        """Run an engine call; a blocking engine's off the loop, beating while it works."""
+        if not self.engine.blocking:
+            return call(*args)
+        work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+        while True:
+            done, _ = await asyncio.wait([work], timeout=self.settings.heartbeat_interval / 2)
+            if done:
+                return work.result()
+            # Long inference is work, not a hang: the loop is alive and says so.
+            await self.runtime.beat("running", len(self.sessions))
+
     def _session(self, session_id: str, client_id: str, encoding: str, rate: int) -> _Session:
         sess = self.sessions.get(session_id)
         if sess is None:
@@ -219,7 +240,8 @@ class Transcriber:
             payload = Transcript(
                 session_id=sess.session_id, client_id=sess.client_id, seq=result.seq,
                 text=result.text, final=result.final, actor=self.name,
-                received_at=sess.received_at,
+                received_at=sess.received_at, start=result.start, end=result.end,
+                words=[list(w) for w in result.words],
             ).encode()  # fmt: skip
             if result.final:
                 # Stored before published and before the XACK that follows in this pipeline,

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import soxr
 
+from services.transcriber.engines import BadInput
+
 TARGET_RATE = 16_000
 WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
 
 
-class AudioError(ValueError):
-    """Audio that cannot be decoded; `code` is the client-facing error code."""
-
-    code = "bad_audio"
+class AudioError(BadInput):
+    """Audio that cannot be decoded."""
 
 
 class Decoder:

@@ -17,7 +17,7 @@ class MockSession:
     def committed_seq(self) -> int:
         return self._committed
 
-    def feed(self, seq: int, audio: bytes) -> list[Result]:
+    def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
         self._committed = seq
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         return [Result(seq, f"Transcribed: {stamp} (size: {len(audio)} bytes)", True)]
@@ -30,6 +30,7 @@ class MockEngine:
     """For load tests and for the original service's behaviour."""
 
     name = "mock"
+    blocking = False
 
     def open_session(self, session_id: str, encoding: str, sample_rate: int) -> MockSession:
         return MockSession()

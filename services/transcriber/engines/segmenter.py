@@ -1,0 +1,140 @@
+"""Voice activity over a stream: where utterances start and end.
+
+Silero VAD as faster-whisper ships it, run on 512-sample windows (32 ms at 16 kHz)
+as audio arrives. faster-whisper's own wrapper resets the model's state and the
+window context on every call, which suits whole files; here both carry over from
+one chunk to the next, so a stream cut into 100 ms pieces is judged as one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+WINDOW = 512
+CONTEXT = 64
+RATE = 16_000
+TAIL_WINDOWS = 6  # silence kept after speech (about 0.2 s): recognisers like a little
+
+Audio = np.ndarray[Any, np.dtype[np.float32]]
+
+
+class StreamingVad:
+    """Speech probability per 512-sample window, with state kept across calls."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session  # an onnxruntime InferenceSession of silero_vad_v6
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(CONTEXT, dtype=np.float32)
+
+    def __call__(self, windows: Audio) -> Audio:
+        """`windows`: shape (n, 512). Returns n probabilities."""
+        if len(windows) == 0:
+            return np.zeros(0, dtype=np.float32)
+        contexts = np.concatenate([self._context[None, :], windows[:-1, -CONTEXT:]])
+        batch = np.concatenate([contexts, windows], axis=1).astype(np.float32)
+        probs, self._h, self._c = self._session.run(
+            None, {"input": batch, "h": self._h, "c": self._c}
+        )
+        self._context = windows[-1, -CONTEXT:].copy()
+        out: Audio = np.asarray(probs, dtype=np.float32).reshape(-1)
+        return out
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """A stretch of speech: its audio and where it lies in the stream (samples)."""
+
+    audio: Audio
+    start: int
+    end: int
+
+
+class Segmenter:
+    """Cuts a 16 kHz stream into utterances.
+
+    Speech starts at a window of probability >= `threshold` (with `preroll_s` of the
+    audio before it, so the first syllable is whole) and ends after `silence_s` of
+    windows below `threshold - 0.15`, or at `max_s`.
+    """
+
+    def __init__(
+        self,
+        vad: StreamingVad,
+        threshold: float = 0.5,
+        silence_s: float = 0.6,
+        preroll_s: float = 0.3,
+        max_s: float = 25.0,
+    ) -> None:
+        self._vad = vad
+        self._on = threshold
+        self._off = max(threshold - 0.15, 0.01)
+        self._silence_windows = max(1, int(silence_s * RATE / WINDOW))
+        self._max_samples = int(max_s * RATE)
+        self._preroll: deque[Audio] = deque(maxlen=max(1, int(preroll_s * RATE / WINDOW)))
+        self._pending = np.zeros(0, dtype=np.float32)  # less than a window, not judged yet
+        self._speech: list[Audio] = []  # windows of the utterance in progress
+        self._start = 0
+        self._quiet = 0  # windows of silence at the end of the utterance in progress
+        self.position = 0  # samples judged so far
+
+    @property
+    def in_speech(self) -> bool:
+        return bool(self._speech)
+
+    @property
+    def speech_start(self) -> int:
+        """Where the utterance in progress starts (preroll included); `position` if none."""
+        return self._start if self._speech else self.position - WINDOW * len(self._preroll)
+
+    def current(self) -> Audio:
+        """The audio of the utterance in progress, for a partial result."""
+        if not self._speech:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self._speech)
+
+    def feed(self, samples: Audio) -> list[Utterance]:
+        """The utterances that this audio completes."""
+        data = np.concatenate([self._pending, samples])
+        whole = len(data) - len(data) % WINDOW
+        self._pending = data[whole:]
+        windows = data[:whole].reshape(-1, WINDOW)
+        done: list[Utterance] = []
+        for window, prob in zip(windows, self._vad(windows), strict=True):
+            self.position += WINDOW
+            if not self._speech:
+                if prob >= self._on:
+                    self._start = self.position - WINDOW * (len(self._preroll) + 1)
+                    self._speech = [*self._preroll, window]
+                    self._preroll.clear()
+                    self._quiet = 0
+                else:
+                    self._preroll.append(window)
+                continue
+            self._speech.append(window)
+            self._quiet = self._quiet + 1 if prob < self._off else 0
+            if self._quiet >= self._silence_windows or (
+                self.position - self._start >= self._max_samples
+            ):
+                done.append(self._close(trim=max(0, self._quiet - TAIL_WINDOWS)))
+        return done
+
+    def flush(self) -> Utterance | None:
+        """End the utterance in progress now (finalize, close, end of stream)."""
+        if len(self._pending) and self._speech:
+            self._speech.append(self._pending)
+            self.position += len(self._pending)
+        self._pending = np.zeros(0, dtype=np.float32)
+        return self._close(trim=max(0, self._quiet - TAIL_WINDOWS)) if self._speech else None
+
+    def _close(self, trim: int) -> Utterance:
+        keep = self._speech[: len(self._speech) - trim] if trim < len(self._speech) else []
+        audio = np.concatenate(keep) if keep else np.zeros(0, dtype=np.float32)
+        utterance = Utterance(audio, self._start, self._start + len(audio))
+        self._speech = []
+        self._quiet = 0
+        return utterance

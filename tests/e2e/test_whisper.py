@@ -1,0 +1,87 @@
+"""The whisper engine through the whole tree: partials while speaking, finals per
+utterance with times and words, and the tail of the stream kept on close."""
+
+from __future__ import annotations
+
+import re
+import wave
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import TreeFactory
+
+pytestmark = pytest.mark.timeout(180)
+
+SPEECH = Path(__file__).parent.parent / "data" / "two_sentences.wav"
+FIRST = "the juice of lemons makes fine punch"
+SECOND = "the boy was there when the sun rose"
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
+
+
+def word_errors(ref: str, hyp: str) -> int:
+    """Word-level edit distance."""
+    r, h = words(ref), words(hyp)
+    row = list(range(len(h) + 1))
+    for i, rw in enumerate(r, 1):
+        prev, row = row, [i] + [0] * len(h)
+        for j, hw in enumerate(h, 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (rw != hw))
+    return row[-1]
+
+
+async def test_whisper_streams_partials_then_finals_and_close_keeps_the_tail(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    tree = await start_tree(redis_url=redis_url, transcribers=1,
+                            env={"HARK_ENGINE": "whisper"})  # fmt: skip
+    with wave.open(str(SPEECH)) as wav:
+        rate, audio = wav.getframerate(), wav.readframes(wav.getnframes())
+    step = rate // 10 * 2  # 100 ms frames
+    replies: list[dict[str, Any]] = []
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{tree.ws_url}?sample_rate={rate}") as ws,
+    ):
+        assert (await ws.receive_json(timeout=30))["status"] == "ready"
+        for start in range(0, len(audio), step):
+            await ws.send_bytes(audio[start : start + step])
+        # The stream ends 0.3 s after the second sentence: too soon for the VAD to end
+        # it, so only the close can bring its final.
+        await ws.send_str('{"type": "close"}')
+        async for msg in ws:
+            replies.append(msg.json())
+    transcripts = [r for r in replies if r["status"] == "transcript"]
+    finals = [r for r in transcripts if r["final"]]
+    for r in transcripts:
+        kind = "final  " if r["final"] else "partial"
+        span = f"{r.get('start', '')!s:>6}-{r.get('end', '')!s:<6}"
+        print(f"{kind} seq {r['seq']:>2} {span} {r['text']}")
+    assert len(finals) == 2, [r["text"] for r in transcripts]
+    assert word_errors(FIRST, finals[0]["text"]) <= 1, finals[0]["text"]
+    assert word_errors(SECOND, finals[1]["text"]) <= 1, finals[1]["text"]
+    first_final = transcripts.index(finals[0])
+    assert any(not r["final"] for r in transcripts[:first_final]), "no partial before the final"
+    assert finals[0]["seq"] < finals[1]["seq"]
+    assert 0.0 <= finals[0]["start"] < finals[0]["end"] < finals[1]["start"] < finals[1]["end"]
+    assert finals[1]["end"] <= len(audio) / 2 / rate + 0.05
+    assert [w["word"] for w in finals[0]["words"]] and all(
+        finals[0]["start"] - 0.05 <= w["start"] <= w["end"] <= finals[0]["end"] + 0.5
+        for w in finals[0]["words"]
+    )  # fmt: skip
+    assert replies[-1]["status"] == "closed" and replies[-1]["complete"] is True
+
+
+async def test_an_unusable_whisper_model_stops_hark_up_at_start_saying_why(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    with pytest.raises(RuntimeError, match="exited early") as failed:
+        env = {"HARK_ENGINE": "whisper", "HARK_WHISPER_MODEL": "./no/such/model"}
+        await start_tree(redis_url=redis_url, transcribers=1, env=env)
+    assert "model directory ./no/such/model does not exist" in str(failed.value)
+    assert "transcriber-0 failed to start" in str(failed.value)
