@@ -1,6 +1,6 @@
 """Speech engine speed and accuracy on this machine.
 
-    .venv/bin/python -m bench.engine_speed [--engine whisper] [--partial-interval 1.0]
+    .venv/bin/python -m bench.engine_speed [--engine whisper|sphinx] [--partial-interval 1.0]
 
 One session streams the recorded sentences of tests/data/speech, each followed by
 1 s of silence, in 100 ms chunks, as a live client would. Prints one JSON line:
@@ -21,6 +21,7 @@ import wave
 from pathlib import Path
 
 from services.transcriber.engines.model_store import default_cache_dir, packaged_model
+from services.transcriber.engines.sphinx import SphinxEngine
 from services.transcriber.engines.whisper import WhisperEngine
 from tests import wer
 
@@ -42,12 +43,16 @@ def stream() -> tuple[bytes, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.engine_speed")
-    parser.add_argument("--engine", choices=["whisper"], default="whisper")
+    parser.add_argument("--engine", choices=["whisper", "sphinx"], default="whisper")
     parser.add_argument("--partial-interval", type=float, default=1.0,
                         help="seconds of speech between partials; 0: none")  # fmt: skip
     args = parser.parse_args()
     interval = args.partial_interval or 1e6
-    engine = WhisperEngine(str(packaged_model(default_cache_dir())), partial_interval=interval)
+    engine: WhisperEngine | SphinxEngine
+    if args.engine == "sphinx":
+        engine = SphinxEngine(partial_interval=interval)
+    else:
+        engine = WhisperEngine(str(packaged_model(default_cache_dir())), partial_interval=interval)
     audio, sentences = stream()
     session = engine.open_session("bench", "pcm_s16le", RATE)
     busy = 0.0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-ENGINES = ("mock", "whisper")
+ENGINES = ("mock", "whisper", "sphinx")
 ENCODINGS = ("pcm_s16le", "pcm_f32le")
 
 

@@ -1,4 +1,4 @@
-"""The whisper engine through the whole tree: partials while speaking, finals per
+"""The speech engines through the whole tree: partials while speaking, finals per
 utterance with times and words, and the tail of the stream kept on close."""
 
 from __future__ import annotations
@@ -35,11 +35,15 @@ def word_errors(ref: str, hyp: str) -> int:
     return row[-1]
 
 
-async def test_whisper_streams_partials_then_finals_and_close_keeps_the_tail(
-    start_tree: TreeFactory, redis_url: str
+# Word errors allowed per sentence: sphinx is the small, less accurate engine.
+TOLERANCE = {"whisper": 1, "sphinx": 2}
+
+
+@pytest.mark.parametrize("engine", ["whisper", "sphinx"])
+async def test_engine_streams_partials_then_finals_and_close_keeps_the_tail(
+    start_tree: TreeFactory, redis_url: str, engine: str
 ) -> None:
-    tree = await start_tree(redis_url=redis_url, transcribers=1,
-                            env={"HARK_ENGINE": "whisper"})  # fmt: skip
+    tree = await start_tree(redis_url=redis_url, transcribers=1, env={"HARK_ENGINE": engine})
     with wave.open(str(SPEECH)) as wav:
         rate, audio = wav.getframerate(), wav.readframes(wav.getnframes())
     step = rate // 10 * 2  # 100 ms frames
@@ -63,8 +67,8 @@ async def test_whisper_streams_partials_then_finals_and_close_keeps_the_tail(
         span = f"{r.get('start', '')!s:>6}-{r.get('end', '')!s:<6}"
         print(f"{kind} seq {r['seq']:>2} {span} {r['text']}")
     assert len(finals) == 2, [r["text"] for r in transcripts]
-    assert word_errors(FIRST, finals[0]["text"]) <= 1, finals[0]["text"]
-    assert word_errors(SECOND, finals[1]["text"]) <= 1, finals[1]["text"]
+    assert word_errors(FIRST, finals[0]["text"]) <= TOLERANCE[engine], finals[0]["text"]
+    assert word_errors(SECOND, finals[1]["text"]) <= TOLERANCE[engine], finals[1]["text"]
     first_final = transcripts.index(finals[0])
     assert any(not r["final"] for r in transcripts[:first_final]), "no partial before the final"
     assert finals[0]["seq"] < finals[1]["seq"]

@@ -82,4 +82,13 @@ def create_engine(settings: Settings) -> Engine:
                 "pip install -e '.[whisper]'"
             ) from None
         return WhisperEngine.from_settings(settings)
+    if settings.engine == "sphinx":
+        try:
+            from services.transcriber.engines.sphinx import SphinxEngine
+        except ImportError as exc:
+            raise EngineUnavailable(
+                f"the sphinx engine needs its extra ({exc.name} is missing): "
+                "pip install -e '.[sphinx]'"
+            ) from None
+        return SphinxEngine.from_settings(settings)
     raise EngineUnavailable(f"unknown engine {settings.engine!r}")
