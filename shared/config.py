@@ -44,7 +44,7 @@ class Settings:
     status_host: str = field(default="127.0.0.1", metadata=_env("HARK_STATUS_HOST"))
     status_port: int = field(default=8001, metadata=_env("HARK_STATUS_PORT"))
     transcribers: int = field(default=2, metadata=_env("HARK_TRANSCRIBERS"))
-    engine: str = field(default="mock", metadata=_env("HARK_ENGINE"))
+    engine: str = field(default="whisper", metadata=_env("HARK_ENGINE"))
     # None: `hark up` starts an embedded redis-server on loopback.
     redis_url: str | None = field(default=None, metadata=_env("HARK_REDIS_URL", "REDIS_URL"))
     max_chunk_bytes: int = field(

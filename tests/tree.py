@@ -43,7 +43,9 @@ class Tree:
         self.status_port = free_port()
         self.redis_url = redis_url
         self.transcribers = transcribers
-        self.env = {**os.environ, "HARK_HEARTBEAT_INTERVAL": "0.5", **(env or {})}
+        # The mock engine unless a test names one: the plumbing tests need no model.
+        self.env = {**os.environ, "HARK_HEARTBEAT_INTERVAL": "0.5", "HARK_ENGINE": "mock",
+                    **(env or {})}  # fmt: skip
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.banner: list[str] = []

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="supervisor API port (HARK_STATUS_PORT, default 8001)")  # fmt: skip
     up.add_argument("--transcribers", type=int, metavar="N",
                     help="transcriber actors (HARK_TRANSCRIBERS, default 2)")  # fmt: skip
-    up.add_argument("--engine", choices=ENGINES, help="engine (HARK_ENGINE, default mock)")
+    up.add_argument("--engine", choices=ENGINES, help="engine (HARK_ENGINE, default whisper; "
+                    "mock for load tests)")  # fmt: skip
     up.add_argument("--redis-url", help="use this Redis instead of starting an embedded one "
                     "(HARK_REDIS_URL)")  # fmt: skip
     up.add_argument("--log-level", help="DEBUG, INFO, WARNING... (HARK_LOG_LEVEL, default INFO)")

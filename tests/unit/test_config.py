@@ -10,7 +10,7 @@ from shared.config import Settings, SettingsError, redact_url
 def test_defaults_match_the_documented_ones() -> None:
     s = Settings.from_env({})
     assert (s.host, s.port, s.status_port, s.transcribers, s.engine) == (
-        "127.0.0.1", 8000, 8001, 2, "mock",
+        "127.0.0.1", 8000, 8001, 2, "whisper",
     )  # fmt: skip
     assert s.redis_url is None
     assert s.max_chunk_bytes == 1024 * 1024
