@@ -16,7 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENGINES = ("mock", "whisper", "sphinx")
-ENCODINGS = ("pcm_s16le", "pcm_f32le")
+# Audio encodings clients may send, and their bytes per sample.
+SAMPLE_WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
+ENCODINGS = tuple(SAMPLE_WIDTHS)
 
 
 class SettingsError(ValueError):

@@ -16,19 +16,13 @@ from redis.exceptions import RedisError
 
 from services.gateway import resume
 from services.gateway.hub import Hub
-from services.gateway.protocol import (
-    WIDTHS,
-    AudioFormat,
-    ClientError,
-    error_reply,
-    parse_control,
-)
+from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
 from services.gateway.session import Session
 from shared import keys
 from shared.actor import ActorRuntime
 from shared.audit import Audit
-from shared.config import Settings
+from shared.config import SAMPLE_WIDTHS, Settings
 from shared.messages import ActorDown, AudioChunk, Message, SessionControl
 from shared.redis_util import Coalescer
 from shared.tasks import cancel_and_wait
@@ -252,7 +246,7 @@ class Gateway:
             log.warning("session %s: chunk %d not stored: %s", session.session_id, seq, exc)
             raise ClientError("unavailable", "audio could not be stored; send it again") from None
         session.last_seq = seq
-        session.audio_s += size / (WIDTHS[session.fmt.encoding] * session.fmt.sample_rate)
+        session.audio_s += size / (SAMPLE_WIDTHS[session.fmt.encoding] * session.fmt.sample_rate)
         session.acked(seq, size)
 
     async def _on_text(self, session: Session, text: str) -> bool:

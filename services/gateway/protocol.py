@@ -14,7 +14,6 @@ from typing import Any
 from shared.config import ENCODINGS
 
 SAMPLE_RATES = range(8000, 48001)
-WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}  # bytes per sample
 
 
 class ClientError(Exception):

@@ -3,7 +3,6 @@ utterance with times and words, and the tail of the stream kept on close."""
 
 from __future__ import annotations
 
-import re
 import wave
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests import wer
 from tests.conftest import TreeFactory
 
 pytestmark = pytest.mark.timeout(180)
@@ -18,21 +18,6 @@ pytestmark = pytest.mark.timeout(180)
 SPEECH = Path(__file__).parent.parent / "data" / "two_sentences.wav"
 FIRST = "the juice of lemons makes fine punch"
 SECOND = "the boy was there when the sun rose"
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
-
-
-def word_errors(ref: str, hyp: str) -> int:
-    """Word-level edit distance."""
-    r, h = words(ref), words(hyp)
-    row = list(range(len(h) + 1))
-    for i, rw in enumerate(r, 1):
-        prev, row = row, [i] + [0] * len(h)
-        for j, hw in enumerate(h, 1):
-            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (rw != hw))
-    return row[-1]
 
 
 # Word errors allowed per sentence: sphinx is the small, less accurate engine.
@@ -67,8 +52,8 @@ async def test_engine_streams_partials_then_finals_and_close_keeps_the_tail(
         span = f"{r.get('start', '')!s:>6}-{r.get('end', '')!s:<6}"
         print(f"{kind} seq {r['seq']:>2} {span} {r['text']}")
     assert len(finals) == 2, [r["text"] for r in transcripts]
-    assert word_errors(FIRST, finals[0]["text"]) <= TOLERANCE[engine], finals[0]["text"]
-    assert word_errors(SECOND, finals[1]["text"]) <= TOLERANCE[engine], finals[1]["text"]
+    assert wer.errors(FIRST, finals[0]["text"]) <= TOLERANCE[engine], finals[0]["text"]
+    assert wer.errors(SECOND, finals[1]["text"]) <= TOLERANCE[engine], finals[1]["text"]
     first_final = transcripts.index(finals[0])
     assert any(not r["final"] for r in transcripts[:first_final]), "no partial before the final"
     assert finals[0]["seq"] < finals[1]["seq"]

@@ -15,9 +15,9 @@ import numpy as np
 import soxr
 
 from services.transcriber.engines import BadInput
+from shared.config import SAMPLE_WIDTHS
 
 TARGET_RATE = 16_000
-WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
 
 
 class AudioError(BadInput):
@@ -28,12 +28,12 @@ class Decoder:
     """One session's audio converter; feed chunks in order, then `flush()`."""
 
     def __init__(self, encoding: str, sample_rate: int) -> None:
-        if encoding not in WIDTHS:
-            raise AudioError(f"encoding {encoding!r} is not one of {', '.join(WIDTHS)}")
+        if encoding not in SAMPLE_WIDTHS:
+            raise AudioError(f"encoding {encoding!r} is not one of {', '.join(SAMPLE_WIDTHS)}")
         if not 8000 <= sample_rate <= 48000:
             raise AudioError(f"sample rate {sample_rate} is outside 8000..48000")
         self.encoding = encoding
-        self.width = WIDTHS[encoding]
+        self.width = SAMPLE_WIDTHS[encoding]
         self.sample_rate = sample_rate
         self._carry = b""
         self._resampler: Any = None
