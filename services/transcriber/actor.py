@@ -160,7 +160,9 @@ class Transcriber:
             committed = sess.engine.committed_seq
             while sess.pending and sess.pending[0][0] <= committed:
                 acks.append(sess.pending.pop(0)[1])
+            # A live session stays resumable: its record and results live on while it does.
             pipe.expire(keys.results(sess.session_id), self.settings.results_ttl)
+            pipe.expire(keys.session(sess.session_id), self.settings.results_ttl)
         self._commit(pipe, acks)
         if self.runtime.beat_due():
             key, value, ttl = self.runtime.heartbeat("running", len(self.sessions))

@@ -127,6 +127,19 @@ async def test_malformed_entry_is_reported_and_does_not_wedge_the_actor(
     assert await pending(redis) == 0
 
 
+async def test_a_live_session_keeps_its_record_and_results_from_expiring(
+    redis: Redis, actor: Transcriber
+) -> None:
+    await redis.hset(keys.session("s1"), "client_id", "c1")
+    await redis.expire(keys.session("s1"), 5)  # about to expire
+    async with Channel(redis, "c1") as channel:
+        await redis.xadd(keys.mailbox(NAME), {"m": chunk(1)})
+        await channel.next()
+    ttl = actor.settings.results_ttl
+    assert ttl - 5 < await redis.ttl(keys.session("s1")) <= ttl
+    assert ttl - 5 < await redis.ttl(keys.results("s1")) <= ttl
+
+
 async def test_actor_heartbeat_key_names_it_and_expires(redis: Redis, actor: Transcriber) -> None:
     async with Channel(redis, "c1") as channel:  # one round trip through the loop
         await redis.xadd(keys.mailbox(NAME), {"m": chunk(1)})
