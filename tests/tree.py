@@ -172,3 +172,16 @@ async def replies_until(
 
 def count(replies: list[dict[str, Any]], status: str) -> int:
     return sum(1 for r in replies if r["status"] == status)
+
+
+async def stall_actor(
+    ws: aiohttp.ClientWebSocketResponse, pid: int, chunks: int, size: int
+) -> None:
+    """Freeze the actor `pid` (SIGSTOP), then send `chunks` frames of `size` bytes: the
+    gateway acks each (it is in the mailbox) and none can be transcribed yet.
+    The caller resumes or kills the actor."""
+    os.kill(pid, signal.SIGSTOP)
+    for _ in range(chunks):
+        await ws.send_bytes(b"\x00" * size)
+    acks = await replies_until(ws, lambda r: count(r, "received") == chunks)
+    assert count(acks, "transcript") == 0, "a frozen actor transcribed"

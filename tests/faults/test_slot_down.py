@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import TreeFactory
-from tests.tree import count, replies_until
+from tests.tree import count, replies_until, stall_actor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,11 +28,7 @@ async def test_sessions_of_a_fatal_transcriber_move_with_their_uncommitted_audio
         await replies_until(ws, lambda r: count(r, "transcript") == 3)
 
         victim = await tree.actor(doomed)
-        os.kill(victim["pid"], signal.SIGSTOP)  # audio now piles up uncommitted
-        for _ in range(5):
-            await ws.send_bytes(b"\x00" * 200)
-        acks = await replies_until(ws, lambda r: count(r, "received") == 5)
-        assert count(acks, "transcript") == 0
+        await stall_actor(ws, victim["pid"], chunks=5, size=200)  # piles up uncommitted
         os.kill(victim["pid"], signal.SIGKILL)
 
         # The supervisor and the gateway write these; either may come first in the log.
