@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/config", config)
+    app.router.add_get("/metrics", metrics)
     app.router.add_static("/static/", STATIC)
     return app
 
@@ -69,6 +71,12 @@ async def ready(request: web.Request) -> web.Response:
     ok = redis_ok and bool(live) and gateway.accepting
     body = {"status": "ready" if ok else "not_ready", "redis": redis_ok, "transcribers": live}
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def config(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from services.gateway import resume
 from services.gateway.hub import Hub
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
 from services.gateway.session import Session
@@ -48,6 +49,7 @@ class Gateway:
                              on_down=self._actor_down)  # fmt: skip
         self._moves: set[asyncio.Task[None]] = set()
         self.sessions: dict[str, Session] = {}
+        self.metrics = GatewayMetrics(lambda: len(self.sessions))
         self.accepting = True  # False from the start of drain() on
         self._beat_task: asyncio.Task[None] | None = None
 
@@ -118,12 +120,14 @@ class Gateway:
         ws = web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes, heartbeat=30)
         await ws.prepare(request)
         if not self.accepting:
+            self.metrics.errors.labels("shutting_down").inc()
             reply = error_reply("shutting_down", "the gateway is shutting down; reconnect")
             return await _refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
         resuming = "session_id" in request.query or "resume_token" in request.query
         try:
             session = await (self._resume(ws, request) if resuming else self._open(ws, request))
         except ClientError as exc:
+            self.metrics.errors.labels(exc.code).inc()
             code = WSCloseCode.TRY_AGAIN_LATER if exc.code == "no_transcriber" else (
                 WSCloseCode.POLICY_VIOLATION)  # fmt: skip
             return await _refuse(ws, exc.reply(), code)
@@ -141,7 +145,7 @@ class Gateway:
         session = Session(
             ws, session_id=secrets.token_hex(16), client_id=secrets.token_hex(16),
             resume_token=secrets.token_urlsafe(32), actor=actor, fmt=fmt,
-            queue_limit=self.settings.session_queue,
+            queue_limit=self.settings.session_queue, metrics=self.metrics,
         )  # fmt: skip
         await self.hub.add(session)
         self.sessions[session.session_id] = session
@@ -176,7 +180,7 @@ class Gateway:
         session = Session(
             ws, session_id=found.session_id, client_id=found.client_id,
             resume_token=query["resume_token"], actor=found.actor, fmt=found.fmt,
-            queue_limit=self.settings.session_queue,
+            queue_limit=self.settings.session_queue, metrics=self.metrics,
         )  # fmt: skip
         session.last_seq, session.audio_s = await resume.last_accepted(
             self.redis, found.actor, found.session_id
@@ -214,6 +218,7 @@ class Gateway:
             except ClientError as exc:
                 log.info("session %s: %s: %s", session.session_id, exc.code, exc.message)
                 session.stats.errors += 1
+                self.metrics.errors.labels(exc.code).inc()
                 session.send(exc.reply())
                 await self.audit.log("client_error", session.session_id, code=exc.code)
 
@@ -248,6 +253,8 @@ class Gateway:
         session.last_seq = seq
         session.audio_s += size / (SAMPLE_WIDTHS[session.fmt.encoding] * session.fmt.sample_rate)
         session.acked(seq, size)
+        self.metrics.chunks.inc()
+        self.metrics.bytes.inc(size)
 
     async def _on_text(self, session: Session, text: str) -> bool:
         """Handle a control frame; True when the session is over."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, error_reply
 from shared.messages import ActorError, Flushed, Message, Transcript
 
@@ -52,6 +53,7 @@ class Session:
         actor: str,
         fmt: AudioFormat,
         queue_limit: int,
+        metrics: GatewayMetrics,
     ) -> None:
         self.ws = ws
         self.session_id = session_id
@@ -60,6 +62,7 @@ class Session:
         self.actor = actor
         self.fmt = fmt
         self.queue_limit = queue_limit
+        self.metrics = metrics
         self.stats = SessionStats()
         self.last_seq = 0  # last seq given to an accepted chunk
         self.acked_seq = 0
@@ -69,7 +72,6 @@ class Session:
         self.closing = False
         self.close_reason = "disconnected"  # why the session ended, for the audit log
         self.close_flushed = asyncio.Event()
-        self.latencies: deque[float] = deque(maxlen=1024)
         self._held: list[Transcript] = []
         self._backlog: list[Message] | None = None  # live results held during a replay
         self.ended = asyncio.Event()
@@ -95,6 +97,7 @@ class Session:
             return
         if not self._warned and len(self._out) >= self.queue_limit * 3 // 4:
             self._warned = True
+            self.metrics.errors.labels("slow_consumer").inc()
             self._out.append(json.dumps(error_reply(
                 "slow_consumer",
                 f"replies are piling up ({len(self._out)} waiting); read faster or be closed",
@@ -189,6 +192,7 @@ class Session:
                 self.close_flushed.set()
         elif isinstance(msg, ActorError):
             self.stats.errors += 1
+            self.metrics.errors.labels(msg.code).inc()
             self.send(error_reply(msg.code, msg.error, msg.seq))
 
     def _deliver(self, t: Transcript, replayed: bool = False) -> None:
@@ -201,9 +205,12 @@ class Session:
             self.delivered_seq = t.seq
             self._progress.set()
             self.stats.finals += 1
-            self.latencies.append(time.time() - t.received_at)
+            if not replayed:
+                self.metrics.latency.observe(max(0.0, time.time() - t.received_at))
+            self.metrics.results.labels("final").inc()
         else:
             self.stats.partials += 1
+            self.metrics.results.labels("partial").inc()
         reply = {
             "status": "transcript", "client_id": self.client_id, "session_id": self.session_id,
             "text": t.text, "seq": t.seq, "final": t.final,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
+from services.supervisor.metrics import render as render_metrics
 from services.supervisor.supervisor import Supervisor
 from shared import keys
 from shared.redis_util import MAX_BLOCK_S, Entry, stream_entries
@@ -23,6 +25,7 @@ def create_status_app(supervisor: Supervisor) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_get("/health", health)
     app.router.add_get("/audit", audit)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -34,6 +37,12 @@ async def health(request: web.Request) -> web.Response:
     report = request.app[SUPERVISOR].status()
     body = {"status": report["state"], "healthy": report["healthy"]}
     return web.json_response(body, status=200 if report["healthy"] else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    body = await render_metrics(request.app[SUPERVISOR])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def audit(request: web.Request) -> web.Response:
