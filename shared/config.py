@@ -43,6 +43,9 @@ class Settings:
 
     host: str = field(default="127.0.0.1", metadata=_env("HARK_HOST"))
     port: int = field(default=8000, metadata=_env("HARK_PORT", "APP_PORT"))
+    # vosk-server protocol on every path of this port too (vosk clients are often
+    # hard-wired to ws://localhost:2700); None: only /vosk on the gateway port.
+    vosk_port: int | None = field(default=None, metadata=_env("HARK_VOSK_PORT"))
     status_host: str = field(default="127.0.0.1", metadata=_env("HARK_STATUS_HOST"))
     status_port: int = field(default=8001, metadata=_env("HARK_STATUS_PORT"))
     transcribers: int = field(default=2, metadata=_env("HARK_TRANSCRIBERS"))
@@ -79,9 +82,9 @@ class Settings:
 
     def validate(self) -> None:
         """Raise SettingsError naming the first setting that cannot work."""
-        for name in ("port", "status_port"):
+        for name in ("port", "status_port", "vosk_port"):
             value = getattr(self, name)
-            if not 0 <= value <= 65535:
+            if value is not None and not 0 <= value <= 65535:
                 raise SettingsError(f"{_var(name)}={value}: a port is 0..65535")
         positive = (
             "transcribers", "max_chunk_bytes", "heartbeat_interval", "heartbeat_misses",
@@ -182,7 +185,7 @@ def _var(name: str) -> str:
 def _parse(f: dataclasses.Field[Any], var: str, raw: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
-        if kind == "int":
+        if kind in ("int", "int | None"):
             return int(raw)
         if kind in ("float", "float | None"):
             return float(raw)

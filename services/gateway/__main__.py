@@ -12,7 +12,7 @@ import sys
 
 from aiohttp import web
 
-from services.gateway.app import GATEWAY, create_app
+from services.gateway.app import GATEWAY, create_app, create_vosk_app
 from shared import actor, logs
 from shared.config import Settings
 from shared.redis_util import connect
@@ -36,13 +36,19 @@ def main() -> None:
         runner = web.AppRunner(app, handle_signals=False,
                                shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
         await runner.setup()
+        vosk_runner = web.AppRunner(create_vosk_app(app[GATEWAY]), handle_signals=False,
+                                    shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
+        await vosk_runner.setup()
         try:
-            site = web.TCPSite(runner, settings.host, settings.port)
-            try:
-                await site.start()
-            except OSError as exc:
-                log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
-                return 2
+            sites = [(runner, settings.port)]
+            if settings.vosk_port is not None:
+                sites.append((vosk_runner, settings.vosk_port))
+            for site_runner, port in sites:
+                try:
+                    await web.TCPSite(site_runner, settings.host, port).start()
+                except OSError as exc:
+                    log.error("cannot listen on %s:%d: %s", settings.host, port, exc.strerror)
+                    return 2
             actor.notify_ready()
             await stop.wait()
             # Drain while the server still reads frames: aiohttp's cleanup stops reading
@@ -50,6 +56,7 @@ def main() -> None:
             await app[GATEWAY].drain()
             return 0
         finally:
+            await vosk_runner.cleanup()
             await runner.cleanup()
             await redis.aclose()
 

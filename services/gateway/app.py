@@ -32,6 +32,7 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", index)
     app.router.add_get("/ws", ws_route)
+    app.router.add_get("/vosk", vosk_route)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/config", config)
@@ -42,6 +43,18 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
 
 async def ws_route(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].handle_ws(request)
+
+
+async def vosk_route(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle_vosk(request)
+
+
+def create_vosk_app(gateway: Gateway) -> web.Application:
+    """Every path speaks vosk, as vosk-server does on its port (clients often use none)."""
+    app = web.Application()
+    app[GATEWAY] = gateway
+    app.router.add_get("/{tail:.*}", vosk_route)
+    return app
 
 
 async def index(request: web.Request) -> web.StreamResponse:

@@ -14,12 +14,13 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.gateway import resume
+from services.gateway import resume, vosk
 from services.gateway.hub import Hub
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
 from services.gateway.session import Session
+from services.gateway.vosk import VoskSession
 from shared import keys
 from shared.actor import ActorRuntime
 from shared.audit import Audit
@@ -125,7 +126,11 @@ class Gateway:
             return await _refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
         resuming = "session_id" in request.query or "resume_token" in request.query
         try:
-            session = await (self._resume(ws, request) if resuming else self._open(ws, request))
+            if resuming:
+                session = await self._resume(ws, request)
+            else:
+                fmt = AudioFormat().updated(dict(request.query))
+                session = await self._open(ws, request, fmt, Session)
         except ClientError as exc:
             self.metrics.errors.labels(exc.code).inc()
             code = WSCloseCode.TRY_AGAIN_LATER if exc.code == "no_transcriber" else (
@@ -137,12 +142,17 @@ class Gateway:
             await self._end(session)
         return ws
 
-    async def _open(self, ws: web.WebSocketResponse, request: web.Request) -> Session:
-        fmt = AudioFormat().updated(dict(request.query))
+    async def _open(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        fmt: AudioFormat,
+        kind: type[Session],
+    ) -> Session:
         actor = await self.router.pick()
         if actor is None:
             raise ClientError("no_transcriber", "no transcriber is running; try again shortly")
-        session = Session(
+        session = kind(
             ws, session_id=secrets.token_hex(16), client_id=secrets.token_hex(16),
             resume_token=secrets.token_urlsafe(32), actor=actor, fmt=fmt,
             queue_limit=self.settings.session_queue, metrics=self.metrics,
@@ -161,7 +171,7 @@ class Gateway:
                           transcriber=session.actor, peer=request.remote)  # fmt: skip
         await pipe.execute()
         log.info("session %s open on %s", session.session_id, session.actor)
-        session.send(session.greeting())
+        session.say_hello()
         return session
 
     async def _resume(self, ws: web.WebSocketResponse, request: web.Request) -> Session:
@@ -255,6 +265,56 @@ class Gateway:
         session.acked(seq, size)
         self.metrics.chunks.inc()
         self.metrics.bytes.inc(size)
+
+    async def handle_vosk(self, request: web.Request) -> web.StreamResponse:
+        """The vosk-server protocol (see services/gateway/vosk.py) on the same sessions."""
+        ws = web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes, heartbeat=30)
+        await ws.prepare(request)
+        try:
+            if not self.accepting:
+                raise ClientError("shutting_down", "the gateway is shutting down; reconnect")
+            session = await self._open(ws, request, AudioFormat(), VoskSession)
+        except ClientError as exc:
+            self.metrics.errors.labels(exc.code).inc()
+            return await _refuse(ws, {"error": exc.message, **exc.reply()},
+                                 WSCloseCode.TRY_AGAIN_LATER)  # fmt: skip
+        assert isinstance(session, VoskSession)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    try:
+                        await self._on_audio(session, msg.data)
+                    except ClientError as exc:
+                        self.metrics.errors.labels(exc.code).inc()
+                        session.send({"partial": "", "error": exc.message, "code": exc.code})
+                        continue
+                    session.send(session.frame_reply())
+                elif msg.type == WSMsgType.TEXT:
+                    frame = vosk.parse(msg.data)
+                    config = frame.get("config")
+                    if isinstance(config, dict) and session.last_seq == 0:
+                        with contextlib.suppress(ClientError):  # vosk ignores what it can't use
+                            rate = {"sample_rate": config["sample_rate"]}
+                            session.fmt = session.fmt.updated(
+                                rate if "sample_rate" in config else {}
+                            )
+                    elif frame.get("eof"):
+                        await self._vosk_eof(session)
+                        break
+                else:
+                    break
+        finally:
+            await self._end(session)
+        return ws
+
+    async def _vosk_eof(self, session: VoskSession) -> None:
+        session.closing = True
+        with contextlib.suppress(ClientError):
+            await self._control(session, "close")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
+        session.send(session.final_reply())
+        session.close_reason = "closed_by_client"
 
     async def _on_text(self, session: Session, text: str) -> bool:
         """Handle a control frame; True when the session is over."""

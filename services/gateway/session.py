@@ -155,12 +155,16 @@ class Session:
         self.acked_seq = seq
         self.stats.chunks += 1
         self.stats.bytes += size
-        self.send({"status": "received", "size": size, "seq": seq})
+        self.ack_reply(seq, size)
         if self._held:
             ready = [t for t in self._held if t.seq <= seq]
             self._held = [t for t in self._held if t.seq > seq]
             for transcript in ready:
                 self._deliver(transcript)
+
+    def ack_reply(self, seq: int, size: int) -> None:
+        """The client's ack of an accepted chunk (a protocol adapter may differ)."""
+        self.send({"status": "received", "size": size, "seq": seq})
 
     def begin_replay(self) -> None:
         """Hold live results until `replay()` has sent the stored ones before them."""
@@ -211,6 +215,10 @@ class Session:
         else:
             self.stats.partials += 1
             self.metrics.results.labels("partial").inc()
+        self.transcript_reply(t, replayed)
+
+    def transcript_reply(self, t: Transcript, replayed: bool) -> None:
+        """Send a result to the client (a protocol adapter may hold it instead)."""
         reply = {
             "status": "transcript", "client_id": self.client_id, "session_id": self.session_id,
             "text": t.text, "seq": t.seq, "final": t.final,
@@ -229,6 +237,10 @@ class Session:
         while max(self.delivered_seq, self.covered_seq) < self.last_seq:
             self._progress.clear()
             await self._progress.wait()
+
+    def say_hello(self) -> None:
+        """The first words to a new client (vosk clients get none)."""
+        self.send(self.greeting())
 
     def greeting(self) -> dict[str, Any]:
         return {

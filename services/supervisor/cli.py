@@ -29,7 +29,7 @@ log = logging.getLogger("services.supervisor")
 
 # CLI flag -> Settings field, for the flags of `hark up` that override the environment.
 UP_FLAGS = {
-    "host": "host", "port": "port", "status_host": "status_host",
+    "host": "host", "port": "port", "vosk_port": "vosk_port", "status_host": "status_host",
     "status_port": "status_port", "transcribers": "transcribers", "engine": "engine",
     "redis_url": "redis_url", "log_level": "log_level",
 }  # fmt: skip
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--host", help="gateway address (HARK_HOST, default 127.0.0.1)")
     up.add_argument("--port", type=int, help="gateway port (HARK_PORT, default 8000)")
+    up.add_argument("--vosk-port", type=int, help="also speak the vosk-server protocol on "
+                    "every path of this port (HARK_VOSK_PORT; vosk clients use 2700)")  # fmt: skip
     up.add_argument("--status-host", help="supervisor API address (HARK_STATUS_HOST, "
                     "default 127.0.0.1)")  # fmt: skip
     up.add_argument("--status-port", type=int,
@@ -172,7 +174,9 @@ def _banner(settings: Settings, redis_url: str) -> None:
     lines = [
         "hark is up",
         f"  web page   http://{settings.host}:{settings.port}/",
-        f"  WebSocket  ws://{settings.host}:{settings.port}/ws",
+        f"  WebSocket  ws://{settings.host}:{settings.port}/ws"
+        f"   (vosk protocol: ws://{settings.host}:{settings.vosk_port or settings.port}"
+        f"{'' if settings.vosk_port else '/vosk'})",
         f"  status     http://{settings.status_host}:{settings.status_port}/status   (hark status)",
         f"  redis      {redact_url(redis_url)} ({where})",
         f"  engine     {settings.engine}, {settings.transcribers} transcriber(s)",

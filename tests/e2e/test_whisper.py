@@ -3,13 +3,17 @@ utterance with times and words, and the tail of the stream kept on close."""
 
 from __future__ import annotations
 
+import json
 import wave
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
+import soxr
 
+from services.supervisor.tree import free_port
 from tests import wer
 from tests.conftest import TreeFactory
 
@@ -74,3 +78,31 @@ async def test_an_unusable_whisper_model_stops_hark_up_at_start_saying_why(
         await start_tree(redis_url=redis_url, transcribers=1, env=env)
     assert "model directory ./no/such/model does not exist" in str(failed.value)
     assert "transcriber-0 failed to start" in str(failed.value)
+
+
+async def test_a_vosk_client_on_the_vosk_port_gets_the_sentences_from_8khz_audio(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    vosk_port = free_port()
+    env = {"HARK_ENGINE": "whisper", "HARK_VOSK_PORT": str(vosk_port)}
+    await start_tree(redis_url=redis_url, transcribers=1, env=env)
+    with wave.open(str(SPEECH)) as wav:
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    audio = soxr.resample(pcm, 16000, 8000).astype("<i2").tobytes()  # telephone rate
+    said: list[str] = []
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"ws://127.0.0.1:{vosk_port}") as ws,
+    ):
+        await ws.send_str(json.dumps({"config": {"sample_rate": 8000}}))
+        for start in range(0, len(audio), 8000):  # 0.5 s frames, as vosk's examples send
+            await ws.send_bytes(audio[start : start + 8000])
+            reply = await ws.receive_json(timeout=30)
+            if reply.get("text"):
+                said.append(reply["text"])
+        await ws.send_str('{"eof" : 1}')
+        final = await ws.receive_json(timeout=30)
+        said.append(final["text"])
+    text = " ".join(said)
+    print(f"vosk client heard: {text!r}")
+    assert wer.errors(f"{FIRST} {SECOND}", text) <= 2, text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -345,3 +346,26 @@ async def test_session_moves_when_its_transcribers_heartbeat_vanishes(
         await asyncio.wait_for(tasks[1], 5)
         for _, client in actors:
             await client.aclose()
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_vosk_protocol_one_reply_per_frame_and_eof_brings_the_rest(
+    gateway: TestClient[Any, Any],
+) -> None:
+    # As vosk's own example clients do: config, then frame/reply pairs, then eof.
+    ws = await gateway.ws_connect("/vosk")
+    await ws.send_str(json.dumps({"config": {"sample_rate": 8000}}))
+    replies = []
+    for size in (100, 200, 300, 400):
+        await ws.send_bytes(b"\x00" * size)
+        replies.append(await receive(ws))  # exactly one, at once
+    await ws.send_str('{"eof" : 1}')
+    last = await receive(ws)
+    msg = await ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    for reply in replies:
+        assert set(reply) in ({"partial"}, {"result", "text"}), reply
+    said = " ".join([r["text"] for r in replies if "text" in r] + [last["text"]])
+    # Every chunk's result once, in order, whether in a frame's reply or in eof's.
+    assert re.findall(r"size: (\d+) bytes", said) == ["100", "200", "300", "400"]
+    assert "result" in last and "partial" not in last
