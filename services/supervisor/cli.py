@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from dotenv import load_dotenv
 
 from services.supervisor.api import create_status_app
 from services.supervisor.backends.process import ProcessBackend
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "1 not healthy, 2 supervisor unreachable.",
     )
     status.add_argument("--json", action="store_true", help="print the JSON the API serves")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh every second until Ctrl-C")  # fmt: skip
     status.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
                         "HARK_STATUS_PORT)")  # fmt: skip
 
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # An optional .env in the working directory; the environment wins over it. `hark up`
+    # passes the result on to the actors.
+    load_dotenv(Path.cwd() / ".env", override=False)
     try:
         settings = Settings.from_env()
         if args.command == "up":
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     base = args.url or f"http://{settings.status_host}:{settings.status_port}"
     if args.command == "audit":
         sys.exit(audit(base, args.session, args.follow, args.count, args.json))
+    if args.watch:
+        sys.exit(watch(base))
     sys.exit(status(base, args.json))
 
 
@@ -221,6 +230,21 @@ def status(base: str, as_json: bool) -> int:
     else:
         print(format_status(report))
     return 0 if report.get("healthy") else 1
+
+
+def watch(base: str, interval: float = 1.0) -> int:
+    """The status table, redrawn every `interval` seconds (in a terminal) until Ctrl-C."""
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            try:
+                text = format_status(_get(base, "/status"))
+            except SupervisorUnreachable as exc:
+                text = str(exc)
+            print(f"{clear}{time.strftime('%H:%M:%S')}  {base}\n{text}\n", flush=True)
+            time.sleep(interval)  # a refresh rate, not a wait for anything
+    except KeyboardInterrupt:
+        return 0
 
 
 # -- hark audit --------------------------------------------------------------------

@@ -286,3 +286,37 @@ async def test_hark_audit_prints_the_log_filters_by_session_and_follows(tree: Tr
     finally:
         follower.terminate()
         await follower.wait()
+
+
+async def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(
+    tree: Tree, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(f"HARK_STATUS_PORT={tree.status_port}\n")
+
+    async def status(env: dict[str, str]) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            *hark_command(), "status", cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        return await asyncio.wait_for(proc.wait(), 30)
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HARK_")}
+    assert await status(clean) == 0  # found the tree through .env alone
+    assert await status({**clean, "HARK_STATUS_PORT": str(free_port())}) == 2
+
+
+async def test_status_watch_redraws_the_table(tree: Tree) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *hark_command(), "status", "--watch", "--url", tree.status_url,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        tables = 0
+        while tables < 2:
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+            assert line, "hark status --watch exited"
+            tables += line.startswith(b"tree OK")
+    finally:
+        proc.terminate()
+        await proc.wait()
