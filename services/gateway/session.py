@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -27,10 +27,7 @@ class SessionStats:
     chunks: int = 0
     bytes: int = 0
     finals: int = 0
-    partials: int = 0
     errors: int = 0
-    duplicates_dropped: int = 0
-    opened_at: float = field(default_factory=time.time)
 
 
 class Session:
@@ -200,8 +197,7 @@ class Session:
             self.send(error_reply(msg.code, msg.error, msg.seq))
 
     def _deliver(self, t: Transcript, replayed: bool = False) -> None:
-        if t.seq <= self.delivered_seq:
-            self.stats.duplicates_dropped += 1
+        if t.seq <= self.delivered_seq:  # redelivered after a transcriber restart
             return
         if not t.final and not self.fmt.interim:
             return
@@ -213,7 +209,6 @@ class Session:
                 self.metrics.latency.observe(max(0.0, time.time() - t.received_at))
             self.metrics.results.labels("final").inc()
         else:
-            self.stats.partials += 1
             self.metrics.results.labels("partial").inc()
         self.transcript_reply(t, replayed)
 
