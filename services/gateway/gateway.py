@@ -227,8 +227,7 @@ class Gateway:
                     return
             except ClientError as exc:
                 log.info("session %s: %s: %s", session.session_id, exc.code, exc.message)
-                session.stats.errors += 1
-                self.metrics.errors.labels(exc.code).inc()
+                session.client_error(exc.code)
                 session.send(exc.reply())
                 await self.audit.log("client_error", session.session_id, code=exc.code)
 
@@ -285,7 +284,7 @@ class Gateway:
                     try:
                         await self._on_audio(session, msg.data)
                     except ClientError as exc:
-                        self.metrics.errors.labels(exc.code).inc()
+                        session.client_error(exc.code)
                         session.send({"partial": "", "error": exc.message, "code": exc.code})
                         continue
                     session.send(session.frame_reply())

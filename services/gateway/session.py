@@ -192,9 +192,13 @@ class Session:
             elif msg.op == "close":
                 self.close_flushed.set()
         elif isinstance(msg, ActorError):
-            self.stats.errors += 1
-            self.metrics.errors.labels(msg.code).inc()
+            self.client_error(msg.code)
             self.send(error_reply(msg.code, msg.error, msg.seq))
+
+    def client_error(self, code: str) -> None:
+        """Count an error the client is told about: in the session and in the metrics."""
+        self.stats.errors += 1
+        self.metrics.errors.labels(code).inc()
 
     def _deliver(self, t: Transcript, replayed: bool = False) -> None:
         if t.seq <= self.delivered_seq:  # redelivered after a transcriber restart
