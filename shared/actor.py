@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 NOTIFY_FD_ENV = "HARK_NOTIFY_FD"
+# "stdout": say READY_LINE on standard output instead (a container has no pipe to us).
+NOTIFY_ENV = "HARK_NOTIFY"
+READY_LINE = "HARK-ACTOR-READY"
+INSTANCE_ENV = "HARK_INSTANCE"
 
 
 class ActorRuntime:
@@ -36,6 +40,7 @@ class ActorRuntime:
         self.name = name
         self.role = role
         self.started_at = time.time()
+        self.instance = os.environ.get(INSTANCE_ENV, "")
         self._last_beat = 0.0
         self._ttl_ms = int(settings.heartbeat_interval * (settings.heartbeat_misses + 1) * 1000)
 
@@ -44,7 +49,7 @@ class ActorRuntime:
         self._last_beat = time.monotonic()
         beat = Heartbeat(
             name=self.name, pid=os.getpid(), role=self.role, state=state, load=load,
-            version=VERSION, ts=time.time(), started_at=self.started_at,
+            version=VERSION, ts=time.time(), started_at=self.started_at, instance=self.instance,
         )  # fmt: skip
         return keys.actor(self.name), beat.encode(), self._ttl_ms
 
@@ -69,7 +74,11 @@ class ActorRuntime:
 
 
 def notify_ready() -> None:
-    """Tell the supervisor (process backend) that this actor is up: one line on a pipe."""
+    """Tell the supervisor that this actor is up: a line on a pipe (process backend) or
+    on standard output (docker backend, which follows the container's log)."""
+    if os.environ.get(NOTIFY_ENV) == "stdout":
+        print(READY_LINE, flush=True)
+        return
     fd = os.environ.pop(NOTIFY_FD_ENV, None)
     if fd is None:
         return

@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENGINES = ("mock", "whisper", "sphinx")
+BACKENDS = ("process", "docker")
+LOG_FORMATS = ("text", "json")
 # Audio encodings clients may send, and their bytes per sample.
 SAMPLE_WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
 ENCODINGS = tuple(SAMPLE_WIDTHS)
@@ -56,6 +58,21 @@ class Settings:
         default=1024 * 1024, metadata=_env("HARK_MAX_CHUNK_BYTES", "MAX_AUDIO_SIZE")
     )
     log_level: str = field(default="INFO", metadata=_env("HARK_LOG_LEVEL", "LOG_LEVEL"))
+    log_format: str = field(default="text", metadata=_env("HARK_LOG_FORMAT"))
+    # Required (as a bearer token) by the endpoints that change something: restart,
+    # drain, scale, ending a session. None: those answer only clients on loopback.
+    admin_token: str | None = field(default=None, metadata=_env("HARK_ADMIN_TOKEN"))
+    # Where the supervisor runs the actors: local processes, or Docker containers.
+    backend: str = field(default="process", metadata=_env("HARK_BACKEND"))
+    # The Docker Engine API (None: DOCKER_HOST, else /var/run/docker.sock), the image the
+    # actor containers run and the network they join (the compose file sets both).
+    docker_url: str | None = field(default=None, metadata=_env("HARK_DOCKER_URL"))
+    docker_image: str = field(default="hark:latest", metadata=_env("HARK_DOCKER_IMAGE"))
+    docker_network: str | None = field(default=None, metadata=_env("HARK_DOCKER_NETWORK"))
+    # Where the gateway container's ports are published on the Docker host.
+    docker_publish_host: str = field(
+        default="127.0.0.1", metadata=_env("HARK_DOCKER_PUBLISH_HOST")
+    )
     heartbeat_interval: float = field(default=1.0, metadata=_env("HARK_HEARTBEAT_INTERVAL"))
     heartbeat_misses: int = field(default=3, metadata=_env("HARK_HEARTBEAT_MISSES"))
     shutdown_timeout: float = field(default=5.0, metadata=_env("HARK_SHUTDOWN_TIMEOUT"))
@@ -96,14 +113,25 @@ class Settings:
                 raise SettingsError(f"{_var(name)}={getattr(self, name)}: must be > 0")
         if self.restart_intensity < 0:
             raise SettingsError(f"{_var('restart_intensity')}: must be >= 0")
-        if self.engine not in ENGINES:
-            raise SettingsError(f"HARK_ENGINE={self.engine!r}: one of {', '.join(ENGINES)}")
+        for name, allowed in (("engine", ENGINES), ("backend", BACKENDS),
+                              ("log_format", LOG_FORMATS)):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise SettingsError(
+                    f"{_var(name)}={getattr(self, name)!r}: one of {', '.join(allowed)}"
+                )
+        if self.admin_token is not None and len(self.admin_token) < 16:
+            raise SettingsError("HARK_ADMIN_TOKEN: at least 16 characters")
         if self.drain_timeout is not None and not 0 < self.drain_timeout < self.shutdown_timeout:
             raise SettingsError(
                 "HARK_DRAIN_TIMEOUT must be > 0 and less than HARK_SHUTDOWN_TIMEOUT"
             )
         if self.backoff_min > self.backoff_max:
             raise SettingsError("HARK_BACKOFF_MIN must not exceed HARK_BACKOFF_MAX")
+        if self.backend == "docker" and self.redis_url is None:
+            raise SettingsError(
+                "HARK_BACKEND=docker needs HARK_REDIS_URL: a Redis the actor containers "
+                "can reach (the embedded one is on loopback)"
+            )
         if self.redis_url is not None:
             scheme = urlsplit(self.redis_url).scheme
             if scheme not in ("redis", "rediss", "unix"):
@@ -112,8 +140,11 @@ class Settings:
                 )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from HARK_* variables (or the original service's aliases)."""
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Settings from HARK_* variables (or the original service's aliases), then
+        `overrides` (command-line flags, by field name), checked together."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
@@ -124,7 +155,7 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(f, var.name, raw)
-        return cls(**values)
+        return cls(**{**values, **(overrides or {})})
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes `from_env()` in a child rebuild these settings."""
@@ -151,6 +182,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "redis_url" and value is not None:
                 value = redact_url(value)
+            elif f.name == "admin_token" and value is not None:
+                value = "***"
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 
@@ -159,6 +192,8 @@ class Settings:
         out = dataclasses.asdict(self)
         if self.redis_url is not None:
             out["redis_url"] = redact_url(self.redis_url)
+        if self.admin_token is not None:
+            out["admin_token"] = "***"
         return out
 
 
@@ -193,4 +228,6 @@ def _parse(f: dataclasses.Field[Any], var: str, raw: str) -> Any:
         raise SettingsError(f"{var}={raw!r}: not a {kind}") from None
     if var.endswith("LOG_LEVEL"):
         return raw.upper()
+    if var in ("HARK_LOG_FORMAT", "HARK_BACKEND", "HARK_ENGINE"):
+        return raw.lower()
     return raw

@@ -9,6 +9,7 @@ from __future__ import annotations
 AUDIT = "hark:audit"
 CONTROL = "hark:control"
 ACTORS = "hark:actors"  # set of actor names that have ever registered
+DRAINING = "hark:draining"  # set of transcribers that get no new sessions
 GROUP = "transcribers"  # consumer group on every mailbox
 TRANSCRIPTS_PREFIX = "transcripts:"
 

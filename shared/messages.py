@@ -195,6 +195,9 @@ class Heartbeat(Message):
     version: str
     ts: float
     started_at: float
+    # Set by the supervisor's backend for each process or container it starts, so a
+    # beat is matched to its incarnation (a pid inside a container says nothing).
+    instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,25 @@ class Tree:
         report = await self.status()
         return next(a for a in report["actors"] if a["name"] == name)
 
+    async def gateway_stats(
+        self, until: Callable[[dict[str, Any]], bool], within: float = 10.0
+    ) -> dict[str, Any]:
+        """The gateway's /stats once `until(stats)` holds. The gateway learns of
+        transcribers from their heartbeats, with no event to wait on from outside:
+        this asks again every 50 ms."""
+
+        async def ask() -> dict[str, Any]:
+            url = f"http://127.0.0.1:{self.port}/stats"
+            async with aiohttp.ClientSession() as http:
+                while True:
+                    async with http.get(url) as resp:
+                        stats: dict[str, Any] = await resp.json()
+                    if until(stats):
+                        return stats
+                    await asyncio.sleep(0.05)
+
+        return await asyncio.wait_for(ask(), within)
+
     async def cli(self, *args: str) -> tuple[int, str]:
         """Run `hark <args>` against this tree (unless args name a --url); (exit code, output)."""
         url = () if "--url" in args else ("--url", self.status_url)

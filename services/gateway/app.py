@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from aiohttp import web
@@ -10,6 +11,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.gateway.gateway import Gateway
+from services.gateway.protocol import error_reply
+from services.gateway.vosk_server import handle_vosk
+from shared.auth import require_admin
 from shared.config import Settings
 
 STATIC = Path(__file__).parent / "static"
@@ -37,6 +41,10 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
     app.router.add_get("/ready", ready)
     app.router.add_get("/config", config)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/sessions", sessions)
+    app.router.add_get("/sessions/{session_id}", session)
+    app.router.add_delete("/sessions/{session_id}", end_session)
     app.router.add_static("/static/", STATIC)
     return app
 
@@ -46,7 +54,7 @@ async def ws_route(request: web.Request) -> web.StreamResponse:
 
 
 async def vosk_route(request: web.Request) -> web.StreamResponse:
-    return await request.app[GATEWAY].handle_vosk(request)
+    return await handle_vosk(request.app[GATEWAY], request)
 
 
 def create_vosk_app(gateway: Gateway) -> web.Application:
@@ -90,6 +98,42 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
     body = request.app[GATEWAY].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Sessions open, totals since start, the transcribers this gateway routes to."""
+    return web.json_response(request.app[GATEWAY].stats())
+
+
+async def sessions(request: web.Request) -> web.Response:
+    """The sessions open on this gateway, oldest first."""
+    found = [s.describe() for s in request.app[GATEWAY].sessions.values()]
+    return web.json_response({"sessions": sorted(found, key=lambda s: s["opened_at"])})
+
+
+def _no_session(session_id: str) -> web.HTTPNotFound:
+    body = error_reply("unknown_session", f"no open session {session_id!r} on this gateway")
+    return web.HTTPNotFound(text=json.dumps(body), content_type="application/json")
+
+
+async def session(request: web.Request) -> web.Response:
+    session_id = request.match_info["session_id"]
+    found = request.app[GATEWAY].sessions.get(session_id)
+    if found is None:
+        raise _no_session(session_id)
+    return web.json_response(found.describe())
+
+
+async def end_session(request: web.Request) -> web.Response:
+    """End a session (admin): its audio is flushed, the client gets the summary and a
+    normal close. Answers with that summary."""
+    gateway = request.app[GATEWAY]
+    require_admin(request, gateway.settings.admin_token)
+    session_id = request.match_info["session_id"]
+    summary = await gateway.end_session(session_id)
+    if summary is None:
+        raise _no_session(session_id)
+    return web.json_response(summary)
 
 
 async def config(request: web.Request) -> web.Response:

@@ -14,13 +14,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.gateway import resume, vosk
+from services.gateway import resume
 from services.gateway.hub import Hub
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
 from services.gateway.session import Session
-from services.gateway.vosk import VoskSession
 from shared import keys
 from shared.actor import ActorRuntime
 from shared.audit import Audit
@@ -94,7 +93,7 @@ class Gateway:
             return
         for session in busy:
             with contextlib.suppress(ClientError):
-                await self._control(session, "finalize")
+                await self.control(session, "finalize")
         waiting = asyncio.gather(*(s.settled() for s in busy))
         try:
             await asyncio.wait_for(waiting, self.settings.drain_seconds)
@@ -123,26 +122,26 @@ class Gateway:
         if not self.accepting:
             self.metrics.errors.labels("shutting_down").inc()
             reply = error_reply("shutting_down", "the gateway is shutting down; reconnect")
-            return await _refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
+            return await refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
         resuming = "session_id" in request.query or "resume_token" in request.query
         try:
             if resuming:
                 session = await self._resume(ws, request)
             else:
                 fmt = AudioFormat().updated(dict(request.query))
-                session = await self._open(ws, request, fmt, Session)
+                session = await self.open_session(ws, request, fmt, Session)
         except ClientError as exc:
             self.metrics.errors.labels(exc.code).inc()
             code = WSCloseCode.TRY_AGAIN_LATER if exc.code == "no_transcriber" else (
                 WSCloseCode.POLICY_VIOLATION)  # fmt: skip
-            return await _refuse(ws, exc.reply(), code)
+            return await refuse(ws, exc.reply(), code)
         try:
             await self._serve(session)
         finally:
-            await self._end(session)
+            await self.end(session)
         return ws
 
-    async def _open(
+    async def open_session(
         self,
         ws: web.WebSocketResponse,
         request: web.Request,
@@ -217,7 +216,7 @@ class Gateway:
         async for msg in session.ws:
             try:
                 if msg.type == WSMsgType.BINARY:
-                    await self._on_audio(session, msg.data)
+                    await self.on_audio(session, msg.data)
                 elif msg.type == WSMsgType.TEXT:
                     if await self._on_text(session, msg.data):
                         return
@@ -231,7 +230,7 @@ class Gateway:
                 session.send(exc.reply())
                 await self.audit.log("client_error", session.session_id, code=exc.code)
 
-    async def _on_audio(self, session: Session, data: bytes) -> None:
+    async def on_audio(self, session: Session, data: bytes) -> None:
         if not self.accepting:
             raise ClientError("shutting_down", "the gateway is shutting down; send this "
                               "again after you reconnect")  # fmt: skip
@@ -265,56 +264,6 @@ class Gateway:
         self.metrics.chunks.inc()
         self.metrics.bytes.inc(size)
 
-    async def handle_vosk(self, request: web.Request) -> web.StreamResponse:
-        """The vosk-server protocol (see services/gateway/vosk.py) on the same sessions."""
-        ws = web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes, heartbeat=30)
-        await ws.prepare(request)
-        try:
-            if not self.accepting:
-                raise ClientError("shutting_down", "the gateway is shutting down; reconnect")
-            session = await self._open(ws, request, AudioFormat(), VoskSession)
-        except ClientError as exc:
-            self.metrics.errors.labels(exc.code).inc()
-            return await _refuse(ws, {"error": exc.message, **exc.reply()},
-                                 WSCloseCode.TRY_AGAIN_LATER)  # fmt: skip
-        assert isinstance(session, VoskSession)
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.BINARY:
-                    try:
-                        await self._on_audio(session, msg.data)
-                    except ClientError as exc:
-                        session.client_error(exc.code)
-                        session.send({"partial": "", "error": exc.message, "code": exc.code})
-                        continue
-                    session.send(session.frame_reply())
-                elif msg.type == WSMsgType.TEXT:
-                    frame = vosk.parse(msg.data)
-                    config = frame.get("config")
-                    if isinstance(config, dict) and session.last_seq == 0:
-                        with contextlib.suppress(ClientError):  # vosk ignores what it can't use
-                            rate = {"sample_rate": config["sample_rate"]}
-                            session.fmt = session.fmt.updated(
-                                rate if "sample_rate" in config else {}
-                            )
-                    elif frame.get("eof"):
-                        await self._vosk_eof(session)
-                        break
-                else:
-                    break
-        finally:
-            await self._end(session)
-        return ws
-
-    async def _vosk_eof(self, session: VoskSession) -> None:
-        session.closing = True
-        with contextlib.suppress(ClientError):
-            await self._control(session, "close")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
-        session.send(session.final_reply())
-        session.close_reason = "closed_by_client"
-
     async def _on_text(self, session: Session, text: str) -> bool:
         """Handle a control frame; True when the session is over."""
         msg = parse_control(text)
@@ -328,25 +277,49 @@ class Gateway:
                                   mapping=_strings(session.fmt.public()))  # fmt: skip
             session.send(session.greeting())
         elif kind == "finalize":
-            await self._control(session, "finalize")
+            await self.control(session, "finalize")
         elif kind == "close":
-            session.closing = True
-            await self._control(session, "close")
-            await self.redis.hset(keys.session(session.session_id), "closed", "1")
-            complete = True
-            try:
-                await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
-            except TimeoutError:
-                complete = False
-                log.warning("session %s: transcriber did not flush within %.0f s",
-                            session.session_id, CLOSE_FLUSH_TIMEOUT_S)  # fmt: skip
+            complete = await self.close_flushed(session)
             session.send(session.summary(complete))
             session.close_reason = "closed_by_client"
             return True
         # keepalive needs no reply: receiving it is all it is for.
         return False
 
-    async def _control(self, session: Session, op: str) -> None:
+    async def close_flushed(self, session: Session) -> bool:
+        """Take no more audio, have the transcriber flush, and wait (bounded) for its
+        finals. Whether they all came. The session can no longer be resumed."""
+        session.closing = True
+        await self.control(session, "close")
+        await self.redis.hset(keys.session(session.session_id), "closed", "1")
+        try:
+            await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("session %s: transcriber did not flush within %.0f s",
+                        session.session_id, CLOSE_FLUSH_TIMEOUT_S)  # fmt: skip
+            return False
+        return True
+
+    async def end_session(self, session_id: str) -> dict[str, Any] | None:
+        """End a session for an operator: flush its audio, send the client what the
+        summary of a close says, and close (1000, so clients do not resume). The
+        summary, or None if this gateway has no such session."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        session.close_reason = "ended_by_operator"
+        try:
+            complete = await self.close_flushed(session)
+        except (ClientError, RedisError):
+            complete = False
+        summary = {**session.summary(complete), "reason": "ended_by_operator"}
+        session.send(session.ended_reply(summary))
+        await session.drain(grace=1.0)
+        await session.ws.close(code=WSCloseCode.OK, message=b"ended by operator")
+        log.info("session %s ended by an operator", session_id)
+        return summary
+
+    async def control(self, session: Session, op: str) -> None:
         control = SessionControl(session.session_id, session.client_id, session.last_seq, op)
         try:
             async with session.lock:
@@ -355,13 +328,13 @@ class Gateway:
         except RedisError:
             raise ClientError("unavailable", f"{op} could not be delivered; try again") from None
 
-    async def _end(self, session: Session) -> None:
+    async def end(self, session: Session) -> None:
         if self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
         self.router.release(session.actor)
         await self.hub.remove(session)
         with contextlib.suppress(ClientError):  # Redis is away; the actor's idle sweep cleans up
-            await self._control(session, "end")
+            await self.control(session, "end")
         await session.drain(grace=2.0)
         if not session.ws.closed:
             await session.ws.close()
@@ -415,9 +388,15 @@ class Gateway:
                              entries=moved)  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
+        """This gateway now and since it started (`/stats`)."""
         return {
+            "gateway": self.name,
+            "accepting": self.accepting,
+            "uptime_s": round(time.time() - self.runtime.started_at, 3),
             "sessions": len(self.sessions),
+            **self.metrics.totals(),
             "live_transcribers": sorted(self.router.live),
+            "draining_transcribers": sorted(self.router.draining & set(self.router.live)),
             "subscriptions": self.hub.channels,
         }
 
@@ -427,9 +406,7 @@ def _strings(values: dict[str, Any]) -> Mapping[Any, str]:
     return {k: str(int(v) if isinstance(v, bool) else v) for k, v in values.items()}
 
 
-async def _refuse(
-    ws: web.WebSocketResponse, reply: dict[str, Any], code: int
-) -> web.StreamResponse:
+async def refuse(ws: web.WebSocketResponse, reply: dict[str, Any], code: int) -> web.StreamResponse:
     await ws.send_json(reply)
     await ws.close(code=code, message=reply["error"].encode()[:120])
     return ws

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -26,6 +27,24 @@ class GatewayMetrics:
             "From a chunk's arrival to the final that covers it, sent",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+
+    def totals(self) -> dict[str, Any]:
+        """The counters since start, as `/stats` shows them."""
+        out: dict[str, Any] = {"chunks": 0, "audio_bytes": 0, "results": {}, "errors": {}}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                value = int(sample.value)
+                if sample.name == "hark_chunks_total":
+                    out["chunks"] = value
+                elif sample.name == "hark_audio_bytes_total":
+                    out["audio_bytes"] = value
+                elif sample.name == "hark_results_total":
+                    out["results"][sample.labels["kind"]] = value
+                elif sample.name == "hark_errors_total":
+                    out["errors"][sample.labels["code"]] = value
+        return out
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -46,6 +46,7 @@ class Router:
         # started after that (a new incarnation), not one left over from before.
         self.down: dict[str, float] = {}
         self.present: set[str] = set()  # transcribers with a heartbeat, in any state
+        self.draining: set[str] = set()  # live, but given no new sessions
         self.assigned: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
 
@@ -57,8 +58,12 @@ class Router:
         await cancel_and_wait(self._task)
 
     async def refresh(self) -> None:
-        members = await self._redis.smembers(keys.ACTORS)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.smembers(keys.ACTORS)
+        pipe.smembers(keys.DRAINING)
+        members, draining = await pipe.execute()
         names = sorted(n.decode() for n in members if isinstance(n, bytes))
+        self.draining = {n.decode() for n in draining if isinstance(n, bytes)}
         live: dict[str, Heartbeat] = {}
         present: set[str] = set()
         if names:
@@ -112,12 +117,16 @@ class Router:
                 self._last_seen = dict.fromkeys(self._last_seen, now)
 
     async def pick(self) -> str | None:
-        """The live transcriber with the fewest sessions from this gateway, or None."""
+        """The live transcriber with the fewest sessions from this gateway, or None.
+
+        A draining one only when no other is live: a session is better slow than refused.
+        """
         if not self.live:
             await self.refresh()  # one may have come up since the last beat
         if not self.live:
             return None
-        actor = min(self.live, key=lambda name: (self.assigned[name], name))
+        open_ = [name for name in self.live if name not in self.draining] or list(self.live)
+        actor = min(open_, key=lambda name: (self.assigned[name], name))
         self.assigned[actor] += 1
         return actor
 

@@ -31,7 +31,7 @@ class SessionStats:
 
 
 class Session:
-    """A client's session on this gateway.
+    """A client's session on this gateway (`/ws`).
 
     Replies leave in a fixed order: a chunk's ack before any result for it, finals in
     seq order and each once (a result redelivered after a transcriber restart has a
@@ -39,6 +39,8 @@ class Session:
     quarters full the client gets a warning, when full the connection is closed with
     1013, so a client that stops reading cannot grow the gateway's memory.
     """
+
+    PROTOCOL = "ws"
 
     def __init__(
         self,
@@ -69,6 +71,7 @@ class Session:
         self.closing = False
         self.close_reason = "disconnected"  # why the session ended, for the audit log
         self.close_flushed = asyncio.Event()
+        self.opened_at = time.time()
         self._held: list[Transcript] = []
         self._backlog: list[Message] | None = None  # live results held during a replay
         self.ended = asyncio.Event()
@@ -251,6 +254,23 @@ class Session:
         """The greeting of a resumed session: resend audio after `last_seq`."""
         return {**self.greeting(), "status": "resumed", "last_seq": self.last_seq,
                 "replayed": replayed}  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        """The session as `/sessions` shows it to an operator (no token, no audio)."""
+        s = self.stats
+        return {
+            "session_id": self.session_id, "client_id": self.client_id,
+            "protocol": self.PROTOCOL, "transcriber": self.actor, **self.fmt.public(),
+            "opened_at": round(self.opened_at, 3),
+            "age_s": round(time.time() - self.opened_at, 3),
+            "chunks": s.chunks, "bytes": s.bytes, "finals": s.finals, "errors": s.errors,
+            "last_seq": self.last_seq, "delivered_seq": self.delivered_seq,
+            "queued_replies": len(self._out), "closing": self.closing,
+        }  # fmt: skip
+
+    def ended_reply(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """What the client is told when an operator ends the session."""
+        return summary
 
     def summary(self, complete: bool) -> dict[str, Any]:
         s = self.stats

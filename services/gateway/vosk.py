@@ -21,6 +21,8 @@ from shared.messages import Transcript
 class VoskSession(Session):
     """A session whose replies follow vosk-server's one-reply-per-frame rule."""
 
+    PROTOCOL = "vosk"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._finals: deque[Transcript] = deque()
@@ -44,6 +46,9 @@ class VoskSession(Session):
         if self._finals:
             return _result([self._finals.popleft()])
         return {"partial": self._partial}
+
+    def ended_reply(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return self.final_reply()  # as if the client had sent eof
 
     def final_reply(self) -> dict[str, Any]:
         """The answer to eof: every final not yet sent, as one result."""

@@ -1,7 +1,14 @@
-"""The supervisor's HTTP API: `/status` (JSON), `/health` (200 only when healthy), `/audit`."""
+"""The supervisor's HTTP API.
+
+Reading: `/status` (JSON), `/health` (200 only when healthy), `/audit`, `/metrics`.
+Changing (admin, see shared/auth.py): `POST /actors/{name}/restart`,
+`POST /actors/{name}/drain` (`DELETE` ends the drain), `POST /scale`.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -9,8 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from services.supervisor.metrics import render as render_metrics
-from services.supervisor.supervisor import Supervisor
+from services.supervisor.supervisor import OperationError, Supervisor, UnknownActor
 from shared import keys
+from shared.auth import require_admin
 from shared.redis_util import MAX_BLOCK_S, Entry, stream_entries
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
@@ -26,7 +34,64 @@ def create_status_app(supervisor: Supervisor) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/audit", audit)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/actors/{name}/restart", restart)
+    app.router.add_post("/actors/{name}/drain", drain)
+    app.router.add_delete("/actors/{name}/drain", drain)
+    app.router.add_post("/scale", scale)
     return app
+
+
+def _fail(status: type[web.HTTPError], code: str, message: str) -> web.HTTPError:
+    return status(text=json.dumps({"status": "error", "code": code, "error": message}),
+                  content_type="application/json")  # fmt: skip
+
+
+def _admin(request: web.Request) -> Supervisor:
+    supervisor = request.app[SUPERVISOR]
+    require_admin(request, supervisor.settings.admin_token)
+    return supervisor
+
+
+async def _operate(operation: Awaitable[Any]) -> Any:
+    """Await an operation; its errors as JSON (404 unknown actor, 409 refused)."""
+    try:
+        return await operation
+    except UnknownActor as exc:
+        raise _fail(web.HTTPNotFound, "unknown_actor", f"no actor named {exc.args[0]!r}") from None
+    except OperationError as exc:
+        raise _fail(web.HTTPConflict, "refused", str(exc)) from None
+    except RedisError as exc:
+        raise _fail(web.HTTPServiceUnavailable, "redis_unavailable", str(exc)) from None
+
+
+async def restart(request: web.Request) -> web.Response:
+    """Restart an actor gracefully; answers once the new incarnation is up."""
+    supervisor = _admin(request)
+    name = request.match_info["name"]
+    await _operate(supervisor.restart(name))
+    return web.json_response(supervisor.children[name].row())
+
+
+async def drain(request: web.Request) -> web.Response:
+    supervisor = _admin(request)
+    name = request.match_info["name"]
+    await _operate(supervisor.drain(name, request.method == "POST"))
+    return web.json_response(supervisor.children[name].row())
+
+
+async def scale(request: web.Request) -> web.Response:
+    """`{"transcriber": N}`: run N transcribers; answers once they run."""
+    supervisor = _admin(request)
+    try:
+        body = await request.json()
+        ((role, count),) = body.items()
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise ValueError
+    except (ValueError, AttributeError):
+        raise _fail(web.HTTPBadRequest, "bad_request",
+                    'the body is one role and a count: {"transcriber": 3}') from None  # fmt: skip
+    names = await _operate(supervisor.scale(role, count))
+    return web.json_response({role: len(names), "actors": names})
 
 
 async def status(request: web.Request) -> web.Response:

@@ -59,6 +59,11 @@ class Child:
     heartbeat_age: float | None = None
     last_beat: float | None = None  # monotonic: when its latest heartbeat was written
     ready_ever: bool = False  # some incarnation has been ready
+    instance: str = ""  # the backend's token for the current incarnation
+    load: int | None = None  # sessions (transcriber) or connections (gateway), from its beat
+    mailbox: int | None = None  # a transcriber's mailbox entries not yet transcribed
+    draining: bool = False  # a transcriber given no new sessions
+    restart_requested: bool = False  # by an operator: restart now, whatever the exit
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -95,6 +100,9 @@ class Child:
             "last_exit_at": self.last_exit_at,
             "last_restart_ms": self.last_restart_ms,
             "heartbeat_age_s": self.heartbeat_age,
+            "sessions": self.load,
+            "mailbox": self.mailbox,
+            "draining": self.draining,
         }
 
 

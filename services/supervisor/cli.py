@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -20,12 +20,19 @@ from aiohttp import web
 from dotenv import load_dotenv
 
 from services.supervisor.api import create_status_app
+from services.supervisor.backends import Backend, SpawnError
 from services.supervisor.backends.process import ProcessBackend
 from services.supervisor.supervisor import START_ORDER, StartupError, Supervisor
-from services.supervisor.tree import RedisNotFound, actor_specs, embedded_redis
+from services.supervisor.tree import (
+    RedisNotFound,
+    actor_env,
+    actor_specs,
+    embedded_redis,
+    transcriber_spec,
+)
 from shared import actor, logs
 from shared.audit import format_entry
-from shared.config import ENGINES, Settings, SettingsError, redact_url
+from shared.config import BACKENDS, ENGINES, LOG_FORMATS, Settings, SettingsError, redact_url
 
 log = logging.getLogger("services.supervisor")
 
@@ -33,7 +40,8 @@ log = logging.getLogger("services.supervisor")
 UP_FLAGS = {
     "host": "host", "port": "port", "vosk_port": "vosk_port", "status_host": "status_host",
     "status_port": "status_port", "transcribers": "transcribers", "engine": "engine",
-    "redis_url": "redis_url", "log_level": "log_level",
+    "redis_url": "redis_url", "log_level": "log_level", "log_format": "log_format",
+    "backend": "backend",
 }  # fmt: skip
 
 
@@ -63,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "mock for load tests)")  # fmt: skip
     up.add_argument("--redis-url", help="use this Redis instead of starting an embedded one "
                     "(HARK_REDIS_URL)")  # fmt: skip
+    up.add_argument("--backend", choices=BACKENDS, help="run the actors as local processes or "
+                    "Docker containers (HARK_BACKEND, default process)")  # fmt: skip
     up.add_argument("--log-level", help="DEBUG, INFO, WARNING... (HARK_LOG_LEVEL, default INFO)")
+    up.add_argument("--log-format", choices=LOG_FORMATS,
+                    help="text or json lines (HARK_LOG_FORMAT, default text)")  # fmt: skip
 
     status = sub.add_parser(
         "status",
@@ -75,6 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true",
                         help="refresh every second until Ctrl-C")  # fmt: skip
     status.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
+                        "HARK_STATUS_PORT)")  # fmt: skip
+
+    scale = sub.add_parser(
+        "scale",
+        help="run N transcribers: hark scale transcriber=N",
+        description="Grow or shrink the transcriber pool of a running tree. Shrinking moves "
+        "the sessions of the stopped transcribers, with their audio not yet transcribed, to "
+        "the others. Sends HARK_ADMIN_TOKEN when set.",
+    )
+    scale.add_argument("target", metavar="transcriber=N")
+    scale.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
+                       "HARK_STATUS_PORT)")  # fmt: skip
+    for verb, text in (("restart", "restart an actor gracefully (SIGTERM, then start it)"),
+                       ("drain", "give a transcriber no new sessions (--off: undo)")):  # fmt: skip
+        op = sub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}. "
+                            "Sends HARK_ADMIN_TOKEN when set.")  # fmt: skip
+        op.add_argument("actor", help="actor name, as hark status shows it")
+        if verb == "drain":
+            op.add_argument("--off", action="store_true", help="take it back into rotation")
+        op.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
                         "HARK_STATUS_PORT)")  # fmt: skip
 
     audit = sub.add_parser(
@@ -96,17 +128,16 @@ def main(argv: list[str] | None = None) -> None:
     # An optional .env in the working directory; the environment wins over it. `hark up`
     # passes the result on to the actors.
     load_dotenv(Path.cwd() / ".env", override=False)
+    overrides: dict[str, Any] = {}
+    if args.command == "up":
+        overrides = {
+            field: getattr(args, flag) for flag, field in UP_FLAGS.items()
+            if getattr(args, flag) is not None
+        }  # fmt: skip
+        if "log_level" in overrides:
+            overrides["log_level"] = overrides["log_level"].upper()
     try:
-        settings = Settings.from_env()
-        if args.command == "up":
-            overrides = {
-                field: getattr(args, flag)
-                for flag, field in UP_FLAGS.items()
-                if getattr(args, flag) is not None
-            }
-            if "log_level" in overrides:
-                overrides["log_level"] = overrides["log_level"].upper()
-            settings = dataclasses.replace(settings, **overrides)
+        settings = Settings.from_env(overrides=overrides)
     except SettingsError as exc:
         sys.exit(f"hark: bad setting: {exc}")
     if args.command == "up":
@@ -114,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     base = args.url or f"http://{settings.status_host}:{settings.status_port}"
     if args.command == "audit":
         sys.exit(audit(base, args.session, args.follow, args.count, args.json))
+    if args.command in ("scale", "restart", "drain"):
+        sys.exit(operate(base, settings.admin_token, args))
     if args.watch:
         sys.exit(watch(base))
     sys.exit(status(base, args.json))
@@ -146,7 +179,13 @@ async def run_tree(settings: Settings, stop: asyncio.Event) -> int:
         else:
             redis_url = settings.redis_url
         specs += actor_specs(settings, redis_url)
-        supervisor = Supervisor(settings, ProcessBackend(), specs, redis_url)
+        new_transcriber = functools.partial(transcriber_spec, actor_env(settings, redis_url))
+        try:
+            backend = make_backend(settings)
+        except SpawnError as exc:
+            log.error("%s", exc)
+            return 1
+        supervisor = Supervisor(settings, backend, specs, redis_url, new_transcriber)
         runner = web.AppRunner(create_status_app(supervisor), handle_signals=False)
         await runner.setup()
         try:
@@ -176,6 +215,14 @@ async def run_tree(settings: Settings, stop: asyncio.Event) -> int:
         finally:
             await supervisor.stop()
             await runner.cleanup()
+
+
+def make_backend(settings: Settings) -> Backend:
+    if settings.backend == "docker":
+        from services.supervisor.backends.docker import DockerBackend
+
+        return DockerBackend(settings)
+    return ProcessBackend()
 
 
 def _banner(settings: Settings, redis_url: str) -> None:
@@ -245,6 +292,49 @@ def watch(base: str, interval: float = 1.0) -> int:
             time.sleep(interval)  # a refresh rate, not a wait for anything
     except KeyboardInterrupt:
         return 0
+
+
+# -- hark scale / restart / drain ------------------------------------------------------
+
+
+def operate(base: str, token: str | None, args: argparse.Namespace) -> int:
+    """One changing request to the supervisor; prints its answer. Exit 0 done, 1 refused,
+    2 unreachable."""
+    if args.command == "scale":
+        role, _, count = args.target.partition("=")
+        if not count.isdigit():
+            print("hark scale: say ROLE=N, e.g. transcriber=4", file=sys.stderr)
+            return 1
+        method, path, body = "POST", "/scale", {role: int(count)}
+    else:
+        method = "DELETE" if getattr(args, "off", False) else "POST"
+        path, body = f"/actors/{urllib.parse.quote(args.actor)}/{args.command}", None
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{base.rstrip('/')}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            answer = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(f"hark {args.command}: {_error_text(exc)}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"hark: supervisor not reachable at {base}: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "scale":
+        print(f"{role}: {len(answer['actors'])} running ({', '.join(answer['actors'])})")
+    else:
+        print(format_status({"state": "-", "redis": True, "actors": [answer]}).split("\n", 1)[1])
+    return 0
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.load(exc)["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"{exc.code} {exc.reason}"
 
 
 # -- hark audit --------------------------------------------------------------------

@@ -21,6 +21,7 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -28,10 +29,11 @@ from redis.exceptions import RedisError
 
 from services.supervisor.backends import Backend, Handle
 from services.supervisor.child import Child, ChildSpec, Restart, State, describe_exit
+from services.supervisor.monitor import watch_heartbeats
 from shared import keys
 from shared.audit import Audit
 from shared.config import Settings
-from shared.messages import ActorDown, Heartbeat, MessageError, decode_as
+from shared.messages import ActorDown
 from shared.redis_util import connect
 from shared.tasks import cancel_and_wait
 
@@ -40,21 +42,36 @@ log = logging.getLogger(__name__)
 BACKOFF_RESET_S = 60.0
 STARTUP_TIMEOUT_S = 60.0
 START_ORDER = ("redis", "transcriber", "gateway")
+MAX_TRANSCRIBERS = 64
 
 
 class StartupError(RuntimeError):
     """The tree could not be brought up; the message says which child and why."""
 
 
+class OperationError(RuntimeError):
+    """An operation (restart, drain, scale) that cannot be done now; the message says why."""
+
+
+class UnknownActor(KeyError):
+    """No actor of that name in the tree."""
+
+
 class Supervisor:
     """`Supervisor(settings, backend, specs, redis_url)`; `start()`, `status()`, `stop()`."""
 
     def __init__(
-        self, settings: Settings, backend: Backend, specs: list[ChildSpec], redis_url: str
+        self,
+        settings: Settings,
+        backend: Backend,
+        specs: list[ChildSpec],
+        redis_url: str,
+        new_transcriber: Callable[[str], ChildSpec] | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.redis_url = redis_url
+        self.new_transcriber = new_transcriber  # the spec of a transcriber scaling adds
         self.children: dict[str, Child] = {s.name: Child(s) for s in specs}
         self.redis: Redis | None = None
         self.audit: Audit | None = None
@@ -70,6 +87,7 @@ class Supervisor:
         self._audit_queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._audit_writer: asyncio.Task[None] | None = None
         self._rng = random.Random()
+        self._scaling = asyncio.Lock()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -78,16 +96,17 @@ class Supervisor:
         for role in START_ORDER:
             group = [c for c in self.children.values() if c.spec.role == role]
             for child in group:
-                self._exited[child.name] = asyncio.Event()
-                self._runners[child.name] = asyncio.create_task(
-                    self._run(child), name=f"run-{child.name}"
-                )
+                self._launch(child)
             await self._await_ready(group)
             if role == "redis" or (self.redis is None and role == START_ORDER[1]):
                 await self._connect()
-        self._monitor = asyncio.create_task(self._watch_heartbeats(), name="heartbeats")
+        self._monitor = asyncio.create_task(watch_heartbeats(self), name="heartbeats")
         self._started = True
-        await self._audit("supervisor_start", children=len(self.children))
+        self.record("supervisor_start", children=len(self.children))
+
+    def _launch(self, child: Child) -> None:
+        self._exited[child.name] = asyncio.Event()
+        self._runners[child.name] = asyncio.create_task(self._run(child), name=f"run-{child.name}")
 
     async def _await_ready(self, group: list[Child]) -> None:
         async def ready(child: Child) -> None:
@@ -118,7 +137,7 @@ class Supervisor:
             return
         self._stopping.set()
         await cancel_and_wait(self._monitor)
-        await self._audit("supervisor_stop")
+        self.record("supervisor_stop")
         for role in reversed(START_ORDER):
             if role == "redis" and self.redis is not None:
                 await self._flush_audit(self.settings.shutdown_timeout)
@@ -152,6 +171,85 @@ class Supervisor:
             handle.signal(signal.SIGKILL)
             await exited.wait()
 
+    # -- operations (the API's restart, drain and scale) ------------------------------
+
+    async def restart(self, name: str) -> None:
+        """Stop the actor gracefully (SIGTERM: a gateway drains) and start it again at once.
+
+        A requested restart does not count against the restart intensity, and it ends
+        a drain of that actor.
+        """
+        child = self._child(name)
+        if child.state not in (State.RUNNING, State.HUNG):
+            raise OperationError(f"{name} is {child.state.value}, not RUNNING")
+        child.restart_requested = True
+        await self.drain(name, False)
+        await self.terminate(child)
+        await child.reach(State.RUNNING, State.FATAL, State.STOPPED)
+
+    async def drain(self, name: str, on: bool = True) -> None:
+        """Give a transcriber no new sessions (`on`), or take it back into rotation.
+
+        Its sessions stay with it; the gateways read the drain set with the heartbeats.
+        """
+        child = self._child(name)
+        if child.spec.role != "transcriber":
+            raise OperationError(f"{name} is a {child.spec.role}: only transcribers drain "
+                                 "(restarting a gateway drains its sessions)")  # fmt: skip
+        if self.redis is None:
+            raise OperationError("Redis not connected")
+        if on:
+            await self.redis.sadd(keys.DRAINING, name)
+        else:
+            await self.redis.srem(keys.DRAINING, name)
+        if child.draining != on:
+            child.draining = on
+            self.record("actor_drain" if on else "actor_undrain", child=name)
+
+    async def scale(self, role: str, count: int) -> list[str]:
+        """Run `count` transcribers: start new ones, or stop the highest-numbered ones
+        (their sessions move, with their audio not yet transcribed, to the others).
+        The names of the transcribers afterwards."""
+        if role != "transcriber" or self.new_transcriber is None:
+            raise OperationError(f"cannot scale {role!r}: only the transcriber pool scales")
+        if not 1 <= count <= MAX_TRANSCRIBERS:
+            raise OperationError(f"transcriber count {count}: 1..{MAX_TRANSCRIBERS}")
+        async with self._scaling:
+            current = [c for c in self.children.values() if c.spec.role == "transcriber"]
+            added = []
+            for index in range(len(current), count):
+                child = Child(self.new_transcriber(f"transcriber-{index}"))
+                self.children[child.name] = child
+                self._launch(child)
+                added.append(child)
+            await self._await_ready(added)
+            for child in current[count:]:
+                await self._remove(child)
+            if len(current) != count:
+                self.record("tree_scaled", role=role, before=len(current), after=count)
+                log.info("transcribers: %d -> %d", len(current), count)
+        return [c.name for c in self.children.values() if c.spec.role == "transcriber"]
+
+    async def _remove(self, child: Child) -> None:
+        await self.terminate(child)
+        await asyncio.gather(self._runners.pop(child.name), return_exceptions=True)
+        del self.children[child.name]
+        self._handles.pop(child.name, None)
+        self._exited.pop(child.name, None)
+        self._died_at.pop(child.name, None)
+        child.state = State.STOPPED
+        child.last_exit = "removed by scaling down"
+        await self._announce_down(child)
+        if self.redis is not None:
+            with contextlib.suppress(RedisError):
+                await self.redis.srem(keys.DRAINING, child.name)
+
+    def _child(self, name: str) -> Child:
+        child = self.children.get(name)
+        if child is None:
+            raise UnknownActor(name)
+        return child
+
     # -- one child ----------------------------------------------------------------
 
     async def _run(self, child: Child) -> None:
@@ -173,6 +271,7 @@ class Supervisor:
                 return
             self._handles[child.name] = handle
             child.pid = handle.pid
+            child.instance = handle.instance
             child.started_at = time.monotonic()
             readiness = asyncio.create_task(self._readiness(child, handle))
             returncode = await handle.wait()
@@ -190,12 +289,19 @@ class Supervisor:
                 child.state = State.FATAL
                 log.error("%s failed to start: %s", child.name, child.last_exit)
                 return
+            if child.restart_requested and not self._stopping.is_set():
+                child.restart_requested = False
+                child.restarts += 1
+                self._died_at[child.name] = died_at
+                self.record("actor_restart", child=child.name, restarts=child.restarts,
+                            reason="requested")  # fmt: skip
+                continue
             if self._stopping.is_set() or child.state == State.STOPPING:
                 child.state = State.STOPPED
-                await self._audit("actor_exit", child=child.name, exit=child.last_exit)
+                self.record("actor_exit", child=child.name, exit=child.last_exit)
                 return
             log.warning("%s (pid %s) exited: %s", child.name, child.pid, child.last_exit)
-            await self._audit("actor_exit", child=child.name, pid=child.pid,
+            self.record("actor_exit", child=child.name, pid=child.pid,
                               exit=child.last_exit, uptime_s=f"{uptime:.3f}")  # fmt: skip
             if not _should_restart(child.spec.restart, returncode):
                 child.state = State.EXITED
@@ -210,7 +316,7 @@ class Supervisor:
                 log.error("%s: %d exits within %.0f s exceed HARK_RESTART_INTENSITY=%d: FATAL, "
                           "not restarting", child.name, len(child.restart_times),
                           settings.restart_period, settings.restart_intensity)  # fmt: skip
-                await self._audit("actor_fatal", child=child.name, exit=child.last_exit)
+                self.record("actor_fatal", child=child.name, exit=child.last_exit)
                 await self._announce_down(child)
                 return
             if uptime >= BACKOFF_RESET_S:
@@ -226,7 +332,7 @@ class Supervisor:
                     return
             child.restarts += 1
             self._died_at[child.name] = died_at
-            await self._audit("actor_restart", child=child.name, restarts=child.restarts,
+            self.record("actor_restart", child=child.name, restarts=child.restarts,
                               delay_s=f"{delay:.3f}")  # fmt: skip
 
     def _backoff(self, consecutive: int) -> float:
@@ -256,7 +362,7 @@ class Supervisor:
             child.last_restart_ms = round((time.monotonic() - died_at) * 1000, 1)
             log.info("%s back (pid %s) %.1f ms after its exit", child.name, child.pid,
                      child.last_restart_ms)  # fmt: skip
-            await self._audit("actor_ready", child=child.name, pid=child.pid,
+            self.record("actor_ready", child=child.name, pid=child.pid,
                               restart_ms=child.last_restart_ms)  # fmt: skip
 
     async def _ping_until_up(self) -> bool:
@@ -271,52 +377,6 @@ class Supervisor:
                     delay = min(delay * 2, 0.2)
         finally:
             await probe.aclose()
-
-    # -- heartbeats ----------------------------------------------------------------
-
-    async def _watch_heartbeats(self) -> None:
-        interval = self.settings.heartbeat_interval
-        limit = interval * self.settings.heartbeat_misses
-        actors = [c for c in self.children.values() if c.spec.notify]
-        while True:
-            await asyncio.sleep(interval / 2)
-            assert self.redis is not None
-            try:
-                values = await self.redis.mget([keys.actor(c.name) for c in actors])
-            except RedisError:
-                if self.redis_ok:
-                    log.warning("Redis unreachable: tree DEGRADED")
-                    await self._audit("redis_unreachable")
-                self.redis_ok = False
-                continue
-            mono = time.monotonic()
-            if not self.redis_ok:
-                # Nobody could beat while Redis was away: every silence starts over now.
-                log.info("Redis reachable again")
-                for child in actors:
-                    child.last_beat = mono
-                self.redis_ok = True
-                await self._audit("redis_reachable")
-            now = time.time()
-            for child, value in zip(actors, values, strict=True):
-                beat = _heartbeat(value)
-                if beat is not None and beat.pid == child.pid:
-                    child.last_beat = max(child.last_beat or 0.0, mono - max(0.0, now - beat.ts))
-                # Silence is measured from the last beat seen, not from "missing right
-                # now": after a Redis restart every key is missing until the next beat.
-                if child.last_beat is None:
-                    child.heartbeat_age = None
-                    continue
-                child.heartbeat_age = round(mono - child.last_beat, 3)
-                if child.state != State.RUNNING:
-                    continue
-                if child.heartbeat_age > limit:
-                    child.state = State.HUNG
-                    log.error("%s (pid %s) missed %d heartbeats: HUNG, restarting it",
-                              child.name, child.pid, self.settings.heartbeat_misses)  # fmt: skip
-                    await self._audit("actor_hung", child=child.name, pid=child.pid)
-                    task = asyncio.create_task(self.terminate(child), name=f"kill-{child.name}")
-                    task.add_done_callback(_log_task_failure)
 
     # -- reporting -----------------------------------------------------------------
 
@@ -333,6 +393,7 @@ class Supervisor:
             "state": state,
             "healthy": healthy,
             "redis": self.redis_ok,
+            "backend": self.settings.backend,
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "actors": rows,
         }
@@ -347,7 +408,7 @@ class Supervisor:
         except RedisError:
             log.warning("could not announce that %s is down", child.name, exc_info=True)
 
-    async def _audit(self, event: str, **fields: Any) -> None:
+    def record(self, event: str, **fields: Any) -> None:
         """Queue an audit entry. Written in order by one task, so that no restart ever
         waits on Redis (which may be the child being restarted)."""
         fields.setdefault("at", f"{time.time():.6f}")  # when it happened, not when written
@@ -374,17 +435,3 @@ def _should_restart(restart: Restart, returncode: int) -> bool:
     if restart is Restart.TRANSIENT:
         return returncode != 0
     return False
-
-
-def _heartbeat(value: bytes | str | None) -> Heartbeat | None:
-    if not isinstance(value, bytes):
-        return None
-    try:
-        return decode_as(Heartbeat, value)
-    except MessageError:
-        return None
-
-
-def _log_task_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("task %s failed", task.get_name(), exc_info=task.exception())

@@ -57,15 +57,21 @@ def embedded_redis(workdir: Path) -> tuple[ChildSpec, str]:
     return spec, f"redis://:{password}@127.0.0.1:{port}/0"
 
 
+def actor_env(settings: Settings, redis_url: str) -> dict[str, str]:
+    """The HARK_* variables that tell an actor the tree's settings."""
+    return replace(settings, redis_url=redis_url).to_env()
+
+
+def transcriber_spec(env: dict[str, str], name: str) -> ChildSpec:
+    transcriber = (sys.executable, "-m", "services.transcriber", "--name")
+    return ChildSpec(name=name, role="transcriber", env=env, restart=Restart.PERMANENT,
+                     argv=(*transcriber, name), spare_argv=(*transcriber, "-"))  # fmt: skip
+
+
 def actor_specs(settings: Settings, redis_url: str) -> list[ChildSpec]:
     """The gateway and the transcribers, each told the settings through HARK_* variables."""
-    env = replace(settings, redis_url=redis_url).to_env()
-    transcriber = (sys.executable, "-m", "services.transcriber", "--name")
-    specs = [
-        ChildSpec(name=name, role="transcriber", env=env, restart=Restart.PERMANENT,
-                  argv=(*transcriber, name), spare_argv=(*transcriber, "-"))
-        for name in settings.transcriber_names()
-    ]  # fmt: skip
+    env = actor_env(settings, redis_url)
+    specs = [transcriber_spec(env, name) for name in settings.transcriber_names()]
     specs.append(
         ChildSpec(name="gateway", role="gateway", env=env, restart=Restart.PERMANENT,
                   argv=(sys.executable, "-m", "services.gateway", "--name", "gateway"))

@@ -40,6 +40,10 @@ class FakeHandle:
     def pid(self) -> int:
         return self._pid
 
+    @property
+    def instance(self) -> str:
+        return f"fake-{self._pid}"
+
     async def wait(self) -> int:
         return await asyncio.shield(self.exit)
 

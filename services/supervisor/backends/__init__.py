@@ -1,4 +1,4 @@
-"""Where children run. The process backend (local OS processes) is the default."""
+"""Where children run: local OS processes (the default) or Docker containers."""
 
 from __future__ import annotations
 
@@ -7,11 +7,20 @@ from typing import Protocol
 from services.supervisor.child import ChildSpec
 
 
+class SpawnError(OSError):
+    """A child could not be started; the message says why (the supervisor makes it FATAL)."""
+
+
 class Handle(Protocol):
     """A running incarnation of a child."""
 
     @property
     def pid(self) -> int | None: ...
+
+    @property
+    def instance(self) -> str:
+        """This incarnation's token, which the actor puts in its heartbeats (HARK_INSTANCE)."""
+        ...
 
     async def wait(self) -> int:
         """Until it exits; its return code (negative: killed by that signal)."""

@@ -12,11 +12,12 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import sys
 
 from services.supervisor.child import ChildSpec
-from shared.actor import NOTIFY_FD_ENV
+from shared.actor import INSTANCE_ENV, NOTIFY_FD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,12 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 class ProcessHandle:
     """A child process and the read end of its readiness pipe."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, ready_fd: int | None) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, ready_fd: int | None, instance: str
+    ) -> None:
         self._proc = proc
         self._ready_fd = ready_fd
+        self.instance = instance
 
     @property
     def pid(self) -> int | None:
@@ -129,7 +133,8 @@ class ProcessBackend:
     async def _start(
         self, argv: tuple[str, ...], spec: ChildSpec, stdin: int = asyncio.subprocess.DEVNULL
     ) -> ProcessHandle:
-        env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+        instance = secrets.token_hex(8)
+        env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1", INSTANCE_ENV: instance}
         read_fd: int | None = None
         pass_fds: tuple[int, ...] = ()
         if spec.notify:
@@ -149,4 +154,4 @@ class ProcessBackend:
         finally:
             for fd in pass_fds:
                 os.close(fd)  # the child has its copy; EOF on the read end means it is gone
-        return ProcessHandle(proc, read_fd)
+        return ProcessHandle(proc, read_fd, instance)

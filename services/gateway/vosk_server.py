@@ -1,0 +1,62 @@
+"""The vosk-server endpoint: `/vosk` on the gateway, and every path of HARK_VOSK_PORT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from services.gateway.gateway import CLOSE_FLUSH_TIMEOUT_S, Gateway, refuse
+from services.gateway.protocol import AudioFormat, ClientError
+from services.gateway.vosk import VoskSession, parse
+
+
+async def handle_vosk(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+    """The vosk-server protocol (see services/gateway/vosk.py) on the same sessions."""
+    ws = web.WebSocketResponse(max_msg_size=2 * gateway.settings.max_chunk_bytes, heartbeat=30)
+    await ws.prepare(request)
+    try:
+        if not gateway.accepting:
+            raise ClientError("shutting_down", "the gateway is shutting down; reconnect")
+        session = await gateway.open_session(ws, request, AudioFormat(), VoskSession)
+    except ClientError as exc:
+        gateway.metrics.errors.labels(exc.code).inc()
+        return await refuse(ws, {"error": exc.message, **exc.reply()},
+                             WSCloseCode.TRY_AGAIN_LATER)  # fmt: skip
+    assert isinstance(session, VoskSession)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    await gateway.on_audio(session, msg.data)
+                except ClientError as exc:
+                    session.client_error(exc.code)
+                    session.send({"partial": "", "error": exc.message, "code": exc.code})
+                    continue
+                session.send(session.frame_reply())
+            elif msg.type == WSMsgType.TEXT:
+                frame = parse(msg.data)
+                config = frame.get("config")
+                if isinstance(config, dict) and session.last_seq == 0:
+                    with contextlib.suppress(ClientError):  # vosk ignores what it can't use
+                        rate = {"sample_rate": config["sample_rate"]}
+                        session.fmt = session.fmt.updated(rate if "sample_rate" in config else {})
+                elif frame.get("eof"):
+                    await _eof(gateway, session)
+                    break
+            else:
+                break
+    finally:
+        await gateway.end(session)
+    return ws
+
+
+async def _eof(gateway: Gateway, session: VoskSession) -> None:
+    session.closing = True
+    with contextlib.suppress(ClientError):
+        await gateway.control(session, "close")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
+    session.send(session.final_reply())
+    session.close_reason = "closed_by_client"
