@@ -1,6 +1,6 @@
 """The supervisor's HTTP API.
 
-Reading: `/status` (JSON), `/health` (200 only when healthy), `/audit`, `/metrics`.
+Reading: `/` the dashboard page, `/status` (JSON), `/health` (200 only when healthy), `/audit`, `/metrics`.
 Changing (admin, see shared/auth.py): `POST /actors/{name}/restart`,
 `POST /actors/{name}/drain` (`DELETE` ends the drain), `POST /scale`.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from shared.auth import require_admin
 from shared.redis_util import MAX_BLOCK_S, Entry, stream_entries
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+STATIC = Path(__file__).parent / "static"
 PAGE = 1000
 MAX_COUNT = 10_000
 MAX_BLOCK_MS = int(MAX_BLOCK_S * 1000)
@@ -30,6 +32,8 @@ MAX_BLOCK_MS = int(MAX_BLOCK_S * 1000)
 def create_status_app(supervisor: Supervisor) -> web.Application:
     app = web.Application()
     app[SUPERVISOR] = supervisor
+    app.router.add_get("/", dashboard)
+    app.router.add_static("/static/", STATIC)
     app.router.add_get("/status", status)
     app.router.add_get("/health", health)
     app.router.add_get("/audit", audit)
@@ -39,6 +43,11 @@ def create_status_app(supervisor: Supervisor) -> web.Application:
     app.router.add_delete("/actors/{name}/drain", drain)
     app.router.add_post("/scale", scale)
     return app
+
+
+async def dashboard(request: web.Request) -> web.FileResponse:
+    """The live view of the tree, with restart and drain buttons."""
+    return web.FileResponse(STATIC / "index.html")
 
 
 def _fail(status: type[web.HTTPError], code: str, message: str) -> web.HTTPError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import struct
 import subprocess
 from collections.abc import AsyncIterator
 
@@ -117,3 +118,48 @@ async def test_page_resumes_after_the_gateway_is_killed_and_loses_no_audio(
     assert seqs == list(range(1, sent + 1)), "a frame was lost or transcribed twice"
     assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")
     assert (await tree.actor("gateway"))["pid"] != gateway["pid"]
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk comes first
+    return width, height
+
+
+async def test_dashboard_shows_the_tree_live_and_its_buttons_act(
+    start_tree: TreeFactory, redis_url: str, browser: Browser
+) -> None:
+    tree = await start_tree(redis_url=redis_url)
+    page = await browser.new_page(viewport={"width": 1200, "height": 400})
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    await page.goto(f"{tree.status_url}/")
+    await expect(page.locator("#tree-state")).to_have_text("OK", timeout=10_000)
+    rows = page.locator("#actors tbody tr")
+    await expect(rows).to_have_count(3)  # two transcribers, the gateway (Redis is the test's)
+    victim = page.locator('tr[data-actor="transcriber-0"]')
+    await expect(victim.locator("td").nth(1)).to_have_text("RUNNING")
+    before = await tree.actor("transcriber-0")
+    await expect(victim.locator("td").nth(2)).to_have_text(str(before["pid"]))
+    shot_before = await page.locator("#actors").screenshot()
+
+    os.kill(before["pid"], signal.SIGKILL)
+    # The page follows: a new pid, one restart, RUNNING again, with no reload.
+    await expect(victim.locator("td.restarts")).to_have_text("1", timeout=15_000)
+    after = await tree.actor("transcriber-0")
+    await expect(victim.locator("td").nth(2)).to_have_text(str(after["pid"]), timeout=5_000)
+    await expect(victim.locator("td").nth(1)).to_have_text("RUNNING", timeout=15_000)
+    await expect(victim.locator("td").nth(5)).to_have_text("killed by SIGKILL")
+    shot_after = await page.locator("#actors").screenshot()
+    width, height = _png_size(shot_after)
+    assert width >= 1000 and height >= 100, (width, height)  # a whole table, three rows
+    assert shot_after != shot_before  # what changed is on screen, not only in the DOM
+
+    # The drain button (loopback needs no token) marks it, and the API agrees.
+    await victim.get_by_role("button", name="drain").click()
+    await expect(victim.locator(".draining")).to_have_text("draining", timeout=10_000)
+    assert (await tree.actor("transcriber-0"))["draining"] is True
+    await expect(page.locator("#message")).to_have_text("drain transcriber-0: done")
+    if shot_dir := os.environ.get("HARK_SCREENSHOTS"):
+        await page.screenshot(path=os.path.join(shot_dir, "dashboard.png"), full_page=True)
+    assert not [line for line in console if line.startswith("error")], console
