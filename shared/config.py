@@ -70,9 +70,7 @@ class Settings:
     docker_image: str = field(default="hark:latest", metadata=_env("HARK_DOCKER_IMAGE"))
     docker_network: str | None = field(default=None, metadata=_env("HARK_DOCKER_NETWORK"))
     # Where the gateway container's ports are published on the Docker host.
-    docker_publish_host: str = field(
-        default="127.0.0.1", metadata=_env("HARK_DOCKER_PUBLISH_HOST")
-    )
+    docker_publish_host: str = field(default="127.0.0.1", metadata=_env("HARK_DOCKER_PUBLISH_HOST"))
     heartbeat_interval: float = field(default=1.0, metadata=_env("HARK_HEARTBEAT_INTERVAL"))
     heartbeat_misses: int = field(default=3, metadata=_env("HARK_HEARTBEAT_MISSES"))
     shutdown_timeout: float = field(default=5.0, metadata=_env("HARK_SHUTDOWN_TIMEOUT"))

@@ -11,8 +11,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.gateway.gateway import Gateway
+from services.gateway.openapi import OPENAPI
 from services.gateway.protocol import error_reply
 from services.gateway.vosk_server import handle_vosk
+from shared import openapi
 from shared.auth import require_admin
 from shared.config import Settings
 
@@ -45,6 +47,7 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
     app.router.add_get("/sessions", sessions)
     app.router.add_get("/sessions/{session_id}", session)
     app.router.add_delete("/sessions/{session_id}", end_session)
+    app.router.add_routes([openapi.serve(OPENAPI)])
     app.router.add_static("/static/", STATIC)
     return app
 

@@ -1,6 +1,7 @@
 """The supervisor's HTTP API.
 
-Reading: `/` the dashboard page, `/status` (JSON), `/health` (200 only when healthy), `/audit`, `/metrics`.
+Reading: `/` the dashboard page, `/status` (JSON), `/health` (200 only when healthy),
+`/audit`, `/metrics`, `/openapi.json` (services/supervisor/openapi.py).
 Changing (admin, see shared/auth.py): `POST /actors/{name}/restart`,
 `POST /actors/{name}/drain` (`DELETE` ends the drain), `POST /scale`.
 """
@@ -17,8 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from services.supervisor.metrics import render as render_metrics
+from services.supervisor.openapi import OPENAPI
 from services.supervisor.supervisor import OperationError, Supervisor, UnknownActor
-from shared import keys
+from shared import keys, openapi
 from shared.auth import require_admin
 from shared.redis_util import MAX_BLOCK_S, Entry, stream_entries
 
@@ -42,6 +44,7 @@ def create_status_app(supervisor: Supervisor) -> web.Application:
     app.router.add_post("/actors/{name}/drain", drain)
     app.router.add_delete("/actors/{name}/drain", drain)
     app.router.add_post("/scale", scale)
+    app.router.add_routes([openapi.serve(OPENAPI)])
     return app
 
 

@@ -1,0 +1,104 @@
+"""The gateway's HTTP API as an OpenAPI 3.1 document, served at `/openapi.json`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.openapi import (
+    ADMIN_ERRORS,
+    BOOL,
+    INT,
+    METRICS,
+    NUM,
+    STR,
+    document,
+    error,
+    json_body,
+    maybe,
+    obj,
+    text_body,
+)
+
+COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+
+SESSION = obj(
+    ["session_id", "client_id", "protocol", "transcriber", "chunks", "last_seq"],
+    session_id=STR, client_id=STR, protocol={"enum": ["ws", "vosk"]}, transcriber=STR,
+    encoding=STR, sample_rate=INT, interim=BOOL, opened_at=NUM, age_s=NUM, chunks=INT, bytes=INT,
+    finals=INT, errors=INT, last_seq=INT, delivered_seq=INT, queued_replies=INT, closing=BOOL,
+)  # fmt: skip
+SUMMARY = obj(
+    ["status", "session_id", "chunks", "finals", "last_seq", "complete"],
+    status={"const": "closed"}, session_id=STR, chunks=INT, bytes=INT, finals=INT, last_seq=INT,
+    complete=BOOL, reason=STR,
+)  # fmt: skip
+STATS = obj(
+    ["gateway", "sessions", "chunks", "audio_bytes", "results", "errors", "live_transcribers"],
+    gateway=STR, accepting=BOOL, uptime_s=NUM, sessions=INT, chunks=INT, audio_bytes=INT,
+    results=COUNTS, errors=COUNTS, live_transcribers={"type": "array", "items": STR},
+    draining_transcribers={"type": "array", "items": STR}, subscriptions=INT,
+)  # fmt: skip
+SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": STR}
+UPGRADE = {"101": {"description": "WebSocket upgrade"},
+           "400": text_body("text/plain", "not a WebSocket request")}  # fmt: skip
+
+PATHS: dict[str, Any] = {
+    "/": {"get": {
+        "summary": "The web page; the original service's JSON status with Accept: application/json",
+        "responses": {"200": {"description": "the page, or the status", "content": {
+            "text/html": {"schema": STR},
+            "application/json": {"schema": obj(["message", "service"], message=STR, service=STR)},
+        }}},
+    }},
+    "/ws": {"get": {
+        "summary": "The native WebSocket protocol (see the README, 'Client protocol')",
+        "parameters": [
+            {"name": "encoding", "in": "query", "schema": {"enum": ["pcm_s16le", "pcm_f32le"]}},
+            {"name": "sample_rate", "in": "query", "schema": INT},
+            {"name": "interim", "in": "query", "schema": STR},
+            {"name": "session_id", "in": "query", "schema": STR, "description": "to resume"},
+            {"name": "resume_token", "in": "query", "schema": STR, "description": "to resume"},
+        ],
+        "responses": UPGRADE,
+    }},
+    "/vosk": {"get": {"summary": "The vosk-server WebSocket protocol", "responses": UPGRADE}},
+    "/health": {"get": {"summary": "Liveness", "responses": {
+        "200": json_body(obj(["status"], status={"const": "ok"}), "the loop answers")}}},
+    "/ready": {"get": {"summary": "Readiness: Redis answers and a transcriber is live",
+                       "responses": {
+        "200": json_body(obj(["status", "redis", "transcribers"], status=STR, redis=BOOL,
+                             transcribers={"type": "array", "items": STR}), "ready"),
+        "503": json_body(obj(["status", "redis", "transcribers"], status=STR, redis=BOOL,
+                             transcribers={"type": "array", "items": STR}), "not ready"),
+    }}},
+    "/config": {"get": {"summary": "The effective settings, secrets redacted", "responses": {
+        "200": json_body(obj(["port", "engine"], port=INT, engine=STR,
+                             redis_url=maybe("string"), admin_token=maybe("string")),
+                         "every setting")}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": METRICS}},
+    "/stats": {"get": {"summary": "This gateway now and since it started",
+                       "responses": {"200": json_body(STATS, "the figures")}}},
+    "/sessions": {"get": {"summary": "The sessions open on this gateway", "responses": {
+        "200": json_body(obj(["sessions"], sessions={"type": "array", "items": SESSION}),
+                         "oldest first")}}},
+    "/sessions/{session_id}": {
+        "parameters": [SESSION_ID],
+        "get": {"summary": "One open session", "responses": {
+            "200": json_body(SESSION, "the session"),
+            "404": error("no such session open on this gateway")}},
+        "delete": {
+            "summary": "End a session: its audio flushed, the client told, a normal close",
+            "security": [{"admin": []}, {}],
+            "responses": {"200": json_body(SUMMARY, "the summary the client was sent"),
+                          **ADMIN_ERRORS, "404": error("no such session open here")},
+        },
+    },
+}  # fmt: skip
+
+OPENAPI = document(
+    "hark gateway",
+    "Streaming speech-to-text: WebSocket sessions in, transcripts out. Changing "
+    "endpoints need `Authorization: Bearer <HARK_ADMIN_TOKEN>` when one is set, and "
+    "a loopback client otherwise.",
+    PATHS,
+)
