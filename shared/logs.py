@@ -1,28 +1,61 @@
-"""Logging for every hark process, configured once at the entry point."""
+"""Logging for every hark process, configured once at the entry point.
+
+Every line names the actor that wrote it and the session it is about, if any. The
+session comes from a context variable: the gateway sets it in the task that serves
+a connection, the transcriber while it handles a session's message, so a line
+logged anywhere below carries it without being told.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+from pythonjsonlogger.json import JsonFormatter
+
+SESSION: ContextVar[str | None] = ContextVar("hark_session", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(actor)-15s %(session_short)-8s %(name)s: %(message)s"
+JSON_FIELDS = "{asctime}{levelname}{actor}{session}{name}{message}"
 
 
-class _ActorFilter(logging.Filter):
+@contextlib.contextmanager
+def session_context(session_id: str | None) -> Iterator[None]:
+    """Lines logged inside are about this session."""
+    token = SESSION.set(session_id)
+    try:
+        yield
+    finally:
+        SESSION.reset(token)
+
+
+class _Context(logging.Filter):
     def __init__(self, actor: str) -> None:
         super().__init__()
         self.actor = actor
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.actor = self.actor
+        session = getattr(record, "session", None) or SESSION.get()
+        record.session = session
+        record.session_short = session[:8] if session else "-"
         return True
 
 
-def setup(level: str, actor: str) -> None:
-    """Log to stderr, each line naming the actor that wrote it."""
+def setup(level: str, actor: str, fmt: str = "text") -> None:
+    """Log to stderr as human text or JSON lines (`fmt`), with actor and session."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_ActorFilter(actor))
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(actor)-15s %(name)s: %(message)s")
-    )
+    handler.addFilter(_Context(actor))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(
+            JSON_FIELDS, style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        ))  # fmt: skip
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

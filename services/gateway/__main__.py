@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--name", default="gateway", help="actor name")
     args = parser.parse_args()
     settings = Settings.from_env()
-    logs.setup(settings.log_level, args.name)
+    logs.setup(settings.log_level, args.name, settings.log_format)
     if settings.redis_url is None:
         parser.error("HARK_REDIS_URL is not set (the supervisor sets it)")
 

@@ -20,7 +20,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
 from services.gateway.session import Session
-from shared import keys
+from shared import keys, logs
 from shared.actor import ActorRuntime
 from shared.audit import Audit
 from shared.config import SAMPLE_WIDTHS, Settings
@@ -151,8 +151,10 @@ class Gateway:
         actor = await self.router.pick()
         if actor is None:
             raise ClientError("no_transcriber", "no transcriber is running; try again shortly")
+        session_id = secrets.token_hex(16)
+        logs.SESSION.set(session_id)  # this connection's task: each line from here names it
         session = kind(
-            ws, session_id=secrets.token_hex(16), client_id=secrets.token_hex(16),
+            ws, session_id=session_id, client_id=secrets.token_hex(16),
             resume_token=secrets.token_urlsafe(32), actor=actor, fmt=fmt,
             queue_limit=self.settings.session_queue, metrics=self.metrics,
         )  # fmt: skip
@@ -180,6 +182,7 @@ class Gateway:
             raise ClientError("bad_setting", "last_final must be a non-negative integer")
         found = await resume.load(self.redis, query.get("session_id", ""),
                                   query.get("resume_token", ""))  # fmt: skip
+        logs.SESSION.set(found.session_id)
         if found.closed:
             raise ClientError("bad_resume", "the session was closed; open a new one")
         old = self.sessions.get(found.session_id)

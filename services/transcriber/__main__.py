@@ -31,7 +31,7 @@ def main() -> None:
         engine = create_engine(settings)
     except EngineUnavailable as exc:
         # Said at start, not at the first chunk; the supervisor then fails `hark up`.
-        logs.setup(settings.log_level, args.name)
+        logs.setup(settings.log_level, args.name, settings.log_format)
         log.error("engine %s unavailable: %s", settings.engine, exc)
         sys.exit(2)
     if args.name == "-":
@@ -39,7 +39,7 @@ def main() -> None:
         args.name = sys.stdin.readline().strip()
         if not args.name:
             return  # closed without a name: the spare is not needed
-    logs.setup(settings.log_level, args.name)
+    logs.setup(settings.log_level, args.name, settings.log_format)
 
     async def serve(stop: asyncio.Event) -> None:
         assert settings.redis_url is not None

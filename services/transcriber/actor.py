@@ -22,7 +22,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from services.transcriber.engines import BadInput, Engine, EngineSession, Result
-from shared import keys
+from shared import keys, logs
 from shared.actor import ActorRuntime, notify_ready
 from shared.audit import Audit
 from shared.config import Settings
@@ -150,7 +150,8 @@ class Transcriber:
                 if payload is None:
                     raise MessageError("entry has no message")
                 msg = decode(payload)
-                await self._apply(pipe, entry_id, msg, acks, touched)
+                with logs.session_context(getattr(msg, "session_id", None)):
+                    await self._apply(pipe, entry_id, msg, acks, touched)
             except MessageError as exc:
                 # A malformed entry is dropped and reported, never retried into a wedge.
                 log.warning("%s: dropping bad mailbox entry %r: %s", self.name, entry_id, exc)

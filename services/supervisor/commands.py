@@ -1,0 +1,163 @@
+"""The `hark` commands that ask a running supervisor over HTTP: status, scale, restart,
+drain, audit. Exit codes: 0 done, 1 refused or not healthy, 2 supervisor unreachable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from shared.audit import format_entry
+
+# -- hark status -----------------------------------------------------------------------
+
+COLUMNS = (
+    ("NAME", "name", 15), ("STATE", "state", 9), ("PID", "pid", 8), ("UPTIME", "uptime_s", 10),
+    ("RESTARTS", "restarts", 9), ("LAST EXIT", "last_exit", 18),
+    ("HEARTBEAT", "heartbeat_age_s", 10), ("RESTART MS", "last_restart_ms", 10),
+)  # fmt: skip
+
+
+def _get(base: str, path: str, params: dict[str, str] | None = None, timeout: float = 5) -> Any:
+    """GET a JSON document from the supervisor API; SupervisorUnreachable on failure."""
+    url = f"{base.rstrip('/')}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise SupervisorUnreachable(f"hark: supervisor not reachable at {base}: {exc}") from exc
+
+
+class SupervisorUnreachable(Exception):
+    """The supervisor API did not answer."""
+
+
+def status(base: str, as_json: bool) -> int:
+    try:
+        report: dict[str, Any] = _get(base, "/status")
+    except SupervisorUnreachable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_status(report))
+    return 0 if report.get("healthy") else 1
+
+
+def watch(base: str, interval: float = 1.0) -> int:
+    """The status table, redrawn every `interval` seconds (in a terminal) until Ctrl-C."""
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            try:
+                text = format_status(_get(base, "/status"))
+            except SupervisorUnreachable as exc:
+                text = str(exc)
+            print(f"{clear}{time.strftime('%H:%M:%S')}  {base}\n{text}\n", flush=True)
+            time.sleep(interval)  # a refresh rate, not a wait for anything
+    except KeyboardInterrupt:
+        return 0
+
+
+# -- hark scale / restart / drain ------------------------------------------------------
+
+
+def operate(base: str, token: str | None, args: argparse.Namespace) -> int:
+    """One changing request to the supervisor; prints its answer. Exit 0 done, 1 refused,
+    2 unreachable."""
+    if args.command == "scale":
+        role, _, count = args.target.partition("=")
+        if not count.isdigit():
+            print("hark scale: say ROLE=N, e.g. transcriber=4", file=sys.stderr)
+            return 1
+        method, path, body = "POST", "/scale", {role: int(count)}
+    else:
+        method = "DELETE" if getattr(args, "off", False) else "POST"
+        path, body = f"/actors/{urllib.parse.quote(args.actor)}/{args.command}", None
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{base.rstrip('/')}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            answer = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        print(f"hark {args.command}: {_error_text(exc)}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"hark: supervisor not reachable at {base}: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "scale":
+        print(f"{role}: {len(answer['actors'])} running ({', '.join(answer['actors'])})")
+    else:
+        print(format_status({"state": "-", "redis": True, "actors": [answer]}).split("\n", 1)[1])
+    return 0
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.load(exc)["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"{exc.code} {exc.reason}"
+
+
+# -- hark audit --------------------------------------------------------------------
+
+
+def audit(base: str, session: str | None, follow: bool, count: int, as_json: bool) -> int:
+    params = {"count": str(count)}
+    if session:
+        params["session"] = session
+    try:
+        page = _get(base, "/audit", params)
+        while True:
+            for entry in page["entries"]:
+                entry_id = entry.pop("id")
+                print(json.dumps({"id": entry_id, **entry}) if as_json
+                      else format_entry(entry_id, entry), flush=True)  # fmt: skip
+            if not follow:
+                return 0
+            follow_params = {**params, "after": page["last_id"], "block_ms": "5000",
+                             "count": "1000"}  # fmt: skip
+            page = _get(base, "/audit", follow_params, timeout=15)
+    except SupervisorUnreachable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = [f"tree {report['state']}  redis {'up' if report['redis'] else 'DOWN'}"]
+    lines.append("  ".join(title.ljust(width) for title, _, width in COLUMNS).rstrip())
+    for row in report["actors"]:
+        cells = [_cell(key, row.get(key)).ljust(width) for _, key, width in COLUMNS]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "uptime_s":
+        return duration(float(value))
+    if key == "heartbeat_age_s":
+        return f"{float(value):.1f}s"
+    return str(value)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
