@@ -1,0 +1,359 @@
+"""The load generator: C WebSocket clients streaming 3,200-byte chunks at hark, and
+the same clients at a bare echo server in the same run, for the ceiling.
+
+    python -m bench.load --clients 100 --seconds 10                 # real time
+    python -m bench.load --clients 50 --mode rate --rate 5000       # open loop
+    python -m bench.load --clients 50 --mode max --window 8         # as fast as acked
+
+Modes: `realtime` (each client 10 chunks/s: 100 ms of 16 kHz 16-bit audio each),
+`rate` (open loop, `--rate` chunks/s over all clients), `max` (closed loop, each
+client keeps `--window` chunks in flight). Without `--url` it starts `hark up
+--engine mock` on free loopback ports (embedded Redis) and stops it at the end.
+Clients run in `--procs` processes, so the client is not the bottleneck. Every run
+is bounded: `--seconds` of sending, then at most `--drain` seconds for the rest.
+
+Prints one JSON line per target: chunks/s acked and transcribed, latency
+percentiles (send -> ack, send -> transcript), lost / duplicated / misrouted results
+(must all be 0), errors by code, and the server processes' RSS and CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+CHUNK = 3200  # 100 ms of 16 kHz 16-bit mono
+REALTIME_HZ = 10
+CONNECTS_AT_ONCE = 50
+
+
+@dataclass
+class Tally:
+    """What one process's clients saw."""
+
+    clients: int = 0
+    connected: int = 0
+    sent: int = 0
+    acked: int = 0
+    transcribed: int = 0
+    duplicated: int = 0
+    misrouted: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    ack_ms: list[float] = field(default_factory=list)
+    final_ms: list[float] = field(default_factory=list)
+
+    def add(self, other: Tally) -> None:
+        for name in ("clients", "connected", "sent", "acked", "transcribed", "duplicated",
+                     "misrouted"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.update(other.errors)
+        self.ack_ms += other.ack_ms
+        self.final_ms += other.final_ms
+
+
+@dataclass(frozen=True)
+class Plan:
+    url: str
+    echo: bool
+    mode: str
+    clients: int
+    seconds: float
+    rate: float
+    window: int
+    drain: float
+    start_at: float  # wall clock: every process starts sending together
+
+
+async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Tally,
+                  gate: asyncio.Semaphore) -> None:  # fmt: skip
+    async with gate:
+        try:
+            ws = await http.ws_connect(plan.url, max_msg_size=1 << 20)
+        except (aiohttp.ClientError, OSError) as exc:
+            tally.errors[f"connect: {type(exc).__name__}"] += 1
+            return
+        client_id = None
+        if not plan.echo:
+            hello = await ws.receive_json(timeout=30)
+            if hello.get("status") == "error":
+                tally.errors[hello.get("code", "refused")] += 1
+                await ws.close()
+                return
+            client_id = hello["client_id"]
+    tally.connected += 1
+    sent_at: dict[int, float] = {}
+    finals: set[int] = set()
+    window = asyncio.Semaphore(plan.window)
+    all_done = asyncio.Event()
+    sending_over = False
+
+    def settled() -> None:
+        if sending_over and len(finals) >= len(sent_at):
+            all_done.set()
+
+    async def read() -> None:
+        async for msg in ws:
+            now = time.perf_counter()
+            if msg.type == aiohttp.WSMsgType.BINARY:  # echo
+                seq = int.from_bytes(msg.data[:8], "big")
+                tally.acked += 1
+                _final(seq, now)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                reply = json.loads(msg.data)
+                status, seq = reply.get("status"), reply.get("seq")
+                if status == "received" and seq in sent_at:
+                    tally.acked += 1
+                    tally.ack_ms.append((now - sent_at[seq]) * 1000)
+                elif status == "transcript" and reply.get("final", True):
+                    if reply.get("client_id") != client_id:
+                        tally.misrouted += 1
+                    _final(seq, now)
+                elif status == "error":
+                    tally.errors[reply.get("code", "error")] += 1
+            else:
+                return
+
+    def _final(seq: int, now: float) -> None:
+        if seq in finals:
+            tally.duplicated += 1
+            return
+        if seq in sent_at:
+            finals.add(seq)
+            tally.transcribed += 1
+            tally.final_ms.append((now - sent_at[seq]) * 1000)
+            if plan.mode == "max":
+                window.release()
+        settled()
+
+    reader = asyncio.create_task(read())
+    payload = bytearray(CHUNK)
+    interval = {"realtime": 1 / REALTIME_HZ, "rate": plan.clients / plan.rate if plan.rate else 0,
+                "max": 0.0}[plan.mode]  # fmt: skip
+    # Spread the clients over one interval, so they do not all send at the same instant.
+    offset = interval * index / max(1, plan.clients)
+    await asyncio.sleep(max(0.0, plan.start_at - time.time()) + offset)
+    t0 = time.perf_counter()
+    seq = 0
+    try:
+        while time.perf_counter() - t0 < plan.seconds:
+            if plan.mode == "max":
+                await window.acquire()
+            else:
+                delay = t0 + seq * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            seq += 1
+            payload[:8] = seq.to_bytes(8, "big")
+            sent_at[seq] = time.perf_counter()
+            await ws.send_bytes(bytes(payload))
+            tally.sent += 1
+        sending_over = True
+        settled()
+        await asyncio.wait_for(all_done.wait(), plan.drain)
+    except (TimeoutError, ConnectionError, aiohttp.ClientError):
+        pass
+    finally:
+        sending_over = True
+        await ws.close()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+def _run_clients(plan: Plan, first: int, count: int) -> Tally:
+    async def run() -> Tally:
+        tally = Tally(clients=count)
+        gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await asyncio.gather(*(_client(plan, first + i, http, tally, gate)
+                                   for i in range(count)))  # fmt: skip
+        return tally
+
+    try:
+        import uvloop
+
+        return uvloop.run(run())
+    except ImportError:  # pragma: no cover
+        return asyncio.run(run())
+
+
+def drive(plan: Plan, procs: int) -> Tally:
+    """Run the plan's clients in `procs` processes; their tallies added up."""
+    shares = [plan.clients // procs + (1 if i < plan.clients % procs else 0) for i in range(procs)]
+    total = Tally()
+    with ProcessPoolExecutor(procs) as pool:
+        starts = [sum(shares[:i]) for i in range(procs)]
+        for tally in pool.map(_run_clients, [plan] * procs, starts, shares):
+            total.add(tally)
+    return total
+
+
+# -- the servers under test ------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """A server subprocess that says when it is up; stopped with SIGINT."""
+
+    def __init__(self, argv: list[str], ready: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=sys.stderr,
+                                     env={**os.environ, **(env or {})}, text=True)  # fmt: skip
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(ready):
+                return
+        raise RuntimeError(f"{argv[0]} exited before it was ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _actors(status_url: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{status_url}/status", timeout=5) as resp:
+        report = json.load(resp)
+    return {a["name"]: a["pid"] for a in report["actors"] if a["pid"] and a["role"] != "redis"}
+
+
+def percentiles(samples: list[float]) -> dict[str, float | None]:
+    if not samples:
+        return {"p50": None, "p95": None, "p99": None}
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
+
+
+def report(
+    target: str, plan: Plan, tally: Tally, wall: float, extra: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "target": target, "mode": plan.mode, "clients": plan.clients,
+        "connected": tally.connected, "seconds": plan.seconds,
+        "sent": tally.sent, "acked": tally.acked, "transcribed": tally.transcribed,
+        "acked_per_s": round(tally.acked / wall),
+        "transcribed_per_s": round(tally.transcribed / wall),
+        "lost": tally.sent - tally.transcribed, "duplicated": tally.duplicated,
+        "misrouted": tally.misrouted, "errors": dict(tally.errors),
+        "ack_ms": percentiles(tally.ack_ms), "transcript_ms": percentiles(tally.final_ms),
+        **extra,
+    }  # fmt: skip
+
+
+def run_target(plan: Plan, procs: int, pids: dict[str, int]) -> tuple[Tally, float, dict[str, Any]]:
+    cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    t0 = time.perf_counter()
+    tally = drive(plan, procs)
+    wall = time.perf_counter() - t0  # connecting and draining included: CPU is averaged
+    usage = {
+        name: {"cpu_pct": round(100 * (_cpu_seconds(pid) - cpu0[name]) / wall),
+               "rss_mb": round(_rss_mb(pid), 1)}
+        for name, pid in pids.items()
+    }  # fmt: skip
+    return tally, plan.seconds, {"processes": usage}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--mode", choices=("realtime", "rate", "max"), default="realtime")
+    parser.add_argument("--rate", type=float, default=0.0, help="chunks/s in all (mode rate)")
+    parser.add_argument("--window", type=int, default=8, help="chunks in flight (mode max)")
+    parser.add_argument("--procs", type=int, default=1, help="client processes")
+    parser.add_argument("--drain", type=float, default=10.0)
+    parser.add_argument("--transcribers", type=int, default=2)
+    parser.add_argument("--url", help="a running hark's ws:// URL (default: start one)")
+    parser.add_argument("--no-echo", action="store_true", help="skip the echo ceiling")
+    args = parser.parse_args(argv)
+    if args.mode == "rate" and args.rate <= 0:
+        parser.error("--mode rate needs --rate")
+
+    def plan(url: str, echo: bool, mode: str) -> Plan:
+        return Plan(url=url, echo=echo, mode=mode, clients=args.clients, seconds=args.seconds,
+                    rate=args.rate, window=args.window, drain=args.drain,
+                    start_at=time.time() + 1.0)  # fmt: skip
+
+    ceiling = None
+    if not args.no_echo:
+        port = free_port()
+        echo = Server([sys.executable, "-m", "bench.echo", "--port", str(port)], "READY")
+        try:
+            p = plan(f"ws://127.0.0.1:{port}/ws", True, "max")
+            tally, wall, extra = run_target(p, args.procs, {"echo": echo.proc.pid})
+        finally:
+            echo.stop()
+        line = report("echo", p, tally, wall, extra)
+        ceiling = line["transcribed_per_s"]
+        print(json.dumps(line), flush=True)
+
+    hark = None
+    url, pids = args.url, {}
+    if url is None:
+        port, status_port = free_port(), free_port()
+        script = os.path.join(os.path.dirname(sys.executable), "hark")
+        hark = Server([script, "up", "--engine", "mock", "--transcribers", str(args.transcribers),
+                       "--port", str(port), "--status-port", str(status_port)],
+                      "Ctrl-C", env={"HARK_LOG_LEVEL": "WARNING"})  # fmt: skip
+        url = f"ws://127.0.0.1:{port}/ws"
+        pids = _actors(f"http://127.0.0.1:{status_port}")
+    try:
+        p = plan(url, False, args.mode)
+        tally, wall, extra = run_target(p, args.procs, pids)
+    finally:
+        if hark is not None:
+            hark.stop()
+    line = report("hark", p, tally, wall, extra)
+    if ceiling:
+        line["ratio_to_echo"] = round(line["transcribed_per_s"] / ceiling, 3)
+    print(json.dumps(line), flush=True)
+    return 0 if line["lost"] == line["duplicated"] == line["misrouted"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

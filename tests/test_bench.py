@@ -1,0 +1,34 @@
+"""A tiny run of the load generator, so the harness keeps working (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("mode", ["realtime", "max"])
+def test_the_load_generator_runs_against_echo_and_hark_and_counts_every_chunk(mode: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--clients", "4", "--seconds", "1",
+         "--mode", mode, "--window", "2", "--transcribers", "1", "--drain", "20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    echo, hark = lines
+    assert (echo["target"], hark["target"]) == ("echo", "hark")
+    for line in lines:
+        assert line["connected"] == 4 and line["sent"] > 0
+        assert line["transcribed"] == line["sent"]
+        assert line["lost"] == line["duplicated"] == line["misrouted"] == 0
+    assert hark["acked"] == hark["sent"] and hark["errors"] == {}
+    assert set(hark["processes"]) == {"gateway", "transcriber-0"}
+    assert hark["ratio_to_echo"] > 0
