@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 
 from aiohttp import web
+
+from shared.http_errors import json_error
 
 
 def require_admin(request: web.Request, token: str | None) -> None:
     """Return if the request may change things; raise 401 or 403 (JSON) if not."""
     if token is None:
         if not _loopback(request.remote):
-            raise _error(web.HTTPForbidden, "forbidden",
-                         "set HARK_ADMIN_TOKEN to allow this from other hosts")  # fmt: skip
+            raise json_error(web.HTTPForbidden, "forbidden",
+                             "set HARK_ADMIN_TOKEN to allow this from other hosts")  # fmt: skip
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise _error(web.HTTPUnauthorized, "unauthorized",
-                     "this endpoint needs Authorization: Bearer <HARK_ADMIN_TOKEN>")  # fmt: skip
+        raise json_error(web.HTTPUnauthorized, "unauthorized",
+                         "this endpoint needs Authorization: Bearer <HARK_ADMIN_TOKEN>",
+                         headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
 
 def _loopback(remote: str | None) -> bool:
@@ -34,9 +36,3 @@ def _loopback(remote: str | None) -> bool:
         return ipaddress.ip_address(remote).is_loopback
     except ValueError:
         return False  # a unix socket peer has no address; a token is needed there
-
-
-def _error(cls: type[web.HTTPError], code: str, message: str) -> web.HTTPError:
-    body = json.dumps({"status": "error", "code": code, "error": message})
-    headers = {"WWW-Authenticate": "Bearer"} if cls is web.HTTPUnauthorized else None
-    return cls(text=body, content_type="application/json", headers=headers)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from aiohttp import web
@@ -12,11 +11,11 @@ from redis.exceptions import RedisError
 
 from services.gateway.gateway import Gateway
 from services.gateway.openapi import OPENAPI
-from services.gateway.protocol import error_reply
 from services.gateway.vosk_server import handle_vosk
 from shared import openapi
 from shared.auth import require_admin
 from shared.config import Settings
+from shared.http_errors import json_error
 
 STATIC = Path(__file__).parent / "static"
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -114,9 +113,9 @@ async def sessions(request: web.Request) -> web.Response:
     return web.json_response({"sessions": sorted(found, key=lambda s: s["opened_at"])})
 
 
-def _no_session(session_id: str) -> web.HTTPNotFound:
-    body = error_reply("unknown_session", f"no open session {session_id!r} on this gateway")
-    return web.HTTPNotFound(text=json.dumps(body), content_type="application/json")
+def _no_session(session_id: str) -> web.HTTPError:
+    return json_error(web.HTTPNotFound, "unknown_session",
+                      f"no open session {session_id!r} on this gateway")  # fmt: skip
 
 
 async def session(request: web.Request) -> web.Response:

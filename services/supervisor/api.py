@@ -8,7 +8,6 @@ Changing (admin, see shared/auth.py): `POST /actors/{name}/restart`,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from services.supervisor.openapi import OPENAPI
 from services.supervisor.supervisor import OperationError, Supervisor, UnknownActor
 from shared import keys, openapi
 from shared.auth import require_admin
+from shared.http_errors import json_error
 from shared.redis_util import MAX_BLOCK_S, Entry, stream_entries
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
@@ -53,11 +53,6 @@ async def dashboard(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
-def _fail(status: type[web.HTTPError], code: str, message: str) -> web.HTTPError:
-    return status(text=json.dumps({"status": "error", "code": code, "error": message}),
-                  content_type="application/json")  # fmt: skip
-
-
 def _admin(request: web.Request) -> Supervisor:
     supervisor = request.app[SUPERVISOR]
     require_admin(request, supervisor.settings.admin_token)
@@ -69,11 +64,13 @@ async def _operate(operation: Awaitable[Any]) -> Any:
     try:
         return await operation
     except UnknownActor as exc:
-        raise _fail(web.HTTPNotFound, "unknown_actor", f"no actor named {exc.args[0]!r}") from None
+        raise json_error(
+            web.HTTPNotFound, "unknown_actor", f"no actor named {exc.args[0]!r}"
+        ) from None
     except OperationError as exc:
-        raise _fail(web.HTTPConflict, "refused", str(exc)) from None
+        raise json_error(web.HTTPConflict, "refused", str(exc)) from None
     except RedisError as exc:
-        raise _fail(web.HTTPServiceUnavailable, "redis_unavailable", str(exc)) from None
+        raise json_error(web.HTTPServiceUnavailable, "redis_unavailable", str(exc)) from None
 
 
 async def restart(request: web.Request) -> web.Response:
@@ -100,7 +97,7 @@ async def scale(request: web.Request) -> web.Response:
         if not isinstance(count, int) or isinstance(count, bool):
             raise ValueError
     except (ValueError, AttributeError):
-        raise _fail(web.HTTPBadRequest, "bad_request",
+        raise json_error(web.HTTPBadRequest, "bad_request",
                     'the body is one role and a count: {"transcriber": 3}') from None  # fmt: skip
     names = await _operate(supervisor.scale(role, count))
     return web.json_response({role: len(names), "actors": names})
