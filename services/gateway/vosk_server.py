@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from redis.exceptions import RedisError
 
-from services.gateway.gateway import CLOSE_FLUSH_TIMEOUT_S, Gateway, refuse
+from services.gateway.gateway import Gateway, refuse
 from services.gateway.protocol import AudioFormat, ClientError
 from services.gateway.vosk import VoskSession, parse
 
@@ -53,10 +53,8 @@ async def handle_vosk(gateway: Gateway, request: web.Request) -> web.StreamRespo
 
 
 async def _eof(gateway: Gateway, session: VoskSession) -> None:
-    session.closing = True
-    with contextlib.suppress(ClientError):
-        await gateway.control(session, "close")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
+    # Answered with what came, whether or not the flush finished or Redis answered.
+    with contextlib.suppress(ClientError, RedisError):
+        await gateway.close_flushed(session)
     session.send(session.final_reply())
     session.close_reason = "closed_by_client"
