@@ -41,6 +41,11 @@ UP_FLAGS = {
 }  # fmt: skip
 
 
+def _url_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
+                        "HARK_STATUS_PORT)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hark", description="hark: a streaming speech-to-text gateway."
@@ -82,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the JSON the API serves")
     status.add_argument("--watch", action="store_true",
                         help="refresh every second until Ctrl-C")  # fmt: skip
-    status.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
-                        "HARK_STATUS_PORT)")  # fmt: skip
+    _url_option(status)
 
     scale = sub.add_parser(
         "scale",
@@ -93,8 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the others. Sends HARK_ADMIN_TOKEN when set.",
     )
     scale.add_argument("target", metavar="transcriber=N")
-    scale.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
-                       "HARK_STATUS_PORT)")  # fmt: skip
+    _url_option(scale)
     for verb, text in (("restart", "restart an actor gracefully (SIGTERM, then start it)"),
                        ("drain", "give a transcriber no new sessions (--off: undo)")):  # fmt: skip
         op = sub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}. "
@@ -102,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         op.add_argument("actor", help="actor name, as hark status shows it")
         if verb == "drain":
             op.add_argument("--off", action="store_true", help="take it back into rotation")
-        op.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
-                        "HARK_STATUS_PORT)")  # fmt: skip
+        _url_option(op)
 
     audit = sub.add_parser(
         "audit",
@@ -114,8 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--follow", "-f", action="store_true", help="keep printing new entries")
     audit.add_argument("-n", "--count", type=int, default=50, help="entries to show (default 50)")
     audit.add_argument("--json", action="store_true", help="one JSON object per line")
-    audit.add_argument("--url", help="supervisor API (default http://HARK_STATUS_HOST:"
-                       "HARK_STATUS_PORT)")  # fmt: skip
+    _url_option(audit)
     return parser
 
 

@@ -99,7 +99,7 @@ def operate(base: str, token: str | None, args: argparse.Namespace) -> int:
     if args.command == "scale":
         print(f"{role}: {len(answer['actors'])} running ({', '.join(answer['actors'])})")
     else:
-        print(format_status({"state": "-", "redis": True, "actors": [answer]}).split("\n", 1)[1])
+        print(format_rows([answer]))
     return 0
 
 
@@ -137,9 +137,14 @@ def audit(base: str, session: str | None, follow: bool, count: int, as_json: boo
 
 
 def format_status(report: dict[str, Any]) -> str:
-    lines = [f"tree {report['state']}  redis {'up' if report['redis'] else 'DOWN'}"]
-    lines.append("  ".join(title.ljust(width) for title, _, width in COLUMNS).rstrip())
-    for row in report["actors"]:
+    heading = f"tree {report['state']}  redis {'up' if report['redis'] else 'DOWN'}"
+    return f"{heading}\n{format_rows(report['actors'])}"
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """Actor rows (as /status has them) as a table with a header line."""
+    lines = ["  ".join(title.ljust(width) for title, _, width in COLUMNS).rstrip()]
+    for row in rows:
         cells = [_cell(key, row.get(key)).ljust(width) for _, key, width in COLUMNS]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
