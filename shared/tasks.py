@@ -23,5 +23,10 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     while not task.done():
         task.cancel()
         await asyncio.wait([task], timeout=RECANCEL_S)
+    log_failure(task)
+
+
+def log_failure(task: asyncio.Task[Any]) -> None:
+    """Log the error a finished task ended with, if any (also a done callback)."""
     if not task.cancelled() and task.exception() is not None:
         log.error("task %s failed", task.get_name(), exc_info=task.exception())

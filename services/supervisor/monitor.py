@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from services.supervisor.child import Child, State
 from shared import keys
 from shared.messages import Heartbeat, MessageError, decode_as
+from shared.tasks import log_failure
 
 if TYPE_CHECKING:
     from services.supervisor.supervisor import Supervisor
@@ -87,7 +88,7 @@ def _hung(supervisor: Supervisor, child: Child) -> None:
               child.name, child.pid, supervisor.settings.heartbeat_misses)  # fmt: skip
     supervisor.record("actor_hung", child=child.name, pid=child.pid)
     task = asyncio.create_task(supervisor.terminate(child), name=f"kill-{child.name}")
-    task.add_done_callback(_log_task_failure)
+    task.add_done_callback(log_failure)
 
 
 def _heartbeat(value: bytes | str | None) -> Heartbeat | None:
@@ -97,8 +98,3 @@ def _heartbeat(value: bytes | str | None) -> Heartbeat | None:
         return decode_as(Heartbeat, value)
     except MessageError:
         return None
-
-
-def _log_task_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("task %s failed", task.get_name(), exc_info=task.exception())

@@ -33,6 +33,7 @@ from services.supervisor.backends import SpawnError
 from services.supervisor.child import ChildSpec
 from shared.actor import INSTANCE_ENV, NOTIFY_ENV, READY_LINE
 from shared.config import Settings
+from shared.tasks import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +147,8 @@ class DockerBackend:
         """Run an API call in the background (Handle.signal is not async); log failures."""
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(log_failure)
 
     async def _remove(self, name: str) -> None:
         try:
