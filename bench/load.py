@@ -35,6 +35,8 @@ from typing import Any
 
 import aiohttp
 
+from services.supervisor.tree import free_port
+
 CHUNK = 3200  # 100 ms of 16 kHz 16-bit mono
 REALTIME_HZ = 10
 CONNECTS_AT_ONCE = 50
@@ -202,15 +204,6 @@ def drive(plan: Plan, procs: int) -> Tally:
 
 
 # -- the servers under test ------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Server:

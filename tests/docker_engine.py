@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -126,13 +127,19 @@ class StubEngine:
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         body = await request.json() if request.can_read_body else dict(request.query)
         self.requests.append((request.method, request.path, body))
-        return await handler(request)
+        try:
+            response: web.StreamResponse = await handler(request)
+        except EngineError as exc:
+            # As the engine: `application/json` with no charset (aiodocker parses only that).
+            payload = json.dumps({"message": exc.message}).encode()
+            return web.Response(status=exc.status, body=payload, content_type="application/json")
+        return response
 
     def _find(self, request: web.Request) -> Container:
         key = request.match_info["id"]
         found = self.containers.get(key) or self.by_name(key)
         if found is None:
-            raise _error(web.HTTPNotFound, f"No such container: {key}")
+            raise EngineError(404, f"No such container: {key}")
         return found
 
     async def _version(self, request: web.Request) -> web.Response:
@@ -144,11 +151,11 @@ class StubEngine:
         name = request.query.get("name") or secrets.token_hex(6)
         existing = self.by_name(name)
         if existing is not None:
-            raise _error(web.HTTPConflict, f'Conflict. The container name "/{name}" is already '
-                         f'in use by container "{existing.id}". You have to remove (or rename) '
-                         "that container to be able to reuse that name.")  # fmt: skip
+            raise EngineError(409, f'Conflict. The container name "/{name}" is already '
+                              f'in use by container "{existing.id}". You have to remove (or '
+                              "rename) that container to be able to reuse that name.")  # fmt: skip
         if config.get("Image") not in self.images:
-            raise _error(web.HTTPNotFound, f"No such image: {config.get('Image')}")
+            raise EngineError(404, f"No such image: {config.get('Image')}")
         container = Container(id=secrets.token_hex(32), name=name, config=config)
         self.containers[container.id] = container
         return web.json_response({"Id": container.id, "Warnings": []}, status=201)
@@ -195,7 +202,7 @@ class StubEngine:
     async def _kill(self, request: web.Request) -> web.Response:
         container = self._find(request)
         if not container.running or container.proc is None:
-            raise _error(web.HTTPConflict, f"Container {container.id} is not running")
+            raise EngineError(409, f"Container {container.id} is not running")
         name = request.query.get("signal", "SIGKILL")
         container.proc.send_signal(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
         return web.Response(status=204)
@@ -230,9 +237,9 @@ class StubEngine:
     async def _delete(self, request: web.Request) -> web.Response:
         container = self._find(request)
         if container.running and request.query.get("force") not in ("1", "true", "True"):
-            raise _error(web.HTTPConflict, f"You cannot remove a running container "
-                         f"{container.id}. Stop the container before attempting removal or "
-                         "force remove")  # fmt: skip
+            raise EngineError(409, f"You cannot remove a running container "
+                              f"{container.id}. Stop the container before attempting removal "
+                              "or force remove")  # fmt: skip
         await self._end(container)
         del self.containers[container.id]
         return web.Response(status=204)
@@ -245,5 +252,10 @@ class StubEngine:
             await container.reader
 
 
-def _error(cls: type[web.HTTPError], message: str) -> web.HTTPError:
-    return cls(text=f'{{"message": "{message}"}}', content_type="application/json")
+class EngineError(Exception):
+    """An Engine API error: its HTTP status and `{"message": ...}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

@@ -13,8 +13,10 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiodocker
 import aiohttp
 import pytest
+from aiodocker.exceptions import DockerError
 
 from services.supervisor.backends.docker import DockerBackend, returncode
 from services.supervisor.child import State
@@ -173,3 +175,19 @@ def test_a_container_killed_by_a_signal_exits_128_plus_its_number() -> None:
     assert returncode(137) == -signal.SIGKILL
     assert returncode(143) == -signal.SIGTERM
     assert (returncode(0), returncode(1), returncode(255)) == (0, 1, 255)
+
+
+async def test_the_stub_answers_errors_as_the_engine_does(engine: StubEngine) -> None:
+    docker = aiodocker.Docker(url=engine.url)
+    try:
+        config = {"Image": IMAGE, "Cmd": ["true"]}
+        await docker.containers.create(config, name="twice")
+        with pytest.raises(DockerError) as conflict:
+            await docker.containers.create(config, name="twice")
+        assert conflict.value.status == 409
+        assert 'The container name "/twice" is already in use' in conflict.value.message
+        with pytest.raises(DockerError) as missing:
+            await docker.containers.container("nobody").delete(force=True)
+        assert (missing.value.status, missing.value.message) == (404, "No such container: nobody")
+    finally:
+        await docker.close()
