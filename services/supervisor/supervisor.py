@@ -302,7 +302,7 @@ class Supervisor:
                 return
             log.warning("%s (pid %s) exited: %s", child.name, child.pid, child.last_exit)
             self.record("actor_exit", child=child.name, pid=child.pid,
-                              exit=child.last_exit, uptime_s=f"{uptime:.3f}")  # fmt: skip
+                        exit=child.last_exit, uptime_s=f"{uptime:.3f}")  # fmt: skip
             if not _should_restart(child.spec.restart, returncode):
                 child.state = State.EXITED
                 await self._announce_down(child)
@@ -333,7 +333,7 @@ class Supervisor:
             child.restarts += 1
             self._died_at[child.name] = died_at
             self.record("actor_restart", child=child.name, restarts=child.restarts,
-                              delay_s=f"{delay:.3f}")  # fmt: skip
+                        delay_s=f"{delay:.3f}")  # fmt: skip
 
     def _backoff(self, consecutive: int) -> float:
         if consecutive == 0:
@@ -363,7 +363,7 @@ class Supervisor:
             log.info("%s back (pid %s) %.1f ms after its exit", child.name, child.pid,
                      child.last_restart_ms)  # fmt: skip
             self.record("actor_ready", child=child.name, pid=child.pid,
-                              restart_ms=child.last_restart_ms)  # fmt: skip
+                        restart_ms=child.last_restart_ms)  # fmt: skip
 
     async def _ping_until_up(self) -> bool:
         probe = connect(self.redis_url, name="supervisor-probe")
