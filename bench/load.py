@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,8 @@ from services.supervisor.tree import free_port
 CHUNK = 3200  # 100 ms of 16 kHz 16-bit mono
 REALTIME_HZ = 10
 CONNECTS_AT_ONCE = 50
+# Errors that answer a chunk in place of its ack: the chunk was not stored.
+CHUNK_REFUSALS = frozenset({"overloaded", "unavailable", "shutting_down", "session_closing"})
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Tally:
     connected: int = 0
     sent: int = 0
     acked: int = 0
+    refused: int = 0  # chunks answered with a refusal (not stored, so not lost)
     transcribed: int = 0
     duplicated: int = 0
     misrouted: int = 0
@@ -58,8 +61,8 @@ class Tally:
     final_ms: list[float] = field(default_factory=list)
 
     def add(self, other: Tally) -> None:
-        for name in ("clients", "connected", "sent", "acked", "transcribed", "duplicated",
-                     "misrouted"):  # fmt: skip
+        for name in ("clients", "connected", "sent", "acked", "refused", "transcribed",
+                     "duplicated", "misrouted"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
         self.ack_ms += other.ack_ms
@@ -84,6 +87,9 @@ async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Ta
     async with gate:
         try:
             ws = await http.ws_connect(plan.url, max_msg_size=1 << 20)
+        except aiohttp.WSServerHandshakeError as exc:
+            tally.errors[f"connect: HTTP {exc.status}"] += 1
+            return
         except (aiohttp.ClientError, OSError) as exc:
             tally.errors[f"connect: {type(exc).__name__}"] += 1
             return
@@ -97,36 +103,55 @@ async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Ta
             client_id = hello["client_id"]
     tally.connected += 1
     sent_at: dict[int, float] = {}
+    # The server numbers the chunks it stores; a refused one gets no number. Replies to
+    # chunks come in order, so each ack or refusal answers the oldest unanswered chunk.
+    unanswered: deque[int] = deque()
+    ours: dict[int, int] = {}  # server seq -> our seq
     finals: set[int] = set()
     window = asyncio.Semaphore(plan.window)
     all_done = asyncio.Event()
     sending_over = False
 
     def settled() -> None:
-        if sending_over and len(finals) >= len(sent_at):
+        if sending_over and len(finals) >= len(sent_at) - refused:
             all_done.set()
+
+    refused = 0
 
     async def read() -> None:
         async for msg in ws:
             now = time.perf_counter()
             if msg.type == aiohttp.WSMsgType.BINARY:  # echo
                 seq = int.from_bytes(msg.data[:8], "big")
+                if unanswered:
+                    unanswered.popleft()
                 tally.acked += 1
                 _final(seq, now)
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 reply = json.loads(msg.data)
-                status, seq = reply.get("status"), reply.get("seq")
-                if status == "received" and seq in sent_at:
+                status, code = reply.get("status"), reply.get("code", "error")
+                if status == "received" and unanswered:
+                    seq = ours[reply["seq"]] = unanswered.popleft()
                     tally.acked += 1
                     tally.ack_ms.append((now - sent_at[seq]) * 1000)
                 elif status == "transcript" and reply.get("final", True):
                     if reply.get("client_id") != client_id:
                         tally.misrouted += 1
-                    _final(seq, now)
+                    _final(ours.get(reply.get("seq", -1), -1), now)
                 elif status == "error":
-                    tally.errors[reply.get("code", "error")] += 1
+                    tally.errors[code] += 1
+                    if code in CHUNK_REFUSALS and unanswered:
+                        _refused(unanswered.popleft())
             else:
                 return
+
+    def _refused(seq: int) -> None:
+        nonlocal refused
+        refused += 1
+        tally.refused += 1
+        if plan.mode == "max":
+            window.release()
+        settled()
 
     def _final(seq: int, now: float) -> None:
         if seq in finals:
@@ -160,6 +185,7 @@ async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Ta
             seq += 1
             payload[:8] = seq.to_bytes(8, "big")
             sent_at[seq] = time.perf_counter()
+            unanswered.append(seq)
             await ws.send_bytes(bytes(payload))
             tally.sent += 1
         sending_over = True
@@ -227,10 +253,32 @@ class Server:
             self.proc.kill()
 
 
-def _cpu_seconds(pid: int) -> float:
+class Hark(Server):
+    """`hark up --engine mock` on free loopback ports with its embedded Redis."""
+
+    def __init__(self, transcribers: int = 2, env: dict[str, str] | None = None) -> None:
+        self.port, status_port = free_port(), free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        self.status_url = f"http://127.0.0.1:{status_port}"
+        script = os.path.join(os.path.dirname(sys.executable), "hark")
+        super().__init__([script, "up", "--engine", "mock", "--transcribers", str(transcribers),
+                          "--port", str(self.port), "--status-port", str(status_port)],
+                         "Ctrl-C", env={"HARK_LOG_LEVEL": "WARNING", **(env or {})})  # fmt: skip
+
+
+def arg_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=f"python -m {prog}", description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _rss_mb(pid: int) -> float:
@@ -244,7 +292,7 @@ def _rss_mb(pid: int) -> float:
 def _actors(status_url: str) -> dict[str, int]:
     with urllib.request.urlopen(f"{status_url}/status", timeout=5) as resp:
         report = json.load(resp)
-    return {a["name"]: a["pid"] for a in report["actors"] if a["pid"] and a["role"] != "redis"}
+    return {a["name"]: a["pid"] for a in report["actors"] if a["pid"]}
 
 
 def percentiles(samples: list[float]) -> dict[str, float | None]:
@@ -264,10 +312,11 @@ def report(
     return {
         "target": target, "mode": plan.mode, "clients": plan.clients,
         "connected": tally.connected, "seconds": plan.seconds,
-        "sent": tally.sent, "acked": tally.acked, "transcribed": tally.transcribed,
+        "sent": tally.sent, "sent_per_s": round(tally.sent / wall), "acked": tally.acked,
+        "refused": tally.refused, "transcribed": tally.transcribed,
         "acked_per_s": round(tally.acked / wall),
         "transcribed_per_s": round(tally.transcribed / wall),
-        "lost": tally.sent - tally.transcribed, "duplicated": tally.duplicated,
+        "lost": tally.sent - tally.refused - tally.transcribed, "duplicated": tally.duplicated,
         "misrouted": tally.misrouted, "errors": dict(tally.errors),
         "ack_ms": percentiles(tally.ack_ms), "transcript_ms": percentiles(tally.final_ms),
         **extra,
@@ -279,20 +328,22 @@ def run_target(plan: Plan, procs: int, pids: dict[str, int]) -> tuple[Tally, flo
     t0 = time.perf_counter()
     tally = drive(plan, procs)
     wall = time.perf_counter() - t0  # connecting and draining included: CPU is averaged
-    usage = {
-        name: {"cpu_pct": round(100 * (_cpu_seconds(pid) - cpu0[name]) / wall),
-               "rss_mb": round(_rss_mb(pid), 1)}
-        for name, pid in pids.items()
-    }  # fmt: skip
+    done = max(1, tally.transcribed)
+    usage = {}
+    for name, pid in pids.items():
+        (user0, sys0), (user, sys_) = cpu0[name], _cpu_seconds(pid)
+        cpu = user - user0 + sys_ - sys0
+        # CPU per chunk compares runs at different rates; cpu_pct is averaged over the
+        # whole run, connecting and draining included. The system share is mostly
+        # loopback TCP, whose receiving side the kernel charges to the sender.
+        usage[name] = {"cpu_pct": round(100 * cpu / wall), "rss_mb": round(_rss_mb(pid), 1),
+                       "cpu_us_per_chunk": round(cpu * 1e6 / done, 1),
+                       "system_share": round((sys_ - sys0) / cpu, 2) if cpu else 0.0}  # fmt: skip
     return tally, plan.seconds, {"processes": usage}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.load",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = arg_parser("bench.load", __doc__)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--mode", choices=("realtime", "rate", "max"), default="realtime")
@@ -328,13 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     hark = None
     url, pids = args.url, {}
     if url is None:
-        port, status_port = free_port(), free_port()
-        script = os.path.join(os.path.dirname(sys.executable), "hark")
-        hark = Server([script, "up", "--engine", "mock", "--transcribers", str(args.transcribers),
-                       "--port", str(port), "--status-port", str(status_port)],
-                      "Ctrl-C", env={"HARK_LOG_LEVEL": "WARNING"})  # fmt: skip
-        url = f"ws://127.0.0.1:{port}/ws"
-        pids = _actors(f"http://127.0.0.1:{status_port}")
+        hark = Hark(args.transcribers)
+        url, pids = hark.url, _actors(hark.status_url)
     try:
         p = plan(url, False, args.mode)
         tally, wall, extra = run_target(p, args.procs, pids)

@@ -44,12 +44,13 @@ class ActorRuntime:
         self._last_beat = 0.0
         self._ttl_ms = int(settings.heartbeat_interval * (settings.heartbeat_misses + 1) * 1000)
 
-    def heartbeat(self, state: str, load: int) -> tuple[str, bytes, int]:
+    def heartbeat(self, state: str, load: int, lag_ms: int = 0) -> tuple[str, bytes, int]:
         """The key, value and TTL (ms) of a heartbeat, for the caller's SET ... PX."""
         self._last_beat = time.monotonic()
         beat = Heartbeat(
             name=self.name, pid=os.getpid(), role=self.role, state=state, load=load,
             version=VERSION, ts=time.time(), started_at=self.started_at, instance=self.instance,
+            lag_ms=lag_ms,
         )  # fmt: skip
         return keys.actor(self.name), beat.encode(), self._ttl_ms
 
@@ -57,8 +58,8 @@ class ActorRuntime:
         # Twice per interval, so one late beat is never read as a miss.
         return time.monotonic() - self._last_beat >= self.settings.heartbeat_interval / 2
 
-    async def beat(self, state: str, load: int) -> None:
-        key, value, ttl = self.heartbeat(state, load)
+    async def beat(self, state: str, load: int, lag_ms: int = 0) -> None:
+        key, value, ttl = self.heartbeat(state, load, lag_ms)
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(key, value, px=ttl)
         pipe.sadd(keys.ACTORS, self.name)  # again each beat: Redis may have lost it

@@ -88,6 +88,12 @@ class Settings:
     partial_interval: float = field(default=1.0, metadata=_env("HARK_PARTIAL_INTERVAL"))
     cache_dir: str | None = field(default=None, metadata=_env("HARK_CACHE_DIR"))
     session_queue: int = field(default=256, metadata=_env("HARK_SESSION_QUEUE"))
+    # Admission control. A gateway holds at most this many sessions; more get HTTP 503.
+    max_sessions: int = field(default=10_000, metadata=_env("HARK_MAX_SESSIONS"))
+    # How far behind (seconds) a transcriber may fall reading its mailbox: past it, it
+    # gets no new sessions (all behind: HTTP 503); past twice it, its sessions' audio
+    # is refused with `overloaded` until it catches up. Bounds queueing and latency.
+    max_lag: float = field(default=2.0, metadata=_env("HARK_MAX_LAG"))
     audit_maxlen: int = field(default=100_000, metadata=_env("HARK_AUDIT_MAXLEN"))
     results_maxlen: int = field(default=1000, metadata=_env("HARK_RESULTS_MAXLEN"))
     results_ttl: int = field(default=3600, metadata=_env("HARK_RESULTS_TTL"))
@@ -104,7 +110,8 @@ class Settings:
         positive = (
             "transcribers", "max_chunk_bytes", "heartbeat_interval", "heartbeat_misses",
             "shutdown_timeout", "restart_period", "partial_interval", "backoff_min", "backoff_max",
-            "session_queue", "audit_maxlen", "results_maxlen", "results_ttl",
+            "session_queue", "max_sessions", "max_lag", "audit_maxlen", "results_maxlen",
+            "results_ttl",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

@@ -55,8 +55,8 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": VERSION, "kind": self.KIND}
-        for f in dataclasses.fields(self):
-            out[f.name] = getattr(self, f.name)
+        for name, _, _, _ in _spec(type(self)):
+            out[name] = getattr(self, name)
         return out
 
     def encode(self) -> bytes:
@@ -90,21 +90,37 @@ def decode_as(cls: type[M], payload: bytes) -> M:
     return msg
 
 
+# Per class: (name, declared type, allowed types, required) of each field. Worked out once, since
+# dataclasses.fields() on every message is a measurable share of a hot path.
+_Spec = tuple[tuple[str, str, tuple[type, ...], bool], ...]
+_SPECS: dict[type, _Spec] = {}
+
+
+def _spec(cls: type) -> _Spec:
+    spec = _SPECS.get(cls)
+    if spec is None:
+        spec = tuple(
+            (f.name, str(f.type), _TYPES[str(f.type)],
+             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        )  # fmt: skip
+        _SPECS[cls] = spec
+    return spec
+
+
 def _build(cls: type[M], data: dict[str, Any]) -> M:
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
-                continue
-            raise MessageError(f"{cls.KIND}: missing field {f.name!r}")
-        value = data[f.name]
-        allowed = _TYPES[str(f.type)]
+    for name, declared, allowed, required in _spec(cls):
+        if name not in data:
+            if required:
+                raise MessageError(f"{cls.KIND}: missing field {name!r}")
+            continue
+        value = data[name]
         # bool is an int subclass; a bool where a number belongs is a bug at the sender.
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            raise MessageError(
-                f"{cls.KIND}.{f.name}: expected {f.type}, got {type(value).__name__}"
-            )
-        values[f.name] = value
+            got = type(value).__name__
+            raise MessageError(f"{cls.KIND}.{name}: expected {declared}, got {got}")
+        values[name] = value
     return cls(**values)
 
 
@@ -198,6 +214,9 @@ class Heartbeat(Message):
     # Set by the supervisor's backend for each process or container it starts, so a
     # beat is matched to its incarnation (a pid inside a container says nothing).
     instance: str = ""
+    # A transcriber's queueing delay: how long the oldest entry of its latest mailbox
+    # read had waited, in ms (0 when it waits for work). Gateways refuse load past a limit.
+    lag_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

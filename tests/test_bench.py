@@ -29,6 +29,6 @@ def test_the_load_generator_runs_against_echo_and_hark_and_counts_every_chunk(mo
         assert line["connected"] == 4 and line["sent"] > 0
         assert line["transcribed"] == line["sent"]
         assert line["lost"] == line["duplicated"] == line["misrouted"] == 0
-    assert hark["acked"] == hark["sent"] and hark["errors"] == {}
-    assert set(hark["processes"]) == {"gateway", "transcriber-0"}
+    assert hark["acked"] == hark["sent"] and hark["refused"] == 0 and hark["errors"] == {}
+    assert set(hark["processes"]) == {"redis", "gateway", "transcriber-0"}
     assert hark["ratio_to_echo"] > 0

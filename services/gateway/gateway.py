@@ -24,6 +24,7 @@ from shared import keys, logs
 from shared.actor import ActorRuntime
 from shared.audit import Audit
 from shared.config import SAMPLE_WIDTHS, Settings
+from shared.http_errors import json_error
 from shared.messages import ActorDown, AudioChunk, Message, SessionControl
 from shared.redis_util import Coalescer
 from shared.tasks import cancel_and_wait
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # How long `close` waits for the transcriber to flush before closing anyway.
 CLOSE_FLUSH_TIMEOUT_S = 10.0
+# A session's audio is refused once its transcriber is this many times HARK_MAX_LAG behind.
+OVERLOAD_FACTOR = 2.0
 
 
 class Gateway:
@@ -46,7 +49,7 @@ class Gateway:
         self.coalescer = Coalescer(redis)
         self.hub = Hub(redis, on_control=self._on_control)
         self.router = Router(redis, settings.heartbeat_interval, settings.heartbeat_misses,
-                             on_down=self._actor_down)  # fmt: skip
+                             on_down=self._actor_down, max_lag=settings.max_lag)  # fmt: skip
         self._moves: set[asyncio.Task[None]] = set()
         self.sessions: dict[str, Session] = {}
         self.metrics = GatewayMetrics(lambda: len(self.sessions))
@@ -114,7 +117,25 @@ class Gateway:
 
     # -- one connection ------------------------------------------------------------
 
+    def admit(self) -> None:
+        """Refuse a new connection with HTTP 503 (before the upgrade, so it costs next
+        to nothing) when this gateway is full or every transcriber is behind."""
+        if len(self.sessions) >= self.settings.max_sessions:
+            message = (f"this gateway holds its limit of {self.settings.max_sessions} "
+                       "sessions; try again later")  # fmt: skip
+        elif self.router.saturated():
+            message = (f"every transcriber is more than {self.settings.max_lag:g} s behind; "
+                       "try again later")  # fmt: skip
+        else:
+            return
+        self.metrics.errors.labels("overloaded").inc()
+        retry = str(max(1, round(self.settings.heartbeat_interval * 2)))
+        raise json_error(web.HTTPServiceUnavailable, "overloaded", message,
+                         headers={"Retry-After": retry})  # fmt: skip
+
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        if not request.query.keys() & {"session_id", "resume_token"}:
+            self.admit()  # a resume brings back a session that was counted already
         # Frames past twice the chunk limit are refused by aiohttp before they are
         # buffered (close 1009); smaller oversize frames get an error and the session goes on.
         ws = web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes, heartbeat=30)
@@ -228,9 +249,11 @@ class Gateway:
                              session.ws.exception())  # fmt: skip
                     return
             except ClientError as exc:
-                log.info("session %s: %s: %s", session.session_id, exc.code, exc.message)
                 session.client_error(exc.code)
                 session.send(exc.reply())
+                if exc.code == "overloaded":  # counted in the metrics; a line each would
+                    continue  # add to the load it reports
+                log.info("session %s: %s: %s", session.session_id, exc.code, exc.message)
                 await self.audit.log("client_error", session.session_id, code=exc.code)
 
     async def on_audio(self, session: Session, data: bytes) -> None:
@@ -239,6 +262,9 @@ class Gateway:
                               "again after you reconnect")  # fmt: skip
         if session.closing:
             raise ClientError("session_closing", "audio after close is ignored")
+        if self.router.behind(session.actor, OVERLOAD_FACTOR):
+            raise ClientError("overloaded", "the transcriber is far behind; this chunk was "
+                              "not stored: send it again in a second")  # fmt: skip
         size = len(data)
         if size == 0:
             raise ClientError("empty_frame", "Audio data is empty")

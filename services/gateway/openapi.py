@@ -39,8 +39,13 @@ STATS = obj(
     draining_transcribers={"type": "array", "items": STR}, subscriptions=INT,
 )  # fmt: skip
 SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": STR}
-UPGRADE = {"101": {"description": "WebSocket upgrade"},
-           "400": text_body("text/plain", "not a WebSocket request")}  # fmt: skip
+UPGRADE = {
+    "101": {"description": "WebSocket upgrade"},
+    "400": text_body("text/plain", "not a WebSocket request"),
+    "503": {**error("overloaded: HARK_MAX_SESSIONS reached, or every transcriber is more "
+                    "than HARK_MAX_LAG behind"),
+            "headers": {"Retry-After": {"schema": STR, "description": "seconds"}}},
+}  # fmt: skip
 
 PATHS: dict[str, Any] = {
     "/": {"get": {

@@ -32,9 +32,11 @@ class Router:
         interval: float,
         misses: int,
         on_down: Callable[[str], None] | None = None,
+        max_lag: float = float("inf"),
     ) -> None:
         self._redis = redis
         self._interval = interval
+        self._max_lag_ms = max_lag * 1000
         # A transcriber is gone once nobody has seen its heartbeat for this long (its
         # key's TTL). "Missing right now" is not enough: after a Redis restart every key
         # is missing until the actors beat again.
@@ -116,16 +118,29 @@ class Router:
                 now = time.monotonic()
                 self._last_seen = dict.fromkeys(self._last_seen, now)
 
+    def behind(self, actor: str, factor: float = 1.0) -> bool:
+        """Whether `actor` last said it reads its mailbox more than `factor` times the
+        allowed lag late. Known at heartbeat pace (a second or so), which bounds the
+        overshoot."""
+        beat = self.live.get(actor)
+        return beat is not None and beat.lag_ms > factor * self._max_lag_ms
+
+    def saturated(self) -> bool:
+        """Every live transcriber is behind: a new session would only add to the queue."""
+        return bool(self.live) and all(self.behind(name) for name in self.live)
+
     async def pick(self) -> str | None:
         """The live transcriber with the fewest sessions from this gateway, or None.
 
-        A draining one only when no other is live: a session is better slow than refused.
+        One that is behind only when all are; a draining one only when no other is
+        live: a session is better slow than refused.
         """
         if not self.live:
             await self.refresh()  # one may have come up since the last beat
         if not self.live:
             return None
         open_ = [name for name in self.live if name not in self.draining] or list(self.live)
+        open_ = [name for name in open_ if not self.behind(name)] or open_
         actor = min(open_, key=lambda name: (self.assigned[name], name))
         self.assigned[actor] += 1
         return actor

@@ -14,6 +14,7 @@ from services.gateway.vosk import VoskSession, parse
 
 async def handle_vosk(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """The vosk-server protocol (see services/gateway/vosk.py) on the same sessions."""
+    gateway.admit()
     ws = web.WebSocketResponse(max_msg_size=2 * gateway.settings.max_chunk_bytes, heartbeat=30)
     await ws.prepare(request)
     try:

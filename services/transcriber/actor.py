@@ -56,6 +56,9 @@ class _Session:
     # (seq, entry id) of chunks not yet covered by a final, oldest first
     pending: list[tuple[int, bytes]] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
+    refreshed_at: float = float("-inf")  # when its keys' TTLs were last renewed
+    finals: int = 0  # published by this incarnation
+    new_results: bool = False  # its first final created the results stream this round
 
 
 class Transcriber:
@@ -71,6 +74,7 @@ class Transcriber:
         self.mailbox = keys.mailbox(name)
         self.sessions: dict[str, _Session] = {}
         self.recovered = 0
+        self.lag_ms = 0  # the longest any entry read since the last heartbeat had waited
         self._last_sweep = time.monotonic()
 
     async def start(self) -> None:
@@ -102,20 +106,30 @@ class Transcriber:
         notify_ready()
         block_ms = max(1, int(self.settings.heartbeat_interval * 500))
         backoff = REDIS_BACKOFF_MIN_S
+        # The writes of one round (results, acks, heartbeat) travel in the same pipeline
+        # as the read of the next: one round trip per round. Redis runs them in order, so
+        # the results are published and the entries acknowledged before the read blocks.
+        pipe = self.redis.pipeline(transaction=False)
         while not stop.is_set():
             try:
-                reply = await self.redis.xreadgroup(
+                pipe.xreadgroup(
                     keys.GROUP, self.name, {self.mailbox: ">"}, count=READ_COUNT, block=block_ms
                 )
-                await self._handle(_entries(reply))
+                entries = _entries((await pipe.execute())[-1])
+                self.lag_ms = max(self.lag_ms, _lag_ms(entries))
+                pipe = await self._handle(entries)
                 backoff = REDIS_BACKOFF_MIN_S
             except (RedisError, OSError) as exc:
+                pipe = self.redis.pipeline(transaction=False)  # its writes come again
                 log.warning("%s: Redis: %s; starting over in %.1f s", self.name, exc, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
                 if not stop.is_set():
                     await self._start_over()
+        with contextlib.suppress(RedisError, OSError):  # unacked entries wait for the next run
+            if len(pipe):
+                await pipe.execute()
         await self.runtime.clear()
         await self.audit.log("actor_stop")
 
@@ -137,10 +151,13 @@ class Transcriber:
             if not entries:
                 return
             self.recovered += len(entries)
-            await self._handle(entries)
+            pipe = await self._handle(entries)
+            if len(pipe):
+                await pipe.execute()
             last = entries[-1][0]
 
-    async def _handle(self, entries: list[Entry]) -> None:
+    async def _handle(self, entries: list[Entry]) -> Pipeline:
+        """Apply entries; the writes they call for, on a pipeline the caller executes."""
         pipe = self.redis.pipeline(transaction=False)
         acks: list[bytes] = []
         touched: dict[str, _Session] = {}
@@ -157,21 +174,25 @@ class Transcriber:
                 log.warning("%s: dropping bad mailbox entry %r: %s", self.name, entry_id, exc)
                 self.audit.add_to(pipe, "bad_message", entry=entry_id.decode(), error=str(exc))
                 acks.append(entry_id)
+        now = time.monotonic()
         for sess in touched.values():
             committed = sess.engine.committed_seq
             while sess.pending and sess.pending[0][0] <= committed:
                 acks.append(sess.pending.pop(0)[1])
-            # A live session stays resumable: its record and results live on while it does.
-            pipe.expire(keys.results(sess.session_id), self.settings.results_ttl)
-            pipe.expire(keys.session(sess.session_id), self.settings.results_ttl)
+            # A live session stays resumable: its record and results live on while it
+            # does. Refreshed a few times per TTL, and at its first final (which creates
+            # the results stream), not on every round.
+            if sess.new_results or now - sess.refreshed_at > self.settings.results_ttl / 10:
+                sess.refreshed_at, sess.new_results = now, False
+                pipe.expire(keys.results(sess.session_id), self.settings.results_ttl)
+                pipe.expire(keys.session(sess.session_id), self.settings.results_ttl)
         self._commit(pipe, acks)
         if self.runtime.beat_due():
-            key, value, ttl = self.runtime.heartbeat("running", len(self.sessions))
+            key, value, ttl = self.runtime.heartbeat("running", len(self.sessions), self._lag())
             pipe.set(key, value, px=ttl)
             pipe.sadd(keys.ACTORS, self.name)  # again each beat: Redis may have lost it
         self._sweep(pipe)
-        if len(pipe):
-            await pipe.execute()
+        return pipe
 
     async def _apply(
         self,
@@ -212,6 +233,11 @@ class Transcriber:
         else:
             raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
 
+    def _lag(self) -> int:
+        """The lag for a heartbeat: the worst since the last one, so no spike is missed."""
+        lag, self.lag_ms = self.lag_ms, 0
+        return lag
+
     def _commit(self, pipe: Pipeline, entries: list[bytes]) -> None:
         """Acknowledge entries and delete them: a mailbox holds only uncommitted audio."""
         if entries:
@@ -228,7 +254,7 @@ class Transcriber:
             if done:
                 return work.result()
             # Long inference is work, not a hang: the loop is alive and says so.
-            await self.runtime.beat("running", len(self.sessions))
+            await self.runtime.beat("running", len(self.sessions), self._lag())
 
     def _session(self, session_id: str, client_id: str, encoding: str, rate: int) -> _Session:
         sess = self.sessions.get(session_id)
@@ -251,6 +277,8 @@ class Transcriber:
                 # so a final the client may have missed is always there to replay.
                 pipe.xadd(keys.results(sess.session_id), {"m": payload},
                           maxlen=self.settings.results_maxlen, approximate=True)  # fmt: skip
+                sess.finals += 1
+                sess.new_results = sess.new_results or sess.finals == 1
                 self.audit.add_to(pipe, "transcript", sess.session_id,
                                   seq=result.seq, text=result.text)  # fmt: skip
             pipe.publish(keys.transcripts(sess.client_id), payload)
@@ -263,6 +291,7 @@ class Transcriber:
         for sid in [s for s, v in self.sessions.items() if now - v.last_seen > IDLE_SESSION_S]:
             sess = self.sessions.pop(sid)
             self._publish(pipe, sess, sess.engine.flush())
+            pipe.expire(keys.results(sid), self.settings.results_ttl)
             self._commit(pipe, [entry for _, entry in sess.pending])
             log.info("%s: session %s idle for %.0f s, dropped", self.name, sid, IDLE_SESSION_S)
 
@@ -270,3 +299,12 @@ class Transcriber:
 def _entries(reply: Any) -> list[Entry]:
     """The entries of a single-stream XREADGROUP reply (RESP2: [[stream, entries]])."""
     return stream_entries(reply[0][1]) if reply else []
+
+
+def _lag_ms(entries: list[Entry]) -> int:
+    """How long the oldest of `entries` waited: now less the time in its id (Redis's
+    clock, the same host's in every tree `hark up` starts)."""
+    if not entries:
+        return 0
+    added_ms = int(entries[0][0].split(b"-", 1)[0])
+    return max(0, int(time.time() * 1000) - added_ms)

@@ -26,9 +26,11 @@ pytestmark = pytest.mark.timeout(120)
 TOKEN = "openapi-test-token-012345"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 # Documented, not exercised here: a WebSocket upgrade is not a JSON response, loopback
-# clients are never refused (403), and these 503s need Redis or the tree broken.
+# clients are never refused (403), and these 503s need Redis or the tree broken, or
+# overloaded (tests/integration/test_overload.py).
 NOT_EXERCISED = {
     ("/ws", "get", "101"), ("/vosk", "get", "101"), ("/vosk", "get", "400"),
+    ("/ws", "get", "503"), ("/vosk", "get", "503"),
     ("/sessions/{session_id}", "delete", "403"), ("/ready", "get", "503"),
     ("/actors/{name}/restart", "post", "403"), ("/actors/{name}/drain", "post", "403"),
     ("/actors/{name}/drain", "delete", "403"), ("/scale", "post", "403"),

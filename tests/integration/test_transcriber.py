@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,7 +13,16 @@ from services.transcriber.actor import Transcriber
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import Settings
-from shared.messages import AudioChunk, Flushed, Message, SessionControl, Transcript, decode
+from shared.messages import (
+    AudioChunk,
+    Flushed,
+    Heartbeat,
+    Message,
+    SessionControl,
+    Transcript,
+    decode,
+    decode_as,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -147,3 +157,29 @@ async def test_actor_heartbeat_key_names_it_and_expires(redis: Redis, actor: Tra
     assert await redis.sismember(keys.ACTORS, NAME)
     ttl = await redis.pttl(keys.actor(NAME))
     assert 0 < ttl <= 0.2 * 4 * 1000
+
+
+async def test_heartbeat_reports_how_long_mailbox_entries_waited(
+    redis: Redis, actor: Transcriber
+) -> None:
+    # What gateways refuse load on (HARK_MAX_LAG): the worst wait since the last beat.
+    lags: list[int] = []
+    lagging, caught_up = asyncio.Event(), asyncio.Event()
+    beat = actor.runtime.heartbeat
+
+    def spy(state: str, load: int, lag_ms: int = 0) -> tuple[str, bytes, int]:
+        lags.append(lag_ms)
+        if lag_ms:
+            lagging.set()
+        elif lagging.is_set():
+            caught_up.set()
+        return beat(state, load, lag_ms)
+
+    actor.runtime.heartbeat = spy  # type: ignore[method-assign]
+    added_ms = int(time.time() * 1000) - 5000  # an entry that waited 5 s to be read
+    await redis.xadd(keys.mailbox(NAME), {"m": chunk(1)}, id=f"{added_ms}-0")
+    await asyncio.wait_for(lagging.wait(), 5)
+    assert 5000 <= max(lags) < 10_000
+    stored = decode_as(Heartbeat, await redis.get(keys.actor(NAME)))
+    assert stored.role == "transcriber"
+    await asyncio.wait_for(caught_up.wait(), 5)  # the next beats say 0 again

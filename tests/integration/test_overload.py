@@ -1,0 +1,121 @@
+"""Admission control: a full gateway and a transcriber far behind refuse work early."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from services.gateway.app import GATEWAY
+from shared.actor import ActorRuntime
+from shared.config import Settings
+from tests.integration.gateway_fixtures import LIMIT, open_session, receive
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, max_chunk_bytes=LIMIT, heartbeat_interval=0.2,
+                    max_sessions=2, max_lag=1.0)  # fmt: skip
+
+
+class Lagging:
+    """The heartbeats of a transcriber that reads nothing, beating as the real actor
+    does, through its heartbeat code; the test sets how far behind it says it is."""
+
+    def __init__(self, runtime: ActorRuntime) -> None:
+        self.runtime = runtime
+        self.lag_ms = 0
+
+    async def beat_forever(self) -> None:
+        while True:
+            await self.runtime.beat("running", 1, self.lag_ms)
+            await asyncio.sleep(self.runtime.settings.heartbeat_interval / 2)
+
+
+@pytest.fixture
+async def transcriber(settings: Settings, redis: Redis) -> AsyncIterator[Lagging]:
+    actor = Lagging(ActorRuntime(settings, redis, "transcriber-0", "transcriber"))
+    await actor.runtime.register()
+    await actor.runtime.beat("running", 0)
+    task = asyncio.create_task(actor.beat_forever())
+    yield actor
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def refused(gateway: TestClient[Any, Any]) -> dict[str, Any]:
+    """The 503 a new connection gets; its body and Retry-After checked."""
+    resp = await gateway.get("/ws")
+    assert resp.status == 503
+    assert int(resp.headers["Retry-After"]) >= 1
+    body: dict[str, Any] = await resp.json()
+    assert (body["status"], body["code"]) == ("error", "overloaded")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refusal:
+        await gateway.ws_connect("/ws")
+    assert refusal.value.status == 503
+    return body
+
+
+async def says_behind(gateway: TestClient[Any, Any], transcriber: Lagging, lag_ms: int) -> None:
+    """The transcriber says it is `lag_ms` behind, and the gateway has read it (its
+    router reads the beats once per heartbeat interval on its own)."""
+    transcriber.lag_ms = lag_ms
+    await transcriber.runtime.beat("running", 1, lag_ms)
+    await gateway.app[GATEWAY].router.refresh()
+
+
+async def test_a_full_gateway_answers_503_and_takes_sessions_again_once_one_ends(
+    gateway: TestClient[Any, Any], transcriber: Lagging
+) -> None:
+    first, hello = await open_session(gateway)
+    second, _ = await open_session(gateway)
+    body = await refused(gateway)
+    assert "2 sessions" in body["error"]
+    # The sessions held are not disturbed.
+    await second.send_bytes(b"\x00" * 320)
+    assert (await receive(second))["status"] == "received"
+    held = gateway.app[GATEWAY].sessions[hello["session_id"]]
+    await first.close()
+    await asyncio.wait_for(held.ended.wait(), 10)
+    third, hello = await open_session(gateway)
+    assert hello["status"] == "ready"
+    await third.close()
+    await second.close()
+
+
+async def test_a_transcriber_far_behind_gets_no_sessions_and_no_audio_until_it_catches_up(
+    gateway: TestClient[Any, Any], transcriber: Lagging
+) -> None:
+    ws, _ = await open_session(gateway)
+    await ws.send_bytes(b"\x00" * 320)
+    assert (await receive(ws))["status"] == "received"
+
+    # Behind by more than HARK_MAX_LAG: new sessions are refused, audio still taken.
+    await says_behind(gateway, transcriber, 1500)
+    body = await refused(gateway)
+    assert "behind" in body["error"]
+    await ws.send_bytes(b"\x00" * 320)
+    assert (await receive(ws))["status"] == "received"
+
+    # Past twice the limit: its audio is refused, not stored, and said so.
+    await says_behind(gateway, transcriber, 2500)
+    await ws.send_bytes(b"\x00" * 320)
+    reply = await receive(ws)
+    assert reply["code"] == "overloaded" and "send it again" in reply["error"]
+    stored = (await (await gateway.get("/stats")).json())["chunks"]
+
+    # Caught up: audio and sessions are taken again, the seq going on from the last stored.
+    await says_behind(gateway, transcriber, 0)
+    second, _ = await open_session(gateway)
+    await ws.send_bytes(b"\x00" * 320)
+    ack = await receive(ws)
+    assert (ack["status"], ack["seq"]) == ("received", stored + 1)
+    await ws.close()
+    await second.close()

@@ -1,0 +1,46 @@
+"""The Redis client every actor uses (shared.redis_util.connect), against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shared.redis_util import MAX_CONNECTIONS, connect
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_a_burst_past_the_pool_size_waits_for_connections_instead_of_failing(
+    redis_url: str,
+) -> None:
+    # A few hundred sessions closing at once each write an audit entry: redis-py's
+    # default pool answered the 101st with MaxConnectionsError.
+    client = connect(redis_url, name="burst-test")
+    try:
+        burst = 5 * MAX_CONNECTIONS
+        replies = await asyncio.gather(*(client.xadd("burst", {"n": i}) for i in range(burst)))
+        assert len(set(replies)) == burst
+        assert await client.xlen("burst") == burst
+        clients = [c for c in await client.client_list() if c["name"] == "burst-test"]
+        assert 1 < len(clients) <= MAX_CONNECTIONS
+    finally:
+        await client.aclose()
+
+
+async def test_commands_are_packed_by_hiredis_and_read_back_intact(redis_url: str) -> None:
+    client = connect(redis_url)
+    try:
+        blob = b"\x00\xff" * 2000
+        await client.hset("packed", mapping={"bytes": blob, "int": 7, "float": 1.5, "text": "ü"})
+        assert await client.hgetall("packed") == {
+            b"bytes": blob,
+            b"int": b"7",
+            b"float": b"1.5",
+            b"text": "ü".encode(),
+        }
+        assert await client.execute_command("CONFIG GET", "maxmemory")  # a two-word command
+        await client.set("view", memoryview(b"abc"))
+        assert await client.get("view") == b"abc"
+    finally:
+        await client.aclose()
