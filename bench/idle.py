@@ -27,7 +27,11 @@ from bench.load import CHUNK, CONNECTS_AT_ONCE, Hark, _actors, _rss_mb, arg_pars
 
 async def _hold(url: str, count: int, connected: Any, go: Event, results: Any) -> None:
     gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
-    opened: list[aiohttp.ClientWebSocketResponse] = []
+    # Each open connection with the statuses of the replies it has read. Idle is not
+    # deaf: a reader per connection answers the gateway's pings (every 30 s), as any
+    # client that keeps its socket open does; one that never reads is closed.
+    opened: list[tuple[aiohttp.ClientWebSocketResponse, asyncio.Queue[str]]] = []
+    readers: list[asyncio.Task[None]] = []
     errors: dict[str, int] = {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -41,25 +45,34 @@ async def _hold(url: str, count: int, connected: Any, go: Event, results: Any) -
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                     return
             if hello.get("status") == "ready":
-                opened.append(ws)
+                replies: asyncio.Queue[str] = asyncio.Queue()
+                opened.append((ws, replies))
+                readers.append(asyncio.create_task(read(ws, replies)))
+
+        async def read(ws: aiohttp.ClientWebSocketResponse, replies: asyncio.Queue[str]) -> None:
+            async for msg in ws:  # pings are answered inside
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    replies.put_nowait(json.loads(msg.data).get("status", ""))
 
         await asyncio.gather(*(connect() for _ in range(count)))
         connected.put((len(opened), errors))
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
 
-        async def answer(ws: aiohttp.ClientWebSocketResponse) -> bool:
+        async def answer(ws: aiohttp.ClientWebSocketResponse, replies: asyncio.Queue[str]) -> bool:
             try:
                 await ws.send_bytes(bytes(CHUNK))
                 got: set[str] = set()
                 while got != {"received", "transcript"}:
-                    got.add((await ws.receive_json(timeout=60)).get("status"))
+                    got.add(await asyncio.wait_for(replies.get(), 60))
                 return True
             except Exception:
                 return False
             finally:
                 await ws.close()
 
-        answered = await asyncio.gather(*(answer(ws) for ws in opened))
+        answered = await asyncio.gather(*(answer(ws, replies) for ws, replies in opened))
+        for task in readers:
+            task.cancel()
         results.put(sum(answered))
 
 
