@@ -113,10 +113,8 @@ async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Ta
     sending_over = False
 
     def settled() -> None:
-        if sending_over and len(finals) >= len(sent_at) - refused:
+        if sending_over and len(finals) >= len(sent_at):
             all_done.set()
-
-    refused = 0
 
     async def read() -> None:
         async for msg in ws:
@@ -146,8 +144,7 @@ async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Ta
                 return
 
     def _refused(seq: int) -> None:
-        nonlocal refused
-        refused += 1
+        del sent_at[seq]  # not stored: no final is owed for it
         tally.refused += 1
         if plan.mode == "max":
             window.release()

@@ -134,7 +134,8 @@ class Gateway:
                          headers={"Retry-After": retry})  # fmt: skip
 
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
-        if not request.query.keys() & {"session_id", "resume_token"}:
+        resuming = "session_id" in request.query or "resume_token" in request.query
+        if not resuming:
             self.admit()  # a resume brings back a session that was counted already
         # Frames past twice the chunk limit are refused by aiohttp before they are
         # buffered (close 1009); smaller oversize frames get an error and the session goes on.
@@ -144,7 +145,6 @@ class Gateway:
             self.metrics.errors.labels("shutting_down").inc()
             reply = error_reply("shutting_down", "the gateway is shutting down; reconnect")
             return await refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
-        resuming = "session_id" in request.query or "resume_token" in request.query
         try:
             if resuming:
                 session = await self._resume(ws, request)

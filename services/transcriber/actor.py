@@ -57,8 +57,7 @@ class _Session:
     pending: list[tuple[int, bytes]] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
     refreshed_at: float = float("-inf")  # when its keys' TTLs were last renewed
-    finals: int = 0  # published by this incarnation
-    new_results: bool = False  # its first final created the results stream this round
+    has_results: bool = False  # a final of this incarnation created its results stream
 
 
 class Transcriber:
@@ -180,10 +179,10 @@ class Transcriber:
             while sess.pending and sess.pending[0][0] <= committed:
                 acks.append(sess.pending.pop(0)[1])
             # A live session stays resumable: its record and results live on while it
-            # does. Refreshed a few times per TTL, and at its first final (which creates
-            # the results stream), not on every round.
-            if sess.new_results or now - sess.refreshed_at > self.settings.results_ttl / 10:
-                sess.refreshed_at, sess.new_results = now, False
+            # does. Refreshed a few times per TTL (and at its first final, see _publish),
+            # not on every round.
+            if now - sess.refreshed_at > self.settings.results_ttl / 10:
+                sess.refreshed_at = now
                 pipe.expire(keys.results(sess.session_id), self.settings.results_ttl)
                 pipe.expire(keys.session(sess.session_id), self.settings.results_ttl)
         self._commit(pipe, acks)
@@ -277,8 +276,8 @@ class Transcriber:
                 # so a final the client may have missed is always there to replay.
                 pipe.xadd(keys.results(sess.session_id), {"m": payload},
                           maxlen=self.settings.results_maxlen, approximate=True)  # fmt: skip
-                sess.finals += 1
-                sess.new_results = sess.new_results or sess.finals == 1
+                if not sess.has_results:  # the stream is new: give it its TTL this round
+                    sess.has_results, sess.refreshed_at = True, float("-inf")
                 self.audit.add_to(pipe, "transcript", sess.session_id,
                                   seq=result.seq, text=result.text)  # fmt: skip
             pipe.publish(keys.transcripts(sess.client_id), payload)

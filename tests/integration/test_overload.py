@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from services.gateway.app import GATEWAY
 from shared.actor import ActorRuntime
 from shared.config import Settings
+from shared.tasks import cancel_and_wait
 from tests.integration.gateway_fixtures import LIMIT, open_session, receive
 
 pytestmark = pytest.mark.timeout(30)
@@ -46,8 +47,7 @@ async def transcriber(settings: Settings, redis: Redis) -> AsyncIterator[Lagging
     await actor.runtime.beat("running", 0)
     task = asyncio.create_task(actor.beat_forever())
     yield actor
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
 
 
 async def refused(gateway: TestClient[Any, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.transcriber.actor import Transcriber
+from services.transcriber.engines import Result
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import Settings
@@ -183,3 +184,59 @@ async def test_heartbeat_reports_how_long_mailbox_entries_waited(
     stored = decode_as(Heartbeat, await redis.get(keys.actor(NAME)))
     assert stored.role == "transcriber"
     await asyncio.wait_for(caught_up.wait(), 5)  # the next beats say 0 again
+
+
+class _EveryOther:
+    """An engine session whose finals cover two chunks, as a real engine's cover an
+    utterance: the first chunk of a session gets no final."""
+
+    def __init__(self, fed: asyncio.Event) -> None:
+        self.committed_seq = 0
+        self.fed = fed  # set once a chunk got no final
+
+    def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
+        if seq % 2:
+            self.fed.set()
+            return []
+        self.committed_seq = seq
+        return [Result(seq, f"chunks {seq - 1}-{seq}", True)]
+
+    def flush(self) -> list[Result]:
+        return []
+
+
+class _EveryOtherEngine:
+    name = "every-other"
+    blocking = False
+
+    def __init__(self) -> None:
+        self.fed = asyncio.Event()
+
+    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> _EveryOther:
+        return _EveryOther(self.fed)
+
+
+async def test_results_created_after_the_session_began_expire_too(
+    redis: Redis, redis_url: str
+) -> None:
+    # The session's keys are renewed a few times per TTL, not each round; the round of
+    # its first final, which creates the results stream, must give that stream its TTL.
+    settings = Settings(redis_url=redis_url, heartbeat_interval=0.2)
+    client = Redis.from_url(redis_url)
+    engine = _EveryOtherEngine()
+    actor = Transcriber(settings, engine, client, NAME)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(actor.run(stop))
+    try:
+        async with Channel(redis, "c1") as channel:
+            await redis.xadd(keys.mailbox(NAME), {"m": chunk(1)})
+            await asyncio.wait_for(engine.fed.wait(), 5)  # a round of its own, no final
+            await redis.xadd(keys.mailbox(NAME), {"m": chunk(2)})
+            final = await channel.next()
+        assert isinstance(final, Transcript) and final.seq == 2
+        ttl = settings.results_ttl
+        assert ttl - 5 < await redis.ttl(keys.results("s1")) <= ttl
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await client.aclose()
