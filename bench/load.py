@@ -14,7 +14,9 @@ is bounded: `--seconds` of sending, then at most `--drain` seconds for the rest.
 
 Prints one JSON line per target: chunks/s acked and transcribed, latency
 percentiles (send -> ack, send -> transcript), lost / duplicated / misrouted results
-(must all be 0), errors by code, and the server processes' RSS and CPU.
+(must all be 0; chunks refused and chunks of sessions the server shed are counted
+apart), errors by code, the server processes' RSS and CPU, and the generator's own CPU
+and event-loop lateness (a late generator measures itself as much as the server).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from services.supervisor.tree import free_port
 CHUNK = 3200  # 100 ms of 16 kHz 16-bit mono
 REALTIME_HZ = 10
 CONNECTS_AT_ONCE = 50
+LOOP_TICK_S = 0.05
 # Errors that answer a chunk in place of its ack: the chunk was not stored.
 CHUNK_REFUSALS = frozenset({"overloaded", "unavailable", "shutting_down", "session_closing"})
 
@@ -53,20 +56,27 @@ class Tally:
     sent: int = 0
     acked: int = 0
     refused: int = 0  # chunks answered with a refusal (not stored, so not lost)
+    shed: int = 0  # chunks unanswered when the server shed their session (resume finds them)
     transcribed: int = 0
     duplicated: int = 0
     misrouted: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     ack_ms: list[float] = field(default_factory=list)
     final_ms: list[float] = field(default_factory=list)
+    # The generator's own health: CPU it used, and how late its event loop ran a timer
+    # (sampled every LOOP_TICK_S). A late generator reads replies late, and its latency
+    # figures then measure itself as much as the server.
+    cpu_s: float = 0.0
+    loop_late_ms: list[float] = field(default_factory=list)
 
     def add(self, other: Tally) -> None:
         for name in ("clients", "connected", "sent", "acked", "refused", "transcribed",
-                     "duplicated", "misrouted"):  # fmt: skip
+                     "duplicated", "misrouted", "shed", "cpu_s"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.update(other.errors)
         self.ack_ms += other.ack_ms
         self.final_ms += other.final_ms
+        self.loop_late_ms += other.loop_late_ms
 
 
 @dataclass(frozen=True)
@@ -111,12 +121,14 @@ async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Ta
     window = asyncio.Semaphore(plan.window)
     all_done = asyncio.Event()
     sending_over = False
+    shed = False  # the server closed the session for overload
 
     def settled() -> None:
         if sending_over and len(finals) >= len(sent_at):
             all_done.set()
 
     async def read() -> None:
+        nonlocal shed
         async for msg in ws:
             now = time.perf_counter()
             if msg.type == aiohttp.WSMsgType.BINARY:  # echo
@@ -140,6 +152,8 @@ async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Ta
                     tally.errors[code] += 1
                     if code in CHUNK_REFUSALS and unanswered:
                         _refused(unanswered.popleft())
+                    elif code == "session_shed":
+                        shed = True
             else:
                 return
 
@@ -183,7 +197,11 @@ async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Ta
             payload[:8] = seq.to_bytes(8, "big")
             sent_at[seq] = time.perf_counter()
             unanswered.append(seq)
-            await ws.send_bytes(bytes(payload))
+            try:
+                await ws.send_bytes(bytes(payload))
+            except BaseException:
+                del sent_at[seq]  # never went out
+                raise
             tally.sent += 1
         sending_over = True
         settled()
@@ -195,6 +213,16 @@ async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Ta
         await ws.close()
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
+        if shed:  # a resume would tell which of them were stored: not lost, not counted
+            tally.shed += len(sent_at) - len(finals)
+
+
+async def _sample_loop(late_ms: list[float]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LOOP_TICK_S
+        await asyncio.sleep(LOOP_TICK_S)
+        late_ms.append(max(0.0, loop.time() - due) * 1000)
 
 
 def _run_clients(plan: Plan, first: int, count: int) -> Tally:
@@ -202,9 +230,13 @@ def _run_clients(plan: Plan, first: int, count: int) -> Tally:
         tally = Tally(clients=count)
         gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
         connector = aiohttp.TCPConnector(limit=0)
+        cpu0 = time.process_time()
+        sampler = asyncio.create_task(_sample_loop(tally.loop_late_ms))
         async with aiohttp.ClientSession(connector=connector) as http:
             await asyncio.gather(*(_client(plan, first + i, http, tally, gate)
                                    for i in range(count)))  # fmt: skip
+        sampler.cancel()
+        tally.cpu_s = time.process_time() - cpu0
         return tally
 
     try:
@@ -313,7 +345,9 @@ def report(
         "refused": tally.refused, "transcribed": tally.transcribed,
         "acked_per_s": round(tally.acked / wall),
         "transcribed_per_s": round(tally.transcribed / wall),
-        "lost": tally.sent - tally.refused - tally.transcribed, "duplicated": tally.duplicated,
+        "shed": tally.shed,
+        "lost": tally.sent - tally.refused - tally.shed - tally.transcribed,
+        "duplicated": tally.duplicated,
         "misrouted": tally.misrouted, "errors": dict(tally.errors),
         "ack_ms": percentiles(tally.ack_ms), "transcript_ms": percentiles(tally.final_ms),
         **extra,
@@ -336,7 +370,10 @@ def run_target(plan: Plan, procs: int, pids: dict[str, int]) -> tuple[Tally, flo
         usage[name] = {"cpu_pct": round(100 * cpu / wall), "rss_mb": round(_rss_mb(pid), 1),
                        "cpu_us_per_chunk": round(cpu * 1e6 / done, 1),
                        "system_share": round((sys_ - sys0) / cpu, 2) if cpu else 0.0}  # fmt: skip
-    return tally, plan.seconds, {"processes": usage}
+    generator = {"cpu_pct": round(100 * tally.cpu_s / wall),
+                 "cpu_us_per_chunk": round(tally.cpu_s * 1e6 / done, 1),
+                 "loop_late_ms": percentiles(tally.loop_late_ms)}  # fmt: skip
+    return tally, plan.seconds, {"processes": usage, "generator": generator}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,6 +94,10 @@ class Settings:
     # gets no new sessions (all behind: HTTP 503); past twice it, its sessions' audio
     # is refused with `overloaded` until it catches up. Bounds queueing and latency.
     max_lag: float = field(default=2.0, metadata=_env("HARK_MAX_LAG"))
+    # The same for the gateway itself: how long (seconds) audio it has read may wait to be
+    # stored in Redis. A gateway short of CPU falls behind here; past it, no new sessions
+    # (HTTP 503); past twice it, audio is refused with `overloaded`.
+    max_store_lag: float = field(default=0.25, metadata=_env("HARK_MAX_STORE_LAG"))
     audit_maxlen: int = field(default=100_000, metadata=_env("HARK_AUDIT_MAXLEN"))
     results_maxlen: int = field(default=1000, metadata=_env("HARK_RESULTS_MAXLEN"))
     results_ttl: int = field(default=3600, metadata=_env("HARK_RESULTS_TTL"))
@@ -110,8 +114,8 @@ class Settings:
         positive = (
             "transcribers", "max_chunk_bytes", "heartbeat_interval", "heartbeat_misses",
             "shutdown_timeout", "restart_period", "partial_interval", "backoff_min", "backoff_max",
-            "session_queue", "max_sessions", "max_lag", "audit_maxlen", "results_maxlen",
-            "results_ttl",
+            "session_queue", "max_sessions", "max_lag", "max_store_lag", "audit_maxlen",
+            "results_maxlen", "results_ttl",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

@@ -86,34 +86,60 @@ class Coalescer:
     An awaited round trip per command costs ~150 µs in the gateway (PERF-FACTS.md);
     while one pipeline is on the wire the next batch collects, so under load each
     round trip carries many commands and at rest each command goes out at once.
+    Commands reach Redis in the order they were submitted, one pipeline after the
+    other; a command whose future was cancelled before its pipeline left is not sent.
     """
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._queue: list[tuple[Sequence[Any], asyncio.Future[Any]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._waiting_since: float | None = None  # when the oldest unanswered one came
+        self._queued_since = 0.0
+        self.submitted = 0  # commands, since start
+        self.answered = 0
 
-    async def execute(self, *args: Any) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def submit(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue a command; its future holds the reply (or the error)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self._queue:
+            self._queued_since = loop.time()
+            if self._waiting_since is None:
+                self._waiting_since = self._queued_since
         self._queue.append((args, fut))
+        self.submitted += 1
         if self._task is None:
             self._task = asyncio.create_task(self._flush(), name="redis-coalescer")
             self._task.add_done_callback(self._flush_done)
-        return await fut
+        return fut
+
+    async def execute(self, *args: Any) -> Any:
+        return await self.submit(*args)
+
+    def lag_s(self) -> float:
+        """How far behind the commands are: how long the oldest one not yet answered
+        has waited (0 when every one is answered)."""
+        if self._waiting_since is None:
+            return 0.0
+        return asyncio.get_running_loop().time() - self._waiting_since
 
     async def _flush(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue, []
+            batch = [(args, fut) for args, fut in self._queue if not fut.done()]
+            self._queue, sent_since = [], self._queued_since
+            self._waiting_since = sent_since
+            if not batch:
+                continue
             pipe = self._redis.pipeline(transaction=False)
             for args, _ in batch:
                 pipe.execute_command(*args)
             try:
                 results = await pipe.execute(raise_on_error=False)
             except Exception as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
+                results = [exc] * len(batch)
+            self.answered += len(batch)
+            self._waiting_since = self._queued_since if self._queue else None
             for (_, fut), result in zip(batch, results, strict=True):
                 if fut.done():  # its caller was cancelled
                     continue
@@ -121,6 +147,7 @@ class Coalescer:
                     fut.set_exception(result)
                 else:
                     fut.set_result(result)
+        self._waiting_since = None
 
     def _flush_done(self, task: asyncio.Task[None]) -> None:
         self._task = None

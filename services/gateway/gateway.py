@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import secrets
 import time
+from asyncio import Future
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,8 +37,16 @@ log = logging.getLogger(__name__)
 
 # How long `close` waits for the transcriber to flush before closing anyway.
 CLOSE_FLUSH_TIMEOUT_S = 10.0
-# A session's audio is refused once its transcriber is this many times HARK_MAX_LAG behind.
+# Audio is refused once its transcriber is this many times HARK_MAX_LAG behind; sessions
+# are shed once the gateway is this many times HARK_MAX_STORE_LAG behind.
 OVERLOAD_FACTOR = 2.0
+# Chunks one session may have on their way to Redis; past it the gateway reads no more
+# of its frames until the oldest is stored, so one client cannot fill the queue alone.
+STORE_WINDOW = 64
+# While the gateway is that far behind, it looks every tick and closes its newest
+# sessions (1013), at least this share of them at a time, until it catches up.
+SHED_TICK_S = 0.2
+SHED_SHARE = 0.05
 
 
 class Gateway:
@@ -50,11 +62,12 @@ class Gateway:
         self.hub = Hub(redis, on_control=self._on_control)
         self.router = Router(redis, settings.heartbeat_interval, settings.heartbeat_misses,
                              on_down=self._actor_down, max_lag=settings.max_lag)  # fmt: skip
-        self._moves: set[asyncio.Task[None]] = set()
+        self._jobs: set[asyncio.Task[None]] = set()
         self.sessions: dict[str, Session] = {}
         self.metrics = GatewayMetrics(lambda: len(self.sessions))
         self.accepting = True  # False from the start of drain() on
         self._beat_task: asyncio.Task[None] | None = None
+        self._shed_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.runtime.register()
@@ -62,6 +75,7 @@ class Gateway:
         await self.router.start()
         await self.runtime.beat("running", 0)
         self._beat_task = asyncio.create_task(self._beat_loop(), name="gateway-heartbeat")
+        self._shed_task = asyncio.create_task(self._shed_loop(), name="gateway-shed")
         await self.audit.log("actor_start")
 
     async def stop(self) -> None:
@@ -77,7 +91,8 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         await cancel_and_wait(self._beat_task)
-        for task in list(self._moves):
+        await cancel_and_wait(self._shed_task)
+        for task in list(self._jobs):
             await cancel_and_wait(task)
         await self.router.stop()
         await self.hub.stop()
@@ -115,6 +130,57 @@ class Gateway:
                 log.warning("heartbeat write failed", exc_info=True)
             await asyncio.sleep(self.settings.heartbeat_interval / 2)
 
+    async def _shed_loop(self) -> None:
+        """Close sessions while this gateway cannot keep up with the audio it reads.
+
+        A gateway short of CPU falls behind storing the audio it reads. Refusing every
+        session's audio a little would spoil all of them; the newest sessions are closed
+        instead (`session_shed`, 1013; they can resume later), about half the share of
+        the audio it could not store over the last second, at least SHED_SHARE. Then it
+        waits as long as it is behind, for what was queued before to go through.
+        """
+        limit = OVERLOAD_FACTOR * self.settings.max_store_lag
+        loop = asyncio.get_running_loop()
+        window: deque[tuple[int, int]] = deque(maxlen=round(1 / SHED_TICK_S) + 1)
+        quiet_until = 0.0
+        while True:
+            await asyncio.sleep(SHED_TICK_S)
+            window.append((self.coalescer.submitted, self.coalescer.answered))
+            lag = self.coalescer.lag_s()
+            if lag <= limit or loop.time() < quiet_until:
+                continue
+            offered = window[-1][0] - window[0][0]
+            stored = window[-1][1] - window[0][1]
+            if stored == 0:  # Redis is not answering (away, or paused): not ours to shed
+                continue
+            full = len(window) == window.maxlen
+            excess = 1 - stored / offered if offered and full else 0.0
+            open_ = [s for s in self.sessions.values() if not s.closing]
+            # Half the excess: stores answered lag behind those offered by the pipeline
+            # on the wire, so the estimate runs high; the next round sheds more if needed.
+            count = math.ceil(len(open_) * max(SHED_SHARE, excess / 2))
+            log.warning("gateway %.1f s behind storing audio (%.0f %% of it over the last "
+                        "second): closing the %d newest of %d sessions", lag, 100 * excess,
+                        count, len(open_))  # fmt: skip
+            for session in open_[len(open_) - count :]:  # dicts keep the order of opening
+                self.shed(session)
+            quiet_until = loop.time() + lag
+
+    def shed(self, session: Session) -> None:
+        """Close a session for overload (1013); its client may resume it later."""
+        session.closing = True
+        session.close_reason = "shed"
+        session.client_error("session_shed")
+        session.send(error_reply("session_shed", "the gateway is overloaded and closes this "
+                                 "session: resume it in a few seconds"))  # fmt: skip
+        task = asyncio.create_task(self._close_shed(session), name=f"shed-{session.session_id}")
+        self._jobs.add(task)
+        task.add_done_callback(self._job_done)
+
+    async def _close_shed(self, session: Session) -> None:
+        await session.drain(grace=1.0)
+        await session.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"overloaded")
+
     # -- one connection ------------------------------------------------------------
 
     def admit(self) -> None:
@@ -123,6 +189,9 @@ class Gateway:
         if len(self.sessions) >= self.settings.max_sessions:
             message = (f"this gateway holds its limit of {self.settings.max_sessions} "
                        "sessions; try again later")  # fmt: skip
+        elif self.coalescer.lag_s() > self.settings.max_store_lag:
+            message = (f"this gateway is more than {self.settings.max_store_lag:g} s behind "
+                       "storing audio; try again later")  # fmt: skip
         elif self.router.saturated():
             message = (f"every transcriber is more than {self.settings.max_lag:g} s behind; "
                        "try again later")  # fmt: skip
@@ -274,24 +343,55 @@ class Gateway:
                 f"audio chunk of {size} bytes exceeds the limit of "
                 f"{self.settings.max_chunk_bytes} bytes",
             )
+        if len(session.storing) >= STORE_WINDOW:  # this client waits; the others do not
+            await asyncio.wait([session.storing[0]])
+        while session.lock.locked():  # the session is moving: its audio goes after the move
+            async with session.lock:
+                pass
+        # From here to the submit nothing awaits, so no move can come between.
         seq = session.last_seq + 1
         chunk = AudioChunk(
             session_id=session.session_id, client_id=session.client_id, seq=seq, data=data,
             encoding=session.fmt.encoding, sample_rate=session.fmt.sample_rate,
             received_at=time.time(), start_s=session.audio_s,
         )  # fmt: skip
-        try:
-            async with session.lock:
-                await self.coalescer.execute("XADD", keys.mailbox(session.actor), "*", "m",
-                                             chunk.encode())  # fmt: skip
-        except RedisError as exc:
-            log.warning("session %s: chunk %d not stored: %s", session.session_id, seq, exc)
-            raise ClientError("unavailable", "audio could not be stored; send it again") from None
+        # The chunk is queued for Redis, not awaited: the session reads its next frame at
+        # once, so a client is not held to one chunk per round trip. Acks leave in order
+        # as the stores are answered (see _stored).
+        stored = self.coalescer.submit("XADD", keys.mailbox(session.actor), "*", "m",
+                                       chunk.encode())  # fmt: skip
         session.last_seq = seq
         session.audio_s += size / (SAMPLE_WIDTHS[session.fmt.encoding] * session.fmt.sample_rate)
-        session.acked(seq, size)
-        self.metrics.chunks.inc()
-        self.metrics.bytes.inc(size)
+        session.storing.append(stored)
+        stored.add_done_callback(functools.partial(self._stored, session, seq, chunk.start_s,
+                                                   size))  # fmt: skip
+
+    def _stored(
+        self, session: Session, seq: int, start_s: float, size: int, stored: Future[Any]
+    ) -> None:
+        """A chunk's store was answered: ack it, or refuse it and every later one queued.
+
+        Stores finish in the order they were queued. When one fails, the later ones of
+        the session still queued are cancelled (never sent), so the session goes on
+        from the failed seq: the client sends them again and no seq is skipped.
+        """
+        session.storing.popleft()
+        if not stored.cancelled() and stored.exception() is None:
+            session.acked(seq, size)
+            self.metrics.chunks.inc()
+            self.metrics.bytes.inc(size)
+            return
+        if not stored.cancelled():
+            for later in session.storing:
+                later.cancel()
+            # The seq goes back unless a later chunk was stored (an error of this command
+            # alone, not of the connection): then the gap stays, and the acks say so.
+            if seq <= session.last_seq and not any(_ok(f) for f in session.storing):
+                log.warning("session %s: chunk %d not stored: %s", session.session_id, seq,
+                            stored.exception())  # fmt: skip
+                session.last_seq, session.audio_s = seq - 1, start_s
+        session.client_error("unavailable")
+        session.send(error_reply("unavailable", "audio could not be stored; send it again"))
 
     async def _on_text(self, session: Session, text: str) -> bool:
         """Handle a control frame; True when the session is over."""
@@ -383,13 +483,13 @@ class Gateway:
     def _actor_down(self, name: str) -> None:
         for session in [s for s in self.sessions.values() if s.actor == name]:
             task = asyncio.create_task(self._move_live(session), name=f"move-{session.session_id}")
-            self._moves.add(task)
-            task.add_done_callback(self._move_done)
+            self._jobs.add(task)
+            task.add_done_callback(self._job_done)
 
-    def _move_done(self, task: asyncio.Task[None]) -> None:
-        self._moves.discard(task)
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._jobs.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("moving a session failed", exc_info=task.exception())
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     async def _move_live(self, session: Session) -> None:
         try:
@@ -402,6 +502,7 @@ class Gateway:
     async def _move(self, session: Session) -> None:
         """Give the session to a live transcriber, with its audio not yet transcribed."""
         async with session.lock:
+            await session.stored()  # the chunks queued for the old mailbox are in it
             old = session.actor
             new = await self.router.pick()
             if new is None:
@@ -423,11 +524,16 @@ class Gateway:
             "accepting": self.accepting,
             "uptime_s": round(time.time() - self.runtime.started_at, 3),
             "sessions": len(self.sessions),
+            "store_lag_ms": round(self.coalescer.lag_s() * 1000, 1),
             **self.metrics.totals(),
             "live_transcribers": sorted(self.router.live),
             "draining_transcribers": sorted(self.router.draining & set(self.router.live)),
             "subscriptions": self.hub.channels,
         }
+
+
+def _ok(fut: Future[Any]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None
 
 
 def _strings(values: dict[str, Any]) -> Mapping[Any, str]:

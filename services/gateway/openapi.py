@@ -33,8 +33,10 @@ SUMMARY = obj(
     complete=BOOL, reason=STR,
 )  # fmt: skip
 STATS = obj(
-    ["gateway", "sessions", "chunks", "audio_bytes", "results", "errors", "live_transcribers"],
-    gateway=STR, accepting=BOOL, uptime_s=NUM, sessions=INT, chunks=INT, audio_bytes=INT,
+    ["gateway", "sessions", "store_lag_ms", "chunks", "audio_bytes", "results", "errors",
+     "live_transcribers"],
+    gateway=STR, accepting=BOOL, uptime_s=NUM, sessions=INT, store_lag_ms=NUM, chunks=INT,
+    audio_bytes=INT,
     results=COUNTS, errors=COUNTS, live_transcribers={"type": "array", "items": STR},
     draining_transcribers={"type": "array", "items": STR}, subscriptions=INT,
 )  # fmt: skip

@@ -78,6 +78,7 @@ class Session:
         # Held around every write to the actor's mailbox, and while the session moves to
         # another actor, so no chunk lands in the old mailbox after the move read it.
         self.lock = asyncio.Lock()
+        self.storing: deque[asyncio.Future[Any]] = deque()  # chunks queued for Redis, in order
         self._progress = asyncio.Event()  # set at each final delivered
         self._out: deque[str] = deque()
         self._wakeup = asyncio.Event()
@@ -147,6 +148,11 @@ class Session:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
             await self._writer
+
+    async def stored(self) -> None:
+        """Until every chunk queued for Redis has its answer (they finish in order)."""
+        if self.storing:
+            await asyncio.wait([self.storing[-1]])
 
     # -- incoming from the transcriber ---------------------------------------------------
 

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from services.gateway.app import GATEWAY
+from shared import keys
 from shared.actor import ActorRuntime
 from shared.config import Settings
 from shared.tasks import cancel_and_wait
@@ -119,3 +120,28 @@ async def test_a_transcriber_far_behind_gets_no_sessions_and_no_audio_until_it_c
     assert (ack["status"], ack["seq"]) == ("received", stored + 1)
     await ws.close()
     await second.close()
+
+
+async def test_audio_redis_does_not_take_is_refused_and_the_seq_goes_on_from_the_last_stored(
+    gateway: TestClient[Any, Any], transcriber: Lagging, redis: Redis
+) -> None:
+    ws, _ = await open_session(gateway)
+    await ws.send_bytes(b"\x00" * 320)
+    assert (await receive(ws))["seq"] == 1
+    # The mailbox turned into a string: each XADD to it fails on its own (WRONGTYPE).
+    mailbox = keys.mailbox(transcriber.runtime.name)
+    await redis.delete(mailbox)
+    await redis.set(mailbox, "not a stream")
+    for _ in range(3):
+        await ws.send_bytes(b"\x00" * 320)
+    for _ in range(3):
+        reply = await receive(ws)
+        assert (reply["code"], reply["error"]) == (
+            "unavailable",
+            "audio could not be stored; send it again",
+        )
+    await redis.delete(mailbox)
+    await ws.send_bytes(b"\x00" * 320)
+    assert (await receive(ws))["seq"] == 2  # no seq was spent on the refused ones
+    assert await redis.xlen(mailbox) == 1
+    await ws.close()

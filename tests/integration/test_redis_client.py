@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shared.redis_util import MAX_CONNECTIONS, connect
+from shared.redis_util import MAX_CONNECTIONS, Coalescer, connect
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -44,3 +44,34 @@ async def test_commands_are_packed_by_hiredis_and_read_back_intact(redis_url: st
         assert await client.get("view") == b"abc"
     finally:
         await client.aclose()
+
+
+async def test_the_coalescer_keeps_order_skips_cancelled_commands_and_reports_its_lag(
+    redis_url: str,
+) -> None:
+    client, pauser = connect(redis_url), connect(redis_url)
+    coalescer = Coalescer(client)
+    try:
+        assert coalescer.lag_s() == 0.0
+        futures = [coalescer.submit("RPUSH", "order", i) for i in range(5)]
+        futures[2].cancel()  # before its pipeline left: never sent
+        await asyncio.wait(futures)
+        assert await client.lrange("order", 0, -1) == [b"0", b"1", b"3", b"4"]
+
+        # Short: Redis 6.2's UNPAUSE leaves the pause's end time behind, and a later
+        # CLIENT PAUSE (another test's) would last until it.
+        await pauser.client_pause(1000, all=False)
+        paused = coalescer.submit("RPUSH", "order", 5)
+        waited = asyncio.get_running_loop().time()
+        await asyncio.wait([paused], timeout=0.2)  # not done: Redis holds writes
+        assert not paused.done()
+        assert coalescer.lag_s() >= asyncio.get_running_loop().time() - waited >= 0.2
+        await pauser.execute_command("CLIENT", "UNPAUSE")
+        await paused
+        assert coalescer.lag_s() == 0.0
+        assert (coalescer.submitted, coalescer.answered) == (6, 5)  # the cancelled one
+    finally:
+        await pauser.execute_command("CLIENT", "UNPAUSE")
+        await coalescer.close()
+        await client.aclose()
+        await pauser.aclose()
