@@ -91,15 +91,22 @@ async def test_random_sigkills_of_transcribers_lose_and_duplicate_nothing(
     progress = Progress()
     kills: list[tuple[str, int]] = []
 
+    async def killable() -> list[dict[str, Any]]:
+        # A victim stays RUNNING in the status until the supervisor has reaped it,
+        # and signalling a zombie succeeds: leave out pids already killed.
+        dead = {pid for _, pid in kills}
+        return [a for a in (await tree.status())["actors"]
+                if a["role"] == "transcriber" and a["state"] == "RUNNING"
+                and a["pid"] not in dead]  # fmt: skip
+
     async def killer() -> None:
         for moment in moments:
             await progress.reach(moment)
-            # A victim stays RUNNING in the status until the supervisor has reaped it,
-            # and signalling a zombie succeeds: leave out pids already killed.
-            dead = {pid for _, pid in kills}
-            running = [a for a in (await tree.status())["actors"]
-                       if a["role"] == "transcriber" and a["state"] == "RUNNING"
-                       and a["pid"] not in dead]  # fmt: skip
+            running = await killable()
+            while not running and progress.finals < total:
+                # All are down: try again at the next final, which a restarted one sends.
+                await progress.reach(progress.finals + 1)
+                running = await killable()
             if not running:
                 continue
             victim = rng.choice(running)
