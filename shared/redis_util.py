@@ -92,10 +92,10 @@ class Coalescer:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._queue: list[tuple[Sequence[Any], asyncio.Future[Any]]] = []
+        # Each command with its future and the loop time it was submitted at.
+        self._queue: list[tuple[Sequence[Any], asyncio.Future[Any], float]] = []
         self._task: asyncio.Task[None] | None = None
-        self._waiting_since: float | None = None  # when the oldest unanswered one came
-        self._queued_since = 0.0
+        self._sent_since: float | None = None  # the oldest command of the pipeline on the wire
         self.submitted = 0  # commands, since start
         self.answered = 0
 
@@ -103,11 +103,7 @@ class Coalescer:
         """Queue a command; its future holds the reply (or the error)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        if not self._queue:
-            self._queued_since = loop.time()
-            if self._waiting_since is None:
-                self._waiting_since = self._queued_since
-        self._queue.append((args, fut))
+        self._queue.append((args, fut, loop.time()))
         self.submitted += 1
         if self._task is None:
             self._task = asyncio.create_task(self._flush(), name="redis-coalescer")
@@ -120,26 +116,28 @@ class Coalescer:
     def lag_s(self) -> float:
         """How far behind the commands are: how long the oldest one not yet answered
         has waited (0 when every one is answered)."""
-        if self._waiting_since is None:
+        if self._sent_since is not None:
+            oldest = self._sent_since
+        elif self._queue:
+            oldest = self._queue[0][2]
+        else:
             return 0.0
-        return asyncio.get_running_loop().time() - self._waiting_since
+        return asyncio.get_running_loop().time() - oldest
 
     async def _flush(self) -> None:
         while self._queue:
-            batch = [(args, fut) for args, fut in self._queue if not fut.done()]
-            self._queue, sent_since = [], self._queued_since
-            self._waiting_since = sent_since
-            if not batch:
-                continue
+            batch = [(args, fut) for args, fut, _ in self._queue if not fut.done()]
+            self._sent_since, self._queue = self._queue[0][2], []
             pipe = self._redis.pipeline(transaction=False)
             for args, _ in batch:
                 pipe.execute_command(*args)
             try:
-                results = await pipe.execute(raise_on_error=False)
+                results = await pipe.execute(raise_on_error=False) if batch else []
             except Exception as exc:
                 results = [exc] * len(batch)
+            finally:
+                self._sent_since = None
             self.answered += len(batch)
-            self._waiting_since = self._queued_since if self._queue else None
             for (_, fut), result in zip(batch, results, strict=True):
                 if fut.done():  # its caller was cancelled
                     continue
@@ -147,7 +145,6 @@ class Coalescer:
                     fut.set_exception(result)
                 else:
                     fut.set_result(result)
-        self._waiting_since = None
 
     def _flush_done(self, task: asyncio.Task[None]) -> None:
         self._task = None

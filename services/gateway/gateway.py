@@ -11,7 +11,7 @@ import secrets
 import time
 from asyncio import Future
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -171,15 +171,10 @@ class Gateway:
         session.closing = True
         session.close_reason = "shed"
         session.client_error("session_shed")
-        session.send(error_reply("session_shed", "the gateway is overloaded and closes this "
-                                 "session: resume it in a few seconds"))  # fmt: skip
-        task = asyncio.create_task(self._close_shed(session), name=f"shed-{session.session_id}")
-        self._jobs.add(task)
-        task.add_done_callback(self._job_done)
-
-    async def _close_shed(self, session: Session) -> None:
-        await session.drain(grace=1.0)
-        await session.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"overloaded")
+        reply = error_reply("session_shed", "the gateway is overloaded and closes this "
+                            "session: resume it in a few seconds")  # fmt: skip
+        self._spawn(session.say_and_close(reply, WSCloseCode.TRY_AGAIN_LATER, b"overloaded"),
+                    f"shed-{session.session_id}")  # fmt: skip
 
     # -- one connection ------------------------------------------------------------
 
@@ -442,9 +437,8 @@ class Gateway:
         except (ClientError, RedisError):
             complete = False
         summary = {**session.summary(complete), "reason": "ended_by_operator"}
-        session.send(session.ended_reply(summary))
-        await session.drain(grace=1.0)
-        await session.ws.close(code=WSCloseCode.OK, message=b"ended by operator")
+        await session.say_and_close(session.ended_reply(summary), WSCloseCode.OK,
+                                    b"ended by operator")  # fmt: skip
         log.info("session %s ended by an operator", session_id)
         return summary
 
@@ -482,9 +476,13 @@ class Gateway:
 
     def _actor_down(self, name: str) -> None:
         for session in [s for s in self.sessions.values() if s.actor == name]:
-            task = asyncio.create_task(self._move_live(session), name=f"move-{session.session_id}")
-            self._jobs.add(task)
-            task.add_done_callback(self._job_done)
+            self._spawn(self._move_live(session), f"move-{session.session_id}")
+
+    def _spawn(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `job` beside the sessions; `stop()` cancels what is still running."""
+        task = asyncio.create_task(job, name=name)
+        self._jobs.add(task)
+        task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._jobs.discard(task)
@@ -495,9 +493,8 @@ class Gateway:
         try:
             await self._move(session)
         except ClientError as exc:  # nowhere to go: the client may resume later
-            session.send(exc.reply())
-            await session.drain(grace=1.0)
-            await session.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"no transcriber")
+            await session.say_and_close(exc.reply(), WSCloseCode.TRY_AGAIN_LATER,
+                                        b"no transcriber")  # fmt: skip
 
     async def _move(self, session: Session) -> None:
         """Give the session to a live transcriber, with its audio not yet transcribed."""

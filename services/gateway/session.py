@@ -144,6 +144,12 @@ class Session:
                 await asyncio.wait_for(self._idle.wait(), grace)
         await self.stop_writer()
 
+    async def say_and_close(self, reply: dict[str, Any], code: int, reason: bytes) -> None:
+        """Send a last reply, give the client a moment to get it, then close."""
+        self.send(reply)
+        await self.drain(grace=1.0)
+        await self.ws.close(code=code, message=reason)
+
     async def stop_writer(self) -> None:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
