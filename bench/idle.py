@@ -5,9 +5,12 @@ still answer after a while.
 
 Starts `hark up --engine mock` (embedded Redis, HARK_MAX_SESSIONS set above the
 count), opens `--connections` WebSocket sessions from `--procs` client processes,
-holds them idle for `--hold` seconds, then has every one send a chunk and wait for
-its ack and transcript. Prints one JSON line: the gateway's and Redis's RSS before
-and after connecting, the gateway's KB per connection, and how many answered.
+holds them idle for `--hold` seconds, then has every one send a chunk, wait for
+its ack and transcript, and close. Prints one JSON line: the gateway's and Redis's
+RSS before and after connecting, the gateway's KB per connection, how many answered,
+and through that last burst (every client sending, then closing, at once) the
+slowest answer of the gateway's `/stats` polled every 100 ms and whether the
+supervisor restarted the gateway (a loop blocked for 3 heartbeats looks hung).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import asyncio
 import json
 import multiprocessing
 import sys
+import threading
 import time
+import urllib.request
 from multiprocessing.synchronize import Event
 from typing import Any
 
@@ -76,6 +81,24 @@ async def _hold(url: str, count: int, connected: Any, go: Event, results: Any) -
         results.put(sum(answered))
 
 
+def _probe(url: str, stop: threading.Event, slowest: list[float]) -> None:
+    """Poll `url` every 100 ms until `stop`; keep the slowest answer (ms) in `slowest`."""
+    while not stop.wait(0.1):
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                resp.read()
+        except OSError:
+            continue
+        slowest[0] = max(slowest[0], (time.perf_counter() - t0) * 1000)
+
+
+def _restarts(status_url: str) -> int:
+    """How often the supervisor has restarted the gateway."""
+    with urllib.request.urlopen(f"{status_url}/status", timeout=5) as resp:
+        return sum(a["restarts"] for a in json.load(resp)["actors"] if a["name"] == "gateway")
+
+
 def _client_proc(url: str, count: int, connected: Any, go: Event, results: Any) -> None:
     import uvloop
 
@@ -113,10 +136,17 @@ def main(argv: list[str] | None = None) -> int:
         held = {name: _rss_mb(pids[name]) for name in ("gateway", "redis")}
         time.sleep(args.hold)  # idle on purpose: that is what is measured
         after_hold = {name: _rss_mb(pids[name]) for name in ("gateway", "redis")}
+        stats_url = hark.url.replace("ws://", "http://").replace("/ws", "/stats")
+        stop, slowest = threading.Event(), [0.0]
+        probe = threading.Thread(target=_probe, args=(stats_url, stop, slowest))
+        probe.start()
         go.set()
         answered = sum(results.get(timeout=600) for _ in procs)
         for proc in procs:
             proc.join(60)
+        stop.set()
+        probe.join()
+        restarts = _restarts(hark.status_url)
     finally:
         hark.stop()
     per = {name: round((held[name] - before[name]) * 1024 / max(1, opened), 1) for name in held}
@@ -126,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         "answered_after_hold": answered,
         "rss_mb": {"before": before, "held": held, "after_hold": after_hold},
         "kb_per_connection": per,
+        "burst": {"stats_slowest_ms": round(slowest[0], 1), "gateway_restarts": restarts},
     }), flush=True)  # fmt: skip
-    return 0 if answered == opened == args.connections else 1
+    return 0 if answered == opened == args.connections and not restarts else 1
 
 
 if __name__ == "__main__":

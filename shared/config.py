@@ -96,7 +96,7 @@ class Settings:
     max_lag: float = field(default=2.0, metadata=_env("HARK_MAX_LAG"))
     # The same for the gateway itself: how long (seconds) audio it has read may wait to be
     # stored in Redis. A gateway short of CPU falls behind here; past it, no new sessions
-    # (HTTP 503); past twice it, its newest sessions are closed with `session_shed`.
+    # (HTTP 503); past twice it, the sessions sending the most are closed with `session_shed`.
     max_store_lag: float = field(default=0.25, metadata=_env("HARK_MAX_STORE_LAG"))
     audit_maxlen: int = field(default=100_000, metadata=_env("HARK_AUDIT_MAXLEN"))
     results_maxlen: int = field(default=1000, metadata=_env("HARK_RESULTS_MAXLEN"))

@@ -28,6 +28,10 @@ MAX_BLOCK_S = 20.0
 # audit entries when a few hundred sessions closed at the same moment (bench/idle.py).
 MAX_CONNECTIONS = 64
 POOL_WAIT_S = 20.0
+# Commands the coalescer sends in one pipeline at most. Its replies are handed out only
+# once the whole pipeline is read, so a burst (ten thousand chunks at once) goes out in
+# steps whose answers flow, not in one pipeline that answers nothing for seconds.
+MAX_PIPELINE = 512
 
 
 def connect(url: str, *, name: str | None = None) -> Redis:
@@ -66,13 +70,17 @@ def _packing_in_c(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     if cls not in _PACKING:
 
         def pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
+            head = args[0]
             # As redis-py does: a first argument such as "CONFIG GET" is split in words.
-            head = args[0].encode() if isinstance(args[0], str) else args[0]
-            words = tuple(head.split()) if b" " in head else (head,)
-            rest = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a
-                         for a in args[1:])  # fmt: skip
+            if (" " if isinstance(head, str) else b" ") in head:
+                args = (*head.split(), *args[1:])
             try:
-                return [hiredis.pack_command(words + rest)]
+                return [hiredis.pack_command(args)]  # the hot path: str, bytes, numbers
+            except TypeError:
+                pass
+            plain = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
+            try:
+                return [hiredis.pack_command(plain)]  # type: ignore[arg-type]
             except TypeError as exc:
                 raise DataError(str(exc)) from None
 
@@ -88,10 +96,18 @@ class Coalescer:
     round trip carries many commands and at rest each command goes out at once.
     Commands reach Redis in the order they were submitted, one pipeline after the
     other; a command whose future was cancelled before its pipeline left is not sent.
+
+    It sends on a connection of its own, configured as `redis` is but without redis-py's
+    read timeout per reply (an asyncio timer set and cancelled for each reply of a
+    pipeline, a third of the coalescer's CPU): one timeout bounds the whole pipeline.
     """
 
     def __init__(self, redis: Redis) -> None:
-        self._redis = redis
+        pool = redis.connection_pool
+        self._redis = Redis.from_pool(BlockingConnectionPool(
+            connection_class=pool.connection_class, max_connections=1, timeout=POOL_WAIT_S,
+            **{**pool.connection_kwargs, "socket_timeout": None},
+        ))  # fmt: skip
         # Each command with its future and the loop time it was submitted at.
         self._queue: list[tuple[Sequence[Any], asyncio.Future[Any], float]] = []
         self._task: asyncio.Task[None] | None = None
@@ -126,13 +142,17 @@ class Coalescer:
 
     async def _flush(self) -> None:
         while self._queue:
-            batch = [(args, fut) for args, fut, _ in self._queue if not fut.done()]
-            self._sent_since, self._queue = self._queue[0][2], []
+            head, self._queue = self._queue[:MAX_PIPELINE], self._queue[MAX_PIPELINE:]
+            batch = [(args, fut) for args, fut, _ in head if not fut.done()]
+            self._sent_since = head[0][2]
             pipe = self._redis.pipeline(transaction=False)
             for args, _ in batch:
                 pipe.execute_command(*args)
             try:
-                results = await pipe.execute(raise_on_error=False) if batch else []
+                async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                    results = await pipe.execute(raise_on_error=False) if batch else []
+            except TimeoutError:
+                results = [RedisTimeoutError(f"no reply in {SOCKET_TIMEOUT_S} s")] * len(batch)
             except Exception as exc:
                 results = [exc] * len(batch)
             finally:
@@ -157,6 +177,7 @@ class Coalescer:
     async def close(self) -> None:
         if self._task is not None:
             await asyncio.wait([self._task])
+        await self._redis.aclose()
 
 
 Entry = tuple[bytes, dict[bytes, bytes]]

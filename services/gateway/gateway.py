@@ -37,16 +37,24 @@ log = logging.getLogger(__name__)
 
 # How long `close` waits for the transcriber to flush before closing anyway.
 CLOSE_FLUSH_TIMEOUT_S = 10.0
+# How long `stop` lets the sessions it closed finish ending (each drains for up to 2 s).
+ENDING_TIMEOUT_S = 3.0
 # Audio is refused once its transcriber is this many times HARK_MAX_LAG behind; sessions
 # are shed once the gateway is this many times HARK_MAX_STORE_LAG behind.
 OVERLOAD_FACTOR = 2.0
 # Chunks one session may have on their way to Redis; past it the gateway reads no more
 # of its frames until the oldest is stored, so one client cannot fill the queue alone.
-STORE_WINDOW = 64
-# While the gateway is that far behind, it looks every tick and closes its newest
+# Not much smaller: what a session has not read is invisible to the store lag, and a
+# few fast senders must be able to show that the gateway is behind.
+STORE_WINDOW = 256
+# While the gateway is that far behind, it looks every tick and closes the heaviest
 # sessions (1013), at least this share of them at a time, until it catches up.
 SHED_TICK_S = 0.2
 SHED_SHARE = 0.05
+# How long the gateway must have been that far behind before it sheds, and how many
+# chunks a session must have sent since for shedding it to relieve anything.
+SHED_HOLD_S = 0.4
+SHED_MIN_CHUNKS = 2
 
 
 class Gateway:
@@ -57,8 +65,8 @@ class Gateway:
         self.redis = redis
         self.name = name
         self.runtime = ActorRuntime(settings, redis, name, "gateway")
-        self.audit = Audit(redis, name, settings.audit_maxlen)
         self.coalescer = Coalescer(redis)
+        self.audit = Audit(redis, name, settings.audit_maxlen, self.coalescer)
         self.hub = Hub(redis, on_control=self._on_control)
         self.router = Router(redis, settings.heartbeat_interval, settings.heartbeat_misses,
                              on_down=self._actor_down, max_lag=settings.max_lag)  # fmt: skip
@@ -66,6 +74,7 @@ class Gateway:
         self.sessions: dict[str, Session] = {}
         self.metrics = GatewayMetrics(lambda: len(self.sessions))
         self.accepting = True  # False from the start of drain() on
+        self.audio_stores = 0  # chunks queued for Redis, since start
         self._beat_task: asyncio.Task[None] | None = None
         self._shed_task: asyncio.Task[None] | None = None
 
@@ -92,13 +101,15 @@ class Gateway:
                 await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         await cancel_and_wait(self._beat_task)
         await cancel_and_wait(self._shed_task)
+        if self._jobs:  # the closed sessions' endings (their audit entries) among them
+            await asyncio.wait(list(self._jobs), timeout=ENDING_TIMEOUT_S)
         for task in list(self._jobs):
             await cancel_and_wait(task)
         await self.router.stop()
         await self.hub.stop()
-        await self.coalescer.close()
         await self.runtime.clear()
         await self.audit.log("actor_stop")
+        await self.coalescer.close()
 
     async def drain(self) -> None:
         """Stop taking sessions and audio; wait for the finals of what was acked. Once."""
@@ -134,37 +145,56 @@ class Gateway:
         """Close sessions while this gateway cannot keep up with the audio it reads.
 
         A gateway short of CPU falls behind storing the audio it reads. Refusing every
-        session's audio a little would spoil all of them; the newest sessions are closed
-        instead (`session_shed`, 1013; they can resume later), about half the share of
-        the audio it could not store over the last second, at least SHED_SHARE. Then it
-        waits as long as it is behind, for what was queued before to go through.
+        session's audio a little would spoil all of them; sessions are closed
+        instead (`session_shed`, 1013; they can resume later), those that sent the most
+        since it fell behind first, the newest among equals. It sheds once it has been
+        more than twice HARK_MAX_STORE_LAG behind for SHED_HOLD_S, and only sessions
+        that sent SHED_MIN_CHUNKS chunks or more since it fell behind: closing one that
+        sent a single chunk (ten thousand clients sending once at the same moment) frees
+        nothing. It closes about half the share of the audio it could not store over the
+        last second, at least SHED_SHARE of those sessions, then waits as long as it is
+        behind, for what was queued before to go through. A Redis that answers nothing
+        is not overload: it sheds nothing then.
         """
         limit = OVERLOAD_FACTOR * self.settings.max_store_lag
         loop = asyncio.get_running_loop()
         window: deque[tuple[int, int]] = deque(maxlen=round(1 / SHED_TICK_S) + 1)
+        behind_since: float | None = None
         quiet_until = 0.0
         while True:
             await asyncio.sleep(SHED_TICK_S)
-            window.append((self.coalescer.submitted, self.coalescer.answered))
-            lag = self.coalescer.lag_s()
-            if lag <= limit or loop.time() < quiet_until:
+            window.append((self.audio_stores, self.coalescer.answered))
+            lag, now = self.coalescer.lag_s(), loop.time()
+            if lag <= limit:
+                behind_since = None
+                continue
+            if behind_since is None:
+                behind_since = now
+                for session in self.sessions.values():
+                    session.seq_mark = session.last_seq
+            if now - behind_since < SHED_HOLD_S or now < quiet_until:
                 continue
             offered = window[-1][0] - window[0][0]
             stored = window[-1][1] - window[0][1]
             if stored == 0:  # Redis is not answering (away, or paused): not ours to shed
                 continue
-            full = len(window) == window.maxlen
-            excess = 1 - stored / offered if offered and full else 0.0
-            open_ = [s for s in self.sessions.values() if not s.closing]
+            excess = max(0.0, 1 - stored / offered) if offered else 0.0
+            sending = [s for s in self.sessions.values()
+                       if not s.closing and s.last_seq - s.seq_mark >= SHED_MIN_CHUNKS]  # fmt: skip
             # Half the excess: stores answered lag behind those offered by the pipeline
             # on the wire, so the estimate runs high; the next round sheds more if needed.
-            count = math.ceil(len(open_) * max(SHED_SHARE, excess / 2))
-            log.warning("gateway %.1f s behind storing audio (%.0f %% of it over the last "
-                        "second): closing the %d newest of %d sessions", lag, 100 * excess,
-                        count, len(open_))  # fmt: skip
-            for session in open_[len(open_) - count :]:  # dicts keep the order of opening
+            count = math.ceil(len(sending) * max(SHED_SHARE, excess / 2))
+            if count:
+                log.warning("gateway %.1f s behind storing audio (%.0f %% of it over the "
+                            "last second): closing %d of the %d sessions sending",
+                            lag, 100 * excess, count, len(sending))  # fmt: skip
+            # The heaviest senders since it fell behind first, the newest among equals
+            # (a stable sort of sessions in the order they opened, reversed).
+            sending.reverse()
+            sending.sort(key=lambda s: s.last_seq - s.seq_mark, reverse=True)
+            for session in sending[:count]:
                 self.shed(session)
-            quiet_until = loop.time() + lag
+            quiet_until = now + lag
 
     def shed(self, session: Session) -> None:
         """Close a session for overload (1013); its client may resume it later."""
@@ -223,7 +253,9 @@ class Gateway:
         try:
             await self._serve(session)
         finally:
-            await self.end(session)
+            # Ending runs to its end even when this handler is cancelled (aiohttp cancels
+            # the handlers of lost connections where handler_cancellation is on).
+            await asyncio.shield(self._spawn(self.end(session), f"end-{session.session_id}"))
         return ws
 
     async def open_session(
@@ -355,6 +387,7 @@ class Gateway:
         # as the stores are answered (see _stored).
         stored = self.coalescer.submit("XADD", keys.mailbox(session.actor), "*", "m",
                                        chunk.encode())  # fmt: skip
+        self.audio_stores += 1
         session.last_seq = seq
         session.audio_s += size / (SAMPLE_WIDTHS[session.fmt.encoding] * session.fmt.sample_rate)
         session.storing.append(stored)
@@ -370,7 +403,7 @@ class Gateway:
         the session still queued are cancelled (never sent), so the session goes on
         from the failed seq: the client sends them again and no seq is skipped.
         """
-        session.storing.popleft()
+        session.storing.pop(0)
         if not stored.cancelled() and stored.exception() is None:
             session.acked(seq, size)
             self.metrics.chunks.inc()
@@ -455,7 +488,7 @@ class Gateway:
         if self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
         self.router.release(session.actor)
-        await self.hub.remove(session)
+        self.hub.remove(session)
         with contextlib.suppress(ClientError):  # Redis is away; the actor's idle sweep cleans up
             await self.control(session, "end")
         await session.drain(grace=2.0)
@@ -478,11 +511,12 @@ class Gateway:
         for session in [s for s in self.sessions.values() if s.actor == name]:
             self._spawn(self._move_live(session), f"move-{session.session_id}")
 
-    def _spawn(self, job: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, job: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run `job` beside the sessions; `stop()` cancels what is still running."""
         task = asyncio.create_task(job, name=name)
         self._jobs.add(task)
         task.add_done_callback(self._job_done)
+        return task
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._jobs.discard(task)

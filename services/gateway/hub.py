@@ -34,6 +34,10 @@ class Hub:
         self._sessions: dict[bytes, Session] = {}
         self._confirm: dict[bytes, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        # Channels of ended sessions, unsubscribed together: thousands of sessions
+        # closing at once cost a few UNSUBSCRIBE commands, not one round trip each.
+        self._leaving: set[bytes] = set()
+        self._unsubscriber: asyncio.Task[None] | None = None
 
     @property
     def channels(self) -> int:
@@ -45,6 +49,7 @@ class Hub:
         self._task = asyncio.create_task(self._listen(), name="hub-listen")
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._unsubscriber)
         await cancel_and_wait(self._task)
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -53,6 +58,7 @@ class Hub:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._sessions[channel] = session
         self._confirm[channel] = fut
+        self._leaving.discard(channel)  # a resumed session before its old one's UNSUBSCRIBE
         try:
             await self._pubsub.subscribe(channel)
             await asyncio.wait_for(fut, SUBSCRIBE_TIMEOUT_S)
@@ -61,15 +67,28 @@ class Hub:
             self._confirm.pop(channel, None)
             raise
 
-    async def remove(self, session: Session) -> None:
+    def remove(self, session: Session) -> None:
+        """Stop routing to `session`; its channel is unsubscribed with others soon after."""
         channel = keys.transcripts(session.client_id).encode()
         # A resumed session may have taken the channel over already: leave it alone.
         if self._sessions.get(channel) is session:
             del self._sessions[channel]
-            try:
-                await self._pubsub.unsubscribe(channel)
-            except RedisError:
-                log.warning("unsubscribe %s failed", channel, exc_info=True)
+            self._leaving.add(channel)
+            if self._unsubscriber is None:
+                self._unsubscriber = asyncio.create_task(self._unsubscribe(), name="hub-leave")
+
+    async def _unsubscribe(self) -> None:
+        try:
+            while self._leaving:
+                channels, self._leaving = list(self._leaving), set()
+                try:
+                    await self._pubsub.unsubscribe(*channels)
+                except RedisError:
+                    # Left subscribed: what arrives there is dropped (no session); a
+                    # reconnect re-subscribes only the channels redis-py still counts.
+                    log.warning("unsubscribe of %d channels failed", len(channels), exc_info=True)
+        finally:
+            self._unsubscriber = None
 
     async def _listen(self) -> None:
         while True:

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +63,7 @@ class Session:
         self.metrics = metrics
         self.stats = SessionStats()
         self.last_seq = 0  # last seq given to an accepted chunk
+        self.seq_mark = 0  # last_seq when the gateway last fell behind (see _shed_loop)
         self.acked_seq = 0
         self.audio_s = 0.0  # seconds of audio accepted (for chunk timestamps)
         self.delivered_seq = 0  # last final sent to the client
@@ -78,9 +78,11 @@ class Session:
         # Held around every write to the actor's mailbox, and while the session moves to
         # another actor, so no chunk lands in the old mailbox after the move read it.
         self.lock = asyncio.Lock()
-        self.storing: deque[asyncio.Future[Any]] = deque()  # chunks queued for Redis, in order
+        # Lists, not deques, though both are queues: they stay short, and an empty deque
+        # costs 760 bytes against a list's 56, on each of ten thousand idle sessions.
+        self.storing: list[asyncio.Future[Any]] = []  # chunks queued for Redis, in order
         self._progress = asyncio.Event()  # set at each final delivered
-        self._out: deque[str] = deque()
+        self._out: list[str] = []
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._warned = False
@@ -112,7 +114,7 @@ class Session:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._out:
-                await self.ws.send_str(self._out.popleft())
+                await self.ws.send_str(self._out.pop(0))
             self._idle.set()
             if self._warned and len(self._out) < self.queue_limit // 4:
                 self._warned = False

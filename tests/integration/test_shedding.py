@@ -1,10 +1,10 @@
-"""A gateway that falls behind storing audio refuses new sessions and sheds the newest.
+"""A gateway that falls behind storing audio refuses new sessions and sheds the heaviest.
 
-The gateway is made to fall behind for real: Redis stutters (paused for writes with
-CLIENT PAUSE WRITE for a while, then let go for a moment, over and over), so the
-chunks the gateway has read wait in its coalescer while some still get through, as
-when it is short of CPU. (A Redis that answers nothing at all is not overload: the
-gateway sheds nothing then.)
+The gateway is made to fall behind for real: it reaches Redis through a proxy that
+carries its commands at a fixed rate, slower than the clients send audio, so the
+chunks it has read pile up in its coalescer while some still get through, as when it
+is short of CPU. (A Redis that answers nothing at all is not overload, nor is a burst
+that goes through: the gateway sheds nothing then.)
 """
 
 from __future__ import annotations
@@ -13,40 +13,96 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from services.gateway.app import create_app
 from shared.config import Settings
 from shared.tasks import cancel_and_wait
 from tests.integration.gateway_fixtures import LIMIT, open_session, receive
 
 pytestmark = pytest.mark.timeout(30)
 
-PAUSE_MS = 300
 CHUNK = b"\x00" * 320
+# Bytes a second the proxy carries from the gateway to Redis while it throttles: two
+# clients send ~40 KB/s of chunks (with their framing), four times that.
+THROTTLED_RATE = 10_000
 
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    # A long heartbeat: the pauses must not make the transcriber look dead.
+    # A long heartbeat: the slow link must not make the transcriber look dead.
     return Settings(redis_url=redis_url, max_chunk_bytes=LIMIT, heartbeat_interval=5.0,
                     max_store_lag=0.1)  # fmt: skip
 
 
-async def stutter(redis: Redis) -> None:
-    while True:
-        await redis.client_pause(PAUSE_MS, all=False)
-        await asyncio.sleep(PAUSE_MS / 1000 + 0.05)  # the pause, then a moment free
+class SlowLink:
+    """A TCP proxy to Redis that, while `throttle` is set, carries what its clients
+    send at THROTTLED_RATE bytes a second (replies go back at full speed)."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis = urlsplit(redis_url)
+        self.throttle = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        """Start listening; the Redis URL that leads through the link."""
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return urlunsplit(self.redis._replace(netloc=f"127.0.0.1:{port}"))
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection(self.redis.hostname, self.redis.port)
+        pipes = [self._pipe(client_r, redis_w, slow=True), self._pipe(redis_r, client_w)]
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(*pipes)
+        for writer in (client_w, redis_w):
+            writer.close()
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool = False
+    ) -> None:
+        while data := await reader.read(THROTTLED_RATE // 20 if slow else 65536):
+            writer.write(data)
+            await writer.drain()
+            if slow and self.throttle.is_set():
+                await asyncio.sleep(len(data) / THROTTLED_RATE)  # the link's pace
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
 
 
-async def stream(ws: aiohttp.ClientWebSocketResponse) -> None:
+@pytest.fixture
+async def link(redis_url: str) -> AsyncIterator[SlowLink]:
+    proxy = SlowLink(redis_url)
+    yield proxy
+    proxy.throttle.clear()
+    await proxy.stop()
+
+
+@pytest.fixture
+async def gateway(
+    settings: Settings, link: SlowLink, aiohttp_client: Any
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """The gateway of gateway_fixtures, reaching Redis through `link`."""
+    redis = Redis.from_url(await link.start())
+    client = await aiohttp_client(create_app(settings, redis))
+    yield client
+    await client.close()
+    await redis.aclose()
+
+
+async def stream(ws: aiohttp.ClientWebSocketResponse, every_s: float) -> None:
     with contextlib.suppress(ConnectionError):
         while not ws.closed:
             await ws.send_bytes(CHUNK)
-            await asyncio.sleep(0.02)  # the pace of a live stream, not a wait
+            await asyncio.sleep(every_s)  # the pace of a live stream, not a wait
 
 
 @contextlib.asynccontextmanager
@@ -67,29 +123,31 @@ async def next_reply(ws: aiohttp.ClientWebSocketResponse, *skip: str) -> dict[st
             return reply
 
 
-async def test_behind_storing_it_refuses_new_sessions_and_sheds_the_newest_one(
-    gateway: TestClient[Any, Any], transcriber: None, redis: Redis
+async def test_behind_storing_it_refuses_new_sessions_and_sheds_the_heaviest_sender(
+    gateway: TestClient[Any, Any], transcriber: None, link: SlowLink
 ) -> None:
-    older, _ = await open_session(gateway)
-    newer, hello = await open_session(gateway)
-    async with running(stutter(redis), stream(older), stream(newer)):
-        shed = await next_reply(newer, "received", "transcript")
+    # The first session sends twice as much as the second: it is shed, though older.
+    heavy, hello = await open_session(gateway)
+    light, _ = await open_session(gateway)
+    link.throttle.set()
+    async with running(stream(heavy, 0.01), stream(light, 0.02)):
+        shed = await next_reply(heavy, "received", "transcript")
         assert shed["code"] == "session_shed" and "resume" in shed["error"]
-        closed = await newer.receive(timeout=10)
+        closed = await heavy.receive(timeout=10)
         assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1013)
         while True:  # a new connection is refused while a store waits
             resp = await gateway.get("/ws")
             if resp.status == 503:
                 break
         assert "behind storing audio" in (await resp.json())["error"]
-    await redis.execute_command("CLIENT", "UNPAUSE")
+        link.throttle.clear()
 
-    # The older session was kept and goes on; the shed one can be resumed.
-    assert not older.closed
-    await older.send_bytes(CHUNK)
-    assert (await next_reply(older, "transcript"))["status"] == "received"
+    # The lighter session was kept and goes on; the shed one can be resumed.
+    assert not light.closed
+    await light.send_bytes(CHUNK)
+    assert (await next_reply(light, "transcript"))["status"] == "received"
     query = f"?session_id={hello['session_id']}&resume_token={hello['resume_token']}"
     resumed, back = await open_session(gateway, query)
     assert back["status"] == "resumed"
     await resumed.close()
-    await older.close()
+    await light.close()
