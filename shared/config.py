@@ -39,6 +39,10 @@ def _env(name: str, alias: str | None = None) -> dict[str, Any]:
     return {"env": EnvVar(name, alias)}
 
 
+# Settings never shown as they are (repr, /config, `hark config`).
+SECRETS = ("admin_token", "api_keys")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of a hark tree. Field metadata names the environment variable."""
@@ -62,6 +66,16 @@ class Settings:
     # Required (as a bearer token) by the endpoints that change something: restart,
     # drain, scale, ending a session. None: those answer only clients on loopback.
     admin_token: str | None = field(default=None, metadata=_env("HARK_ADMIN_TOKEN"))
+    # API keys the gateway's clients must present ("name:key" or "key", comma-separated),
+    # and/or a file of them, one a line. None of either: the gateway is open to anyone
+    # who reaches its port (`hark up` says so).
+    api_keys: str | None = field(default=None, metadata=_env("HARK_API_KEYS"))
+    api_keys_file: str | None = field(default=None, metadata=_env("HARK_API_KEYS_FILE"))
+    # How long a browser token from POST /token is good for (seconds).
+    token_ttl: float = field(default=300.0, metadata=_env("HARK_TOKEN_TTL"))
+    # Origins a browser connection may come from ("https://a.example,https://b.example");
+    # None: any. Connections without an Origin header (native clients) are not affected.
+    allowed_origins: str | None = field(default=None, metadata=_env("HARK_ALLOWED_ORIGINS"))
     # Where the supervisor runs the actors: local processes, or Docker containers.
     backend: str = field(default="process", metadata=_env("HARK_BACKEND"))
     # The Docker Engine API (None: DOCKER_HOST, else /var/run/docker.sock), the image the
@@ -115,7 +129,7 @@ class Settings:
             "transcribers", "max_chunk_bytes", "heartbeat_interval", "heartbeat_misses",
             "shutdown_timeout", "restart_period", "partial_interval", "backoff_min", "backoff_max",
             "session_queue", "max_sessions", "max_lag", "max_store_lag", "audit_maxlen",
-            "results_maxlen", "results_ttl",
+            "results_maxlen", "results_ttl", "token_ttl",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -191,7 +205,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "redis_url" and value is not None:
                 value = redact_url(value)
-            elif f.name == "admin_token" and value is not None:
+            elif f.name in SECRETS and value is not None:
                 value = "***"
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
@@ -201,8 +215,9 @@ class Settings:
         out = dataclasses.asdict(self)
         if self.redis_url is not None:
             out["redis_url"] = redact_url(self.redis_url)
-        if self.admin_token is not None:
-            out["admin_token"] = "***"
+        for name in SECRETS:
+            if out[name] is not None:
+                out[name] = "***"
         return out
 
 

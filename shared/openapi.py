@@ -73,7 +73,18 @@ def document(title: str, description: str, paths: dict[str, Any]) -> dict[str, A
         "components": {
             "schemas": {"Error": ERROR},
             "securitySchemes": {
-                "admin": {"type": "http", "scheme": "bearer", "description": "HARK_ADMIN_TOKEN"}
+                "admin": {"type": "http", "scheme": "bearer", "description": "HARK_ADMIN_TOKEN"},
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a key of HARK_API_KEYS / HARK_API_KEYS_FILE",
+                },
+                "token": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "token",
+                    "description": "from POST /token; or the subprotocol hark-token.<token>",
+                },
             },
         },
     }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -13,7 +15,7 @@ from services.gateway.gateway import Gateway
 from services.gateway.openapi import OPENAPI
 from services.gateway.vosk_server import handle_vosk
 from shared import openapi
-from shared.auth import require_admin
+from shared.auth import TOKEN_PROTOCOL, require_admin, unauthorized
 from shared.config import Settings
 from shared.http_errors import json_error
 
@@ -43,6 +45,7 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
     app.router.add_get("/config", config)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/stats", stats)
+    app.router.add_post("/token", token)
     app.router.add_get("/sessions", sessions)
     app.router.add_get("/sessions/{session_id}", session)
     app.router.add_delete("/sessions/{session_id}", end_session)
@@ -107,8 +110,43 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[GATEWAY].stats())
 
 
+async def token(request: web.Request) -> web.Response:
+    """A short-lived token for a browser, for `Authorization: Bearer <API key>`.
+
+    Optional JSON body {"subject": "..."}: who the token is for (audit entries name
+    it); by default a random id. The token is good for HARK_TOKEN_TTL seconds, as
+    `?token=` or as the subprotocol `hark-token.<token>`.
+    """
+    gateway = request.app[GATEWAY]
+    if gateway.keys is None:
+        raise json_error(web.HTTPNotFound, "no_keys",
+                         "no API keys are set: this gateway needs no token")  # fmt: skip
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    principal = gateway.keys.check_key(given.strip()) if scheme.lower() == "bearer" else None
+    if principal is None:
+        raise unauthorized()
+    subject: Any = None
+    if request.can_read_body:
+        try:
+            subject = (await request.json()).get("subject")
+        except (ValueError, AttributeError):
+            raise json_error(web.HTTPBadRequest, "bad_request",
+                             'the body must be JSON: {"subject": "..."}') from None  # fmt: skip
+    if subject is None:
+        subject = secrets.token_hex(16)
+    if not isinstance(subject, str) or not 0 < len(subject) <= 128:
+        raise json_error(web.HTTPBadRequest, "bad_request",
+                         "subject must be a string of 1 to 128 characters")  # fmt: skip
+    issued = gateway.keys.issue(principal, subject)
+    return web.json_response({
+        "token": issued, "protocol": TOKEN_PROTOCOL + issued, "subject": subject,
+        "expires_in": gateway.keys.token_ttl,
+    })  # fmt: skip
+
+
 async def sessions(request: web.Request) -> web.Response:
-    """The sessions open on this gateway, oldest first."""
+    """The sessions open on this gateway, oldest first (admin)."""
+    require_admin(request, request.app[GATEWAY].settings.admin_token)
     found = [s.describe() for s in request.app[GATEWAY].sessions.values()]
     return web.json_response({"sessions": sorted(found, key=lambda s: s["opened_at"])})
 
@@ -119,6 +157,8 @@ def _no_session(session_id: str) -> web.HTTPError:
 
 
 async def session(request: web.Request) -> web.Response:
+    """One session (admin)."""
+    require_admin(request, request.app[GATEWAY].settings.admin_token)
     session_id = request.match_info["session_id"]
     found = request.app[GATEWAY].sessions.get(session_id)
     if found is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import wave
 from collections import deque
@@ -42,8 +43,11 @@ class Client:
         sample_rate: int = 16000,
         window: int = 50,
         retry_for: float = 30.0,
+        api_key: str | None = None,
     ) -> None:
         self.url = url
+        # Sent as `Authorization: Bearer` where the gateway has API keys.
+        self.headers = {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
         self.params = {"encoding": encoding, "sample_rate": str(sample_rate)}
         self.window = window  # chunks in flight before waiting for acks
         self.retry_for = retry_for
@@ -73,7 +77,7 @@ class Client:
         source: Iterable[bytes],
         on_reply: Callable[[Reply], None],
     ) -> Reply:
-        async with http.ws_connect(self._url(), heartbeat=10) as ws:
+        async with http.ws_connect(self._url(), heartbeat=10, headers=self.headers) as ws:
             hello = await self._greeting(ws)
             on_reply(hello)
             self._deadline = None
@@ -153,6 +157,8 @@ class Client:
             self._pending.popleft()
 
     async def _reconnect_wait(self, exc: BaseException) -> None:
+        if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status in (401, 403):
+            raise ResumeFailed(f"refused (HTTP {exc.status}): check the API key") from exc
         loop = asyncio.get_running_loop()
         if self._deadline is None:
             self._deadline = loop.time() + self.retry_for
@@ -188,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("wav", help="16-bit mono WAV file")
     parser.add_argument("--url", default="ws://127.0.0.1:8000/ws")
     parser.add_argument("--json", action="store_true", help="print every reply as JSON")
+    parser.add_argument("--api-key", default=os.environ.get("HARK_API_KEY"),
+                        help="where the gateway has API keys (default: $HARK_API_KEY)")  # fmt: skip
     args = parser.parse_args(argv)
     rate, chunks = wav_chunks(args.wav)
-    client = Client(args.url, sample_rate=rate)
+    client = Client(args.url, sample_rate=rate, api_key=args.api_key)
 
     def show(reply: Reply) -> None:
         if args.json:

@@ -27,6 +27,7 @@ from services.gateway.session import Session
 from shared import keys, logs
 from shared.actor import ActorRuntime
 from shared.audit import Audit
+from shared.auth import ApiKeys, Principal, origin_allowed
 from shared.config import SAMPLE_WIDTHS, Settings
 from shared.http_errors import json_error
 from shared.messages import ActorDown, AudioChunk, Message, SessionControl
@@ -35,6 +36,8 @@ from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+# The principal of an authenticated handshake, on its request.
+PRINCIPAL = web.RequestKey("principal", Principal)
 # How long `close` waits for the transcriber to flush before closing anyway.
 CLOSE_FLUSH_TIMEOUT_S = 10.0
 # How long `stop` lets the sessions it closed finish ending (each drains for up to 2 s).
@@ -65,6 +68,7 @@ class Gateway:
         self.redis = redis
         self.name = name
         self.runtime = ActorRuntime(settings, redis, name, "gateway")
+        self.keys = ApiKeys.from_settings(settings)  # None: open to anyone
         self.coalescer = Coalescer(redis)
         self.audit = Audit(redis, name, settings.audit_maxlen, self.coalescer)
         self.hub = Hub(redis, on_control=self._on_control)
@@ -227,13 +231,35 @@ class Gateway:
         raise json_error(web.HTTPServiceUnavailable, "overloaded", message,
                          headers={"Retry-After": retry})  # fmt: skip
 
+    def check_access(self, request: web.Request) -> tuple[str, ...]:
+        """Let a handshake through or raise: 403 for an Origin not allowed, 401 without a
+        valid key or token (where keys are set). Returns the subprotocols to answer with."""
+        if not origin_allowed(request, self.settings.allowed_origins):
+            self.metrics.errors.labels("forbidden_origin").inc()
+            raise json_error(web.HTTPForbidden, "forbidden_origin",
+                             "connections from this origin are not allowed")  # fmt: skip
+        if self.keys is None:
+            return ()
+        try:
+            principal, protocol = self.keys.authenticate(request)
+        except web.HTTPUnauthorized:
+            self.metrics.errors.labels("unauthorized").inc()
+            raise
+        request[PRINCIPAL] = principal
+        return () if protocol is None else (protocol,)
+
+    def websocket(self, protocols: tuple[str, ...]) -> web.WebSocketResponse:
+        # Frames past twice the chunk limit are refused by aiohttp before they are
+        # buffered (close 1009); smaller oversize frames get an error and the session goes on.
+        return web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes,
+                                     heartbeat=30, protocols=protocols)  # fmt: skip
+
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
+        protocols = self.check_access(request)
         resuming = "session_id" in request.query or "resume_token" in request.query
         if not resuming:
             self.admit()  # a resume brings back a session that was counted already
-        # Frames past twice the chunk limit are refused by aiohttp before they are
-        # buffered (close 1009); smaller oversize frames get an error and the session goes on.
-        ws = web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes, heartbeat=30)
+        ws = self.websocket(protocols)
         await ws.prepare(request)
         if not self.accepting:
             self.metrics.errors.labels("shutting_down").inc()
@@ -285,8 +311,10 @@ class Gateway:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(keys.session(session.session_id), mapping=_strings(record))
         pipe.expire(keys.session(session.session_id), self.settings.results_ttl)
-        self.audit.add_to(pipe, "session_open", session.session_id,
-                          transcriber=session.actor, peer=request.remote)  # fmt: skip
+        principal = request.get(PRINCIPAL)
+        self.audit.add_to(pipe, "session_open", session.session_id, transcriber=session.actor,
+                          peer=request.remote, key=principal and principal.key,
+                          subject=principal and principal.subject)  # fmt: skip
         await pipe.execute()
         log.info("session %s open on %s", session.session_id, session.actor)
         session.say_hello()

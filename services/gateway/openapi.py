@@ -44,6 +44,8 @@ SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": ST
 UPGRADE = {
     "101": {"description": "WebSocket upgrade"},
     "400": text_body("text/plain", "not a WebSocket request"),
+    "401": error("API keys are set and the handshake carries no valid key or token"),
+    "403": error("forbidden_origin: the Origin is not in HARK_ALLOWED_ORIGINS"),
     "503": {**error("overloaded: HARK_MAX_SESSIONS reached, or every transcriber is more "
                     "than HARK_MAX_LAG behind"),
             "headers": {"Retry-After": {"schema": STR, "description": "seconds"}}},
@@ -65,10 +67,28 @@ PATHS: dict[str, Any] = {
             {"name": "interim", "in": "query", "schema": STR},
             {"name": "session_id", "in": "query", "schema": STR, "description": "to resume"},
             {"name": "resume_token", "in": "query", "schema": STR, "description": "to resume"},
+            {"name": "token", "in": "query", "schema": STR,
+             "description": "a token from POST /token (or the subprotocol hark-token.<token>)"},
         ],
+        "security": [{"apiKey": []}, {"token": []}, {}],
         "responses": UPGRADE,
     }},
-    "/vosk": {"get": {"summary": "The vosk-server WebSocket protocol", "responses": UPGRADE}},
+    "/vosk": {"get": {"summary": "The vosk-server WebSocket protocol", "responses": UPGRADE,
+                      "security": [{"apiKey": []}, {"token": []}, {}]}},
+    "/token": {"post": {
+        "summary": "A short-lived token for a browser's WebSocket, for an API key",
+        "security": [{"apiKey": []}],
+        "requestBody": {"required": False, "content": {"application/json": {
+            "schema": obj([], subject=STR)}}},
+        "responses": {
+            "200": json_body(obj(["token", "protocol", "subject", "expires_in"], token=STR,
+                                 protocol=STR, subject=STR, expires_in=NUM),
+                             "use as ?token= or as the subprotocol `protocol`"),
+            "400": error("the body is not {\"subject\": \"...\"}"),
+            "401": error("no valid API key"),
+            "404": error("no API keys are set: the gateway is open"),
+        },
+    }},
     "/health": {"get": {"summary": "Liveness", "responses": {
         "200": json_body(obj(["status"], status={"const": "ok"}), "the loop answers")}}},
     "/ready": {"get": {"summary": "Readiness: Redis answers and a transcriber is live",
@@ -85,13 +105,14 @@ PATHS: dict[str, Any] = {
     "/metrics": {"get": {"summary": "Prometheus metrics", "responses": METRICS}},
     "/stats": {"get": {"summary": "This gateway now and since it started",
                        "responses": {"200": json_body(STATS, "the figures")}}},
-    "/sessions": {"get": {"summary": "The sessions open on this gateway", "responses": {
+    "/sessions": {"get": {"summary": "The sessions open on this gateway",
+                          "security": [{"admin": []}, {}], "responses": {
         "200": json_body(obj(["sessions"], sessions={"type": "array", "items": SESSION}),
-                         "oldest first")}}},
+                         "oldest first"), **ADMIN_ERRORS}}},
     "/sessions/{session_id}": {
         "parameters": [SESSION_ID],
-        "get": {"summary": "One open session", "responses": {
-            "200": json_body(SESSION, "the session"),
+        "get": {"summary": "One open session", "security": [{"admin": []}, {}], "responses": {
+            "200": json_body(SESSION, "the session"), **ADMIN_ERRORS,
             "404": error("no such session open on this gateway")}},
         "delete": {
             "summary": "End a session: its audio flushed, the client told, a normal close",
@@ -104,8 +125,9 @@ PATHS: dict[str, Any] = {
 
 OPENAPI = document(
     "hark gateway",
-    "Streaming speech-to-text: WebSocket sessions in, transcripts out. Changing "
-    "endpoints need `Authorization: Bearer <HARK_ADMIN_TOKEN>` when one is set, and "
-    "a loopback client otherwise.",
+    "Streaming speech-to-text: WebSocket sessions in, transcripts out. With API keys "
+    "set, a handshake needs `Authorization: Bearer <key>` or a token from POST /token. "
+    "The session endpoints need `Authorization: Bearer <HARK_ADMIN_TOKEN>` when one is "
+    "set, and a loopback client otherwise.",
     PATHS,
 )

@@ -14,8 +14,9 @@ from services.gateway.vosk import VoskSession, parse
 
 async def handle_vosk(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """The vosk-server protocol (see services/gateway/vosk.py) on the same sessions."""
+    protocols = gateway.check_access(request)
     gateway.admit()
-    ws = web.WebSocketResponse(max_msg_size=2 * gateway.settings.max_chunk_bytes, heartbeat=30)
+    ws = gateway.websocket(protocols)
     await ws.prepare(request)
     try:
         if not gateway.accepting:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from services.supervisor.tree import (
     transcriber_spec,
 )
 from shared import actor, logs
+from shared.auth import ApiKeys
 from shared.config import BACKENDS, ENGINES, LOG_FORMATS, Settings, SettingsError, redact_url
 
 log = logging.getLogger("services.supervisor")
@@ -154,6 +156,19 @@ def main(argv: list[str] | None = None) -> None:
 
 def up(settings: Settings) -> int:
     logs.setup(settings.log_level, "supervisor", settings.log_format)
+    try:
+        keyring = ApiKeys.from_settings(settings)
+    except SettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    if keyring is None:
+        if _loopback_host(settings.host):
+            log.warning("no API keys (HARK_API_KEYS): the gateway is open to anyone on this "
+                        "machine; it listens on %s only", settings.host)  # fmt: skip
+        else:
+            log.warning("no API keys (HARK_API_KEYS) and HARK_HOST=%s: ANYONE who reaches "
+                        "port %d can stream audio; set HARK_API_KEYS", settings.host,
+                        settings.port)  # fmt: skip
 
     async def serve(stop: asyncio.Event) -> int:
         return await run_tree(settings, stop)
@@ -258,8 +273,20 @@ def make_backend(settings: Settings) -> Backend:
     return ProcessBackend()
 
 
+def _loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or 0.0.0.0-like wildcards are addresses and not loopback
+
+
 def _banner(settings: Settings, redis_url: str) -> None:
     where = "embedded, loopback only" if settings.redis_url is None else "external"
+    keyring = ApiKeys.from_settings(settings)
+    access = ("OPEN: no API keys (set HARK_API_KEYS)" if keyring is None
+              else f"API key or token required ({len(keyring)} key(s))")  # fmt: skip
     lines = [
         "hark is up",
         f"  web page   http://{settings.host}:{settings.port}/",
@@ -269,6 +296,7 @@ def _banner(settings: Settings, redis_url: str) -> None:
         f"  status     http://{settings.status_host}:{settings.status_port}/status   (hark status)",
         f"  redis      {redact_url(redis_url)} ({where})",
         f"  engine     {settings.engine}, {settings.transcribers} transcriber(s)",
+        f"  access     {access}",
         "Ctrl-C stops it.",
     ]
     print("\n".join(lines), flush=True)

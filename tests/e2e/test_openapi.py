@@ -25,6 +25,9 @@ pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "openapi-test-token-012345"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+API_KEY = "openapi-test-api-key-6789"
+CLIENT = {"Authorization": f"Bearer {API_KEY}"}
+ORIGIN = "https://app.example"
 # Documented, not exercised here: a WebSocket upgrade is not a JSON response, loopback
 # clients are never refused (403), and these 503s need Redis or the tree broken, or
 # overloaded (tests/integration/test_overload.py).
@@ -35,6 +38,8 @@ NOT_EXERCISED = {
     ("/actors/{name}/restart", "post", "403"), ("/actors/{name}/drain", "post", "403"),
     ("/actors/{name}/drain", "delete", "403"), ("/scale", "post", "403"),
     ("/health", "get", "503"), ("/audit", "get", "503"),
+    ("/sessions", "get", "403"), ("/sessions/{session_id}", "get", "403"),
+    ("/token", "post", "404"),  # a gateway without keys: tests/security/test_auth.py
     ("/actors/{name}/drain", "delete", "404"), ("/actors/{name}/drain", "delete", "409"),
     ("/actors/{name}/restart", "post", "409"),
 }  # fmt: skip
@@ -106,16 +111,24 @@ async def _gateway_calls(tree: Tree, http: aiohttp.ClientSession) -> Checker:
     await check.call("GET", "/openapi.json", "/openapi.json", 200)
     await check.call("GET", "/", "/", 200)
     await check.call("GET", "/", "/", 200, headers={"Accept": "application/json"})
-    for path in ("/health", "/ready", "/config", "/metrics", "/stats", "/sessions"):
+    for path in ("/health", "/ready", "/config", "/metrics", "/stats"):
         await check.call("GET", path, path, 200)
-    await check.call("GET", "/ws", "/ws", 400)  # not an upgrade
-    async with http.ws_connect(base.replace("http", "ws") + "/ws") as ws:
+    for path in ("/ws", "/vosk"):
+        await check.call("GET", path, path, 401)  # no key
+        await check.call("GET", path, path, 403, headers={**CLIENT, "Origin": "https://x.example"})
+    await check.call("GET", "/ws", "/ws", 400, headers=CLIENT)  # not an upgrade
+    await check.call("POST", "/token", "/token", 401)
+    await check.call("POST", "/token", "/token", 400, headers=CLIENT, data=b"[1]")
+    await check.call("POST", "/token", "/token", 200, headers=CLIENT, json={"subject": "me"})
+    async with http.ws_connect(base.replace("http", "ws") + "/ws", headers=CLIENT) as ws:
         sid = (await ws.receive_json(timeout=10))["session_id"]
         await ws.send_bytes(b"\x00" * 320)
         one = "/sessions/{session_id}"
-        await check.call("GET", "/sessions", "/sessions", 200)
-        await check.call("GET", f"/sessions/{sid}", one, 200)
-        await check.call("GET", "/sessions/nope", one, 404)
+        await check.call("GET", "/sessions", "/sessions", 401)
+        await check.call("GET", "/sessions", "/sessions", 200, headers=ADMIN)
+        await check.call("GET", f"/sessions/{sid}", one, 401)
+        await check.call("GET", f"/sessions/{sid}", one, 200, headers=ADMIN)
+        await check.call("GET", "/sessions/nope", one, 404, headers=ADMIN)
         await check.call("DELETE", "/sessions/nope", one, 404, headers=ADMIN)
         await check.call("DELETE", f"/sessions/{sid}", one, 401)
         await check.call("DELETE", f"/sessions/{sid}", one, 200, headers=ADMIN)
@@ -151,7 +164,10 @@ async def _supervisor_calls(tree: Tree, http: aiohttp.ClientSession) -> Checker:
 async def test_every_documented_answer_is_what_the_live_servers_send(
     start_tree: TreeFactory, redis_url: str
 ) -> None:
-    tree = await start_tree(redis_url=redis_url, env={"HARK_ADMIN_TOKEN": TOKEN})
+    tree = await start_tree(redis_url=redis_url, env={
+        "HARK_ADMIN_TOKEN": TOKEN, "HARK_API_KEYS": f"test:{API_KEY}",
+        "HARK_ALLOWED_ORIGINS": ORIGIN,
+    })  # fmt: skip
     async with aiohttp.ClientSession() as http:
         gateway = await _gateway_calls(tree, http)
         supervisor = await _supervisor_calls(tree, http)

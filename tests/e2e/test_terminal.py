@@ -43,6 +43,8 @@ async def test_hark_up_keeps_a_live_status_line_in_a_terminal(
         transport.close()
     text = seen.decode()
     assert "hark is up" in text and "web page   http://127.0.0.1:" in text
+    assert "access     OPEN: no API keys" in text
+    assert "the gateway is open to anyone on this machine" in (tmp_path / "hark.log").read_text()
     last = text.split("\r\x1b[K")[-2]
     assert last.startswith("tree OK  transcribers 1/1  sessions 0  mailbox 0  restarts 0  up ")
 
