@@ -30,7 +30,7 @@ from shared.audit import Audit
 from shared.auth import ApiKeys, Principal, origin_allowed
 from shared.config import SAMPLE_WIDTHS, Settings
 from shared.http_errors import json_error
-from shared.messages import ActorDown, AudioChunk, Message, SessionControl
+from shared.messages import ActorDown, AudioChunk, Message, SessionControl, Transcript
 from shared.redis_util import Coalescer
 from shared.tasks import cancel_and_wait
 
@@ -71,7 +71,7 @@ class Gateway:
         self.keys = ApiKeys.from_settings(settings)  # None: open to anyone
         self.coalescer = Coalescer(redis)
         self.audit = Audit(redis, name, settings.audit_maxlen, self.coalescer)
-        self.hub = Hub(redis, on_control=self._on_control)
+        self.hub = Hub(redis, on_control=self._on_control, on_reconnect=self._catch_up_all)
         self.router = Router(redis, settings.heartbeat_interval, settings.heartbeat_misses,
                              on_down=self._actor_down, max_lag=settings.max_lag)  # fmt: skip
         self._jobs: set[asyncio.Task[None]] = set()
@@ -303,15 +303,16 @@ class Gateway:
         )  # fmt: skip
         await self.hub.add(session)
         self.sessions[session.session_id] = session
+        principal = request.get(PRINCIPAL)
         record = {
             "client_id": session.client_id, "actor": session.actor,
+            "key": principal.key if principal else "",  # a resume must come with the same
             "token_sha256": resume.token_hash(session.resume_token),
             "created_at": f"{time.time():.3f}", "gateway": self.name, **fmt.public(),
         }  # fmt: skip
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(keys.session(session.session_id), mapping=_strings(record))
         pipe.expire(keys.session(session.session_id), self.settings.results_ttl)
-        principal = request.get(PRINCIPAL)
         self.audit.add_to(pipe, "session_open", session.session_id, transcriber=session.actor,
                           peer=request.remote, key=principal and principal.key,
                           subject=principal and principal.subject)  # fmt: skip
@@ -325,8 +326,10 @@ class Gateway:
         after = query.get("last_final", "0")
         if not after.isdigit() or len(after) > 12:
             raise ClientError("bad_setting", "last_final must be a non-negative integer")
+        principal = request.get(PRINCIPAL)
         found = await resume.load(self.redis, query.get("session_id", ""),
-                                  query.get("resume_token", ""))  # fmt: skip
+                                  query.get("resume_token", ""),
+                                  principal.key if principal else "")  # fmt: skip
         logs.SESSION.set(found.session_id)
         if found.closed:
             raise ClientError("bad_resume", "the session was closed; open a new one")
@@ -530,6 +533,28 @@ class Gateway:
         log.info("session %s closed: %d chunks, %d finals", session.session_id, s.chunks, s.finals)
 
     # -- transcribers that stay down -------------------------------------------------
+
+    def _catch_up_all(self) -> None:
+        for session in list(self.sessions.values()):
+            self._spawn(self._catch_up(session), f"catch-up-{session.session_id}")
+
+    async def _catch_up(self, session: Session) -> None:
+        """Send the finals stored while the Pub/Sub connection was down (lost to it)."""
+        if session.replaying:  # a resume or an earlier catch-up reads them already
+            return
+        session.begin_replay()
+        finals: list[Transcript] = []
+        try:
+            finals = await resume.stored_finals(self.redis, session.session_id,
+                                                session.delivered_seq)  # fmt: skip
+        except RedisError:
+            log.warning("session %s: finals missed while Pub/Sub was down not read back",
+                        session.session_id, exc_info=True)  # fmt: skip
+        finally:
+            session.replay(finals)
+        if finals:
+            log.info("session %s: %d finals sent from the results stream after a Pub/Sub "
+                     "reconnect", session.session_id, len(finals))  # fmt: skip
 
     def _on_control(self, msg: Message) -> None:
         if isinstance(msg, ActorDown):

@@ -28,9 +28,18 @@ class Hub:
     published after the client's first chunk can be missed.
     """
 
-    def __init__(self, redis: Redis, on_control: Callable[[Message], None]) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        on_control: Callable[[Message], None],
+        on_reconnect: Callable[[], None] = lambda: None,
+    ) -> None:
         self._pubsub = redis.pubsub()
         self._on_control = on_control
+        # Called once the connection is back after a loss, its channels subscribed again:
+        # what was published meanwhile is lost to Pub/Sub (finals are in the results stream).
+        self._on_reconnect = on_reconnect
+        self._lost = False
         self._sessions: dict[bytes, Session] = {}
         self._confirm: dict[bytes, asyncio.Future[None]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -97,10 +106,18 @@ class Hub:
             except RedisError:
                 # redis-py reconnects and re-subscribes on the next read.
                 log.warning("pub/sub connection lost; reconnecting", exc_info=True)
+                self._lost = True
                 await asyncio.sleep(0.2)
                 continue
-            if msg is not None:
-                self._dispatch(msg)
+            if msg is None:
+                continue
+            if self._lost:
+                # The first reply on the new connection answers the SUBSCRIBE redis-py sent
+                # for every channel at once: from here on nothing published is missed.
+                self._lost = False
+                log.info("pub/sub connection back; %d channels subscribed", len(self._sessions))
+                self._on_reconnect()
+            self._dispatch(msg)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind, channel = msg["type"], msg["channel"]

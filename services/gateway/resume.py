@@ -41,11 +41,12 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def load(redis: Redis, session_id: str, token: str) -> Resumable:
-    """The session `session_id` if `token` is its resume token; else ClientError.
+async def load(redis: Redis, session_id: str, token: str, key: str = "") -> Resumable:
+    """The session `session_id` if `token` is its resume token and `key` the name of
+    the API key it was opened with ("" where the gateway has none); else ClientError.
 
-    An unknown session and a wrong token get the same answer, so the error tells a
-    stranger nothing about which sessions exist.
+    An unknown session, a wrong token and another key get the same answer, so the
+    error tells a stranger nothing about which sessions exist.
     """
     refused = ClientError("bad_resume", "unknown session or wrong resume token", fatal=True)
     if not session_id or not token or len(session_id) > 64 or len(token) > 128:
@@ -54,6 +55,8 @@ async def load(redis: Redis, session_id: str, token: str) -> Resumable:
     stored = record.get("token_sha256", "")
     # Compared in constant time: the check must not leak how much of a guess was right.
     if not hmac.compare_digest(stored.encode(), token_hash(token).encode()) or not stored:
+        raise refused
+    if record.get("key", "") != key:
         raise refused
     fmt = AudioFormat().updated(
         {k: record[k] for k in ("encoding", "sample_rate", "interim") if k in record}

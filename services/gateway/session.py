@@ -180,14 +180,22 @@ class Session:
         """The client's ack of an accepted chunk (a protocol adapter may differ)."""
         self.send({"status": "received", "size": size, "seq": seq})
 
+    @property
+    def replaying(self) -> bool:
+        return self._backlog is not None
+
     def begin_replay(self) -> None:
         """Hold live results until `replay()` has sent the stored ones before them."""
         self._backlog = []
 
     def replay(self, finals: list[Transcript]) -> None:
-        """Send stored finals (seq order), then the live results that came meanwhile."""
+        """Send stored finals (seq order), then the live results that came meanwhile.
+        A final whose chunk is not acked yet waits for its ack, as a live one does."""
         for transcript in finals:
-            self._deliver(transcript, replayed=True)
+            if transcript.seq > self.acked_seq:
+                self._held.append(transcript)
+            else:
+                self._deliver(transcript, replayed=True)
         backlog, self._backlog = self._backlog or [], None
         for msg in backlog:
             self.on_message(msg)

@@ -126,6 +126,8 @@ async def audit(request: web.Request) -> web.Response:
     entries after this id, waiting up to `block_ms` for the first (for --follow).
     """
     supervisor = request.app[SUPERVISOR]
+    # Admin: the log names every session (though never a transcript or a secret).
+    require_admin(request, supervisor.settings.admin_token)
     if supervisor.redis is None:
         raise web.HTTPServiceUnavailable(reason="Redis not connected")
     try:

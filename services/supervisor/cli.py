@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(up(settings))
     base = args.url or f"http://{settings.status_host}:{settings.status_port}"
     if args.command == "audit":
-        sys.exit(audit(base, args.session, args.follow, args.count, args.json))
+        sys.exit(audit(base, settings.admin_token, args.session, args.follow, args.count,
+                       args.json))  # fmt: skip
     if args.command in ("scale", "restart", "drain"):
         sys.exit(operate(base, settings.admin_token, args))
     if args.watch:

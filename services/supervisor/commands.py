@@ -23,14 +23,26 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def _get(base: str, path: str, params: dict[str, str] | None = None, timeout: float = 5) -> Any:
-    """GET a JSON document from the supervisor API; SupervisorUnreachable on failure."""
+def _get(
+    base: str,
+    path: str,
+    params: dict[str, str] | None = None,
+    timeout: float = 5,
+    token: str | None = None,
+) -> Any:
+    """GET a JSON document from the supervisor API; SupervisorUnreachable on failure
+    (an HTTP error status is raised as urllib's HTTPError)."""
     url = f"{base.rstrip('/')}{path}"
     if params:
         url += "?" + urllib.parse.urlencode(params)
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.load(resp)
+    except urllib.error.HTTPError:
+        raise
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise SupervisorUnreachable(f"hark: supervisor not reachable at {base}: {exc}") from exc
 
@@ -113,12 +125,14 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
 # -- hark audit --------------------------------------------------------------------
 
 
-def audit(base: str, session: str | None, follow: bool, count: int, as_json: bool) -> int:
+def audit(
+    base: str, token: str | None, session: str | None, follow: bool, count: int, as_json: bool
+) -> int:
     params = {"count": str(count)}
     if session:
         params["session"] = session
     try:
-        page = _get(base, "/audit", params)
+        page = _get(base, "/audit", params, token=token)
         while True:
             for entry in page["entries"]:
                 entry_id = entry.pop("id")
@@ -128,7 +142,10 @@ def audit(base: str, session: str | None, follow: bool, count: int, as_json: boo
                 return 0
             follow_params = {**params, "after": page["last_id"], "block_ms": "5000",
                              "count": "1000"}  # fmt: skip
-            page = _get(base, "/audit", follow_params, timeout=15)
+            page = _get(base, "/audit", follow_params, timeout=15, token=token)
+    except urllib.error.HTTPError as exc:
+        print(f"hark audit: {_error_text(exc)}", file=sys.stderr)
+        return 1
     except SupervisorUnreachable as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -58,7 +58,9 @@ PATHS: dict[str, Any] = {
                 "entries and the newest id"),
             "400": oa.text_body("text/plain", "count or block_ms is not an integer"),
             "503": oa.text_body("text/plain", "Redis not reachable"),
+            **oa.ADMIN_ERRORS,
         },
+        "security": ADMIN,
     }},
     "/metrics": {"get": {"summary": "Prometheus metrics", "responses": oa.METRICS}},
     "/actors/{name}/restart": {"parameters": [ACTOR_NAME], "post": {

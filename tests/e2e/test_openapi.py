@@ -39,6 +39,7 @@ NOT_EXERCISED = {
     ("/actors/{name}/drain", "delete", "403"), ("/scale", "post", "403"),
     ("/health", "get", "503"), ("/audit", "get", "503"),
     ("/sessions", "get", "403"), ("/sessions/{session_id}", "get", "403"),
+    ("/audit", "get", "403"),
     ("/token", "post", "404"),  # a gateway without keys: tests/security/test_auth.py
     ("/actors/{name}/drain", "delete", "404"), ("/actors/{name}/drain", "delete", "409"),
     ("/actors/{name}/restart", "post", "409"),
@@ -142,8 +143,9 @@ async def _supervisor_calls(tree: Tree, http: aiohttp.ClientSession) -> Checker:
     await check.call("GET", "/openapi.json", "/openapi.json", 200)
     for path in ("/", "/status", "/health", "/metrics"):
         await check.call("GET", path, path, 200)
-    await check.call("GET", "/audit?count=5", "/audit", 200)
-    await check.call("GET", "/audit?count=many", "/audit", 400)
+    await check.call("GET", "/audit?count=5", "/audit", 401)
+    await check.call("GET", "/audit?count=5", "/audit", 200, headers=ADMIN)
+    await check.call("GET", "/audit?count=many", "/audit", 400, headers=ADMIN)
     drain, restart = "/actors/{name}/drain", "/actors/{name}/restart"
     await check.call("POST", "/actors/transcriber-0/drain", drain, 401)
     await check.call("POST", "/actors/transcriber-0/drain", drain, 200, headers=ADMIN)

@@ -320,3 +320,19 @@ async def test_vosk_protocol_one_reply_per_frame_and_eof_brings_the_rest(
     # Every chunk's result once, in order, whether in a frame's reply or in eof's.
     assert re.findall(r"size: (\d+) bytes", said) == ["100", "200", "300", "400"]
     assert "result" in last and "partial" not in last
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_finals_published_while_pubsub_reconnects_are_sent_from_the_store(
+    gateway: TestClient[Any, Any], redis: Redis
+) -> None:
+    ws, _ = await open_session(gateway)
+    await ws.send_bytes(b"\x00" * 10)
+    assert {(await receive(ws))["status"] for _ in range(2)} == {"received", "transcript"}
+    # The gateway's Pub/Sub connection drops; the next final is published before it is
+    # back (the hub waits a moment before reconnecting), so only the store has it.
+    assert await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 1
+    await ws.send_bytes(b"\x00" * 10)
+    replies = [await receive(ws) for _ in range(2)]
+    assert [(r["status"], r["seq"]) for r in replies] == [("received", 2), ("transcript", 2)]
+    await ws.close()

@@ -134,6 +134,9 @@ async def test_behind_storing_it_refuses_new_sessions_and_sheds_the_heaviest_sen
         shed = await next_reply(heavy, "received", "transcript")
         assert shed["code"] == "session_shed" and "resume" in shed["error"]
         closed = await heavy.receive(timeout=10)
+        while closed.type == aiohttp.WSMsgType.TEXT:  # audio it sent meanwhile is refused
+            assert closed.json()["code"] == "session_closing"
+            closed = await heavy.receive(timeout=10)
         assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1013)
         while True:  # a new connection is refused while a store waits
             resp = await gateway.get("/ws")

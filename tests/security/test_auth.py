@@ -20,25 +20,11 @@ from services.gateway.client import Client, ResumeFailed
 from shared import keys
 from shared.auth import ApiKeys, Principal
 from shared.config import Settings, SettingsError
-from tests.integration.gateway_fixtures import LIMIT, ClientFactory, receive
+from shared.redis_util import stream_entries
+from tests.integration.gateway_fixtures import ClientFactory, receive
+from tests.security.conftest import ADMIN, KEY, ORIGIN, OTHER, bearer
 
 pytestmark = pytest.mark.timeout(30)
-
-KEY = "alpha-key-0123456789abcdef"
-OTHER = "beta-key-0123456789abcdef"
-ORIGIN = "https://app.example"
-ADMIN = "admin-token-0123456789"
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return Settings(redis_url=redis_url, max_chunk_bytes=LIMIT, heartbeat_interval=0.5,
-                    api_keys=f"alpha:{KEY},beta:{OTHER}", allowed_origins=ORIGIN,
-                    admin_token=ADMIN)  # fmt: skip
-
-
-def bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 async def refused(gateway: TestClient[Any, Any], path: str = "/ws", **kwargs: Any) -> int:
@@ -96,7 +82,7 @@ async def test_a_key_a_token_in_the_query_and_a_token_as_subprotocol_each_open_a
     hello = await receive(ws)
     assert hello["status"] == "ready"
     await ws.close()
-    opened = [fields for _, fields in await redis.xrange(keys.AUDIT)
+    opened = [fields for _, fields in stream_entries(await redis.xrange(keys.AUDIT))
               if fields[b"event"] == b"session_open"
               and fields[b"session"] == hello["session_id"].encode()]  # fmt: skip
     assert opened[0][b"key"] == b"alpha" and opened[0][b"subject"] == b"user-42"
