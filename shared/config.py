@@ -104,6 +104,12 @@ class Settings:
     session_queue: int = field(default=256, metadata=_env("HARK_SESSION_QUEUE"))
     # Admission control. A gateway holds at most this many sessions; more get HTTP 503.
     max_sessions: int = field(default=10_000, metadata=_env("HARK_MAX_SESSIONS"))
+    # Per API key and per client address (None: no limit): sessions open at once, audio
+    # frames and bytes a second, and how long (seconds) one session may last.
+    limit_sessions: int | None = field(default=None, metadata=_env("HARK_LIMIT_SESSIONS"))
+    limit_chunks_per_s: float | None = field(default=None, metadata=_env("HARK_LIMIT_CHUNKS_PER_S"))
+    limit_bytes_per_s: float | None = field(default=None, metadata=_env("HARK_LIMIT_BYTES_PER_S"))
+    limit_session_s: float | None = field(default=None, metadata=_env("HARK_LIMIT_SESSION_S"))
     # How far behind (seconds) a transcriber may fall reading its mailbox: past it, it
     # gets no new sessions (all behind: HTTP 503); past twice it, its sessions' audio
     # is refused with `overloaded` until it catches up. Bounds queueing and latency.
@@ -134,6 +140,13 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_var(name)}={getattr(self, name)}: must be > 0")
+        for name in ("limit_sessions", "limit_chunks_per_s", "limit_bytes_per_s",
+                     "limit_session_s"):  # fmt: skip
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise SettingsError(f"{_var(name)}={getattr(self, name)}: must be > 0")
+        if self.limit_bytes_per_s is not None and self.limit_bytes_per_s < self.max_chunk_bytes:
+            raise SettingsError("HARK_LIMIT_BYTES_PER_S must be at least HARK_MAX_CHUNK_BYTES "
+                                "(a largest frame could never pass)")  # fmt: skip
         if self.restart_intensity < 0:
             raise SettingsError(f"{_var('restart_intensity')}: must be >= 0")
         for name, allowed in (("engine", ENGINES), ("backend", BACKENDS),

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from services.gateway import resume
 from services.gateway.hub import Hub
+from services.gateway.limits import Lease, LimitExceeded, Limits
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
@@ -36,8 +37,11 @@ from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-# The principal of an authenticated handshake, on its request.
+# The principal of an authenticated handshake, and the connection's hold on its limits.
 PRINCIPAL = web.RequestKey("principal", Principal)
+LEASE = web.RequestKey("lease", Lease)
+# Errors a client can cause many times a second: not logged or audited one by one.
+QUIET_CODES = frozenset({"overloaded", "rate_limited"})
 # How long `close` waits for the transcriber to flush before closing anyway.
 CLOSE_FLUSH_TIMEOUT_S = 10.0
 # How long `stop` lets the sessions it closed finish ending (each drains for up to 2 s).
@@ -69,6 +73,7 @@ class Gateway:
         self.name = name
         self.runtime = ActorRuntime(settings, redis, name, "gateway")
         self.keys = ApiKeys.from_settings(settings)  # None: open to anyone
+        self.limits = Limits(settings)
         self.coalescer = Coalescer(redis)
         self.audit = Audit(redis, name, settings.audit_maxlen, self.coalescer)
         self.hub = Hub(redis, on_control=self._on_control, on_reconnect=self._catch_up_all)
@@ -254,11 +259,34 @@ class Gateway:
         return web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes,
                                      heartbeat=30, protocols=protocols)  # fmt: skip
 
+    def enter(self, request: web.Request) -> Lease:
+        """Count a connection against its key's and its address's session limit (HTTP 429
+        past it); the caller releases the lease when the connection ends."""
+        principal = request.get(PRINCIPAL)
+        try:
+            lease = self.limits.admit(principal.key if principal else None, request.remote)
+        except LimitExceeded as exc:
+            self.metrics.errors.labels("too_many_sessions").inc()
+            retry = {"Retry-After": f"{exc.retry_after:.0f}"}
+            raise json_error(web.HTTPTooManyRequests, "too_many_sessions", exc.message,
+                             headers=retry) from None  # fmt: skip
+        request[LEASE] = lease
+        return lease
+
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
         protocols = self.check_access(request)
         resuming = "session_id" in request.query or "resume_token" in request.query
         if not resuming:
             self.admit()  # a resume brings back a session that was counted already
+        lease = self.enter(request)
+        try:
+            return await self._handle_ws(request, protocols, resuming)
+        finally:
+            self.limits.release(lease)
+
+    async def _handle_ws(
+        self, request: web.Request, protocols: tuple[str, ...], resuming: bool
+    ) -> web.StreamResponse:
         ws = self.websocket(protocols)
         await ws.prepare(request)
         if not self.accepting:
@@ -303,6 +331,7 @@ class Gateway:
         )  # fmt: skip
         await self.hub.add(session)
         self.sessions[session.session_id] = session
+        self._limit(session, request)
         principal = request.get(PRINCIPAL)
         record = {
             "client_id": session.client_id, "actor": session.actor,
@@ -320,6 +349,23 @@ class Gateway:
         log.info("session %s open on %s", session.session_id, session.actor)
         session.say_hello()
         return session
+
+    def _limit(self, session: Session, request: web.Request) -> None:
+        """Put the session under its connection's rate limits and its length limit."""
+        session.lease = request.get(LEASE)
+        if self.settings.limit_session_s is None:
+            return
+        left = max(0.0, session.opened_at + self.settings.limit_session_s - time.time())
+        session.deadline = asyncio.get_running_loop().call_later(
+            left, lambda: self._spawn(self._too_long(session), f"too-long-{session.session_id}")
+        )
+
+    async def _too_long(self, session: Session) -> None:
+        limit = self.settings.limit_session_s
+        session.client_error("session_too_long")
+        session.send(error_reply("session_too_long", f"a session may last {limit:g} s "
+                                 "(HARK_LIMIT_SESSION_S): open a new one"))  # fmt: skip
+        await self.end_session(session.session_id, "session_too_long")
 
     async def _resume(self, ws: web.WebSocketResponse, request: web.Request) -> Session:
         query = request.query
@@ -353,6 +399,8 @@ class Gateway:
         session.begin_replay()
         await self.hub.add(session)
         self.sessions[session.session_id] = session
+        session.opened_at = found.created_at or session.opened_at  # its clock goes on
+        self._limit(session, request)
         finals = await resume.stored_finals(self.redis, session.session_id, int(after))
         await self.audit.log("session_resume", session.session_id, transcriber=session.actor,
                              last_seq=session.last_seq, replayed=len(finals),
@@ -378,8 +426,8 @@ class Gateway:
             except ClientError as exc:
                 session.client_error(exc.code)
                 session.send(exc.reply())
-                if exc.code == "overloaded":  # counted in the metrics; a line each would
-                    continue  # add to the load it reports
+                if exc.code in QUIET_CODES:  # counted in the metrics; a line each would
+                    continue  # add to the load it reports, or let a client flood the log
                 log.info("session %s: %s: %s", session.session_id, exc.code, exc.message)
                 await self.audit.log("client_error", session.session_id, code=exc.code)
 
@@ -401,6 +449,12 @@ class Gateway:
                 f"audio chunk of {size} bytes exceeds the limit of "
                 f"{self.settings.max_chunk_bytes} bytes",
             )
+        if session.lease is not None:
+            try:
+                self.limits.take(session.lease, size)
+            except LimitExceeded as exc:
+                raise ClientError("rate_limited", exc.message,
+                                  retry_after=round(exc.retry_after, 2)) from None  # fmt: skip
         if len(session.storing) >= STORE_WINDOW:  # this client waits; the others do not
             await asyncio.wait([session.storing[0]])
         while session.lock.locked():  # the session is moving: its audio goes after the move
@@ -488,22 +542,24 @@ class Gateway:
             return False
         return True
 
-    async def end_session(self, session_id: str) -> dict[str, Any] | None:
-        """End a session for an operator: flush its audio, send the client what the
-        summary of a close says, and close (1000, so clients do not resume). The
-        summary, or None if this gateway has no such session."""
+    async def end_session(
+        self, session_id: str, reason: str = "ended_by_operator"
+    ) -> dict[str, Any] | None:
+        """End a session (for an operator, or at its length limit): flush its audio, send
+        the client what the summary of a close says, and close (1000, so clients do not
+        resume). The summary, or None if this gateway has no such session."""
         session = self.sessions.get(session_id)
         if session is None:
             return None
-        session.close_reason = "ended_by_operator"
+        session.close_reason = reason
         try:
             complete = await self.close_flushed(session)
         except (ClientError, RedisError):
             complete = False
-        summary = {**session.summary(complete), "reason": "ended_by_operator"}
+        summary = {**session.summary(complete), "reason": reason}
         await session.say_and_close(session.ended_reply(summary), WSCloseCode.OK,
-                                    b"ended by operator")  # fmt: skip
-        log.info("session %s ended by an operator", session_id)
+                                    reason.replace("_", " ").encode())  # fmt: skip
+        log.info("session %s ended: %s", session_id, reason)
         return summary
 
     async def control(self, session: Session, op: str) -> None:
@@ -516,6 +572,8 @@ class Gateway:
             raise ClientError("unavailable", f"{op} could not be delivered; try again") from None
 
     async def end(self, session: Session) -> None:
+        if session.deadline is not None:
+            session.deadline.cancel()
         if self.sessions.get(session.session_id) is session:
             del self.sessions[session.session_id]
         self.router.release(session.actor)

@@ -55,9 +55,18 @@ class Hub:
     async def start(self) -> None:
         # Always subscribed to something, so the reader has a connection to read from.
         await self._pubsub.subscribe(keys.CONTROL)
+        # redis-py reconnects a lost Pub/Sub connection inside its reads and subscribes
+        # again without telling; this callback of the connection's is how the hub knows.
+        assert self._pubsub.connection is not None
+        self._pubsub.connection.register_connect_callback(self._reconnected)
         self._task = asyncio.create_task(self._listen(), name="hub-listen")
 
+    def _reconnected(self, connection: object) -> None:
+        self._lost = True
+
     async def stop(self) -> None:
+        if self._pubsub.connection is not None:
+            self._pubsub.connection.deregister_connect_callback(self._reconnected)
         await cancel_and_wait(self._unsubscriber)
         await cancel_and_wait(self._task)
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -113,7 +122,8 @@ class Hub:
                 continue
             if self._lost:
                 # The first reply on the new connection answers the SUBSCRIBE redis-py sent
-                # for every channel at once: from here on nothing published is missed.
+                # for every channel at once (before our callback ran): from here on
+                # nothing published is missed.
                 self._lost = False
                 log.info("pub/sub connection back; %d channels subscribed", len(self._sessions))
                 self._on_reconnect()

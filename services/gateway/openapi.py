@@ -46,6 +46,8 @@ UPGRADE = {
     "400": text_body("text/plain", "not a WebSocket request"),
     "401": error("API keys are set and the handshake carries no valid key or token"),
     "403": error("forbidden_origin: the Origin is not in HARK_ALLOWED_ORIGINS"),
+    "429": {**error("too_many_sessions: the API key or the address holds HARK_LIMIT_SESSIONS"),
+            "headers": {"Retry-After": {"schema": STR, "description": "seconds"}}},
     "503": {**error("overloaded: HARK_MAX_SESSIONS reached, or every transcriber is more "
                     "than HARK_MAX_LAG behind"),
             "headers": {"Retry-After": {"schema": STR, "description": "seconds"}}},

@@ -19,20 +19,27 @@ SAMPLE_RATES = range(8000, 48001)
 class ClientError(Exception):
     """A problem with what the client sent. The session goes on unless `fatal`."""
 
-    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+    def __init__(
+        self, code: str, message: str, *, fatal: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.fatal = fatal
+        self.retry_after = retry_after  # seconds, where waiting is what helps
 
     def reply(self, seq: int | None = None) -> dict[str, Any]:
-        return error_reply(self.code, self.message, seq)
+        return error_reply(self.code, self.message, seq, self.retry_after)
 
 
-def error_reply(code: str, message: str, seq: int | None = None) -> dict[str, Any]:
+def error_reply(
+    code: str, message: str, seq: int | None = None, retry_after: float | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"status": "error", "error": message, "code": code}
     if seq is not None:
         out["seq"] = seq
+    if retry_after is not None:
+        out["retry_after"] = retry_after
     return out
 
 

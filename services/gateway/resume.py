@@ -35,6 +35,7 @@ class Resumable:
     actor: str
     fmt: AudioFormat
     closed: bool
+    created_at: float  # when the session was first opened (epoch seconds)
 
 
 def token_hash(token: str) -> str:
@@ -62,7 +63,8 @@ async def load(redis: Redis, session_id: str, token: str, key: str = "") -> Resu
         {k: record[k] for k in ("encoding", "sample_rate", "interim") if k in record}
     )
     return Resumable(session_id, record["client_id"], record["actor"], fmt,
-                     closed=record.get("closed") == "1")  # fmt: skip
+                     closed=record.get("closed") == "1",
+                     created_at=float(record.get("created_at", "0")))  # fmt: skip
 
 
 async def last_accepted(redis: Redis, actor: str, session_id: str) -> tuple[int, float]:

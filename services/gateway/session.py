@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from services.gateway.limits import Lease
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, error_reply
 from shared.messages import ActorError, Flushed, Message, Transcript
@@ -64,6 +65,8 @@ class Session:
         self.stats = SessionStats()
         self.last_seq = 0  # last seq given to an accepted chunk
         self.seq_mark = 0  # last_seq when the gateway last fell behind (see _shed_loop)
+        self.lease: Lease | None = None  # its hold on the per-key/per-address limits
+        self.deadline: asyncio.TimerHandle | None = None  # HARK_LIMIT_SESSION_S
         self.acked_seq = 0
         self.audio_s = 0.0  # seconds of audio accepted (for chunk timestamps)
         self.delivered_seq = 0  # last final sent to the client

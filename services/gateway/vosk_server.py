@@ -16,6 +16,16 @@ async def handle_vosk(gateway: Gateway, request: web.Request) -> web.StreamRespo
     """The vosk-server protocol (see services/gateway/vosk.py) on the same sessions."""
     protocols = gateway.check_access(request)
     gateway.admit()
+    lease = gateway.enter(request)
+    try:
+        return await _serve(gateway, request, protocols)
+    finally:
+        gateway.limits.release(lease)
+
+
+async def _serve(
+    gateway: Gateway, request: web.Request, protocols: tuple[str, ...]
+) -> web.StreamResponse:
     ws = gateway.websocket(protocols)
     await ws.prepare(request)
     try:

@@ -40,6 +40,7 @@ NOT_EXERCISED = {
     ("/health", "get", "503"), ("/audit", "get", "503"),
     ("/sessions", "get", "403"), ("/sessions/{session_id}", "get", "403"),
     ("/audit", "get", "403"),
+    ("/ws", "get", "429"), ("/vosk", "get", "429"),  # tests/security/test_limits.py
     ("/token", "post", "404"),  # a gateway without keys: tests/security/test_auth.py
     ("/actors/{name}/drain", "delete", "404"), ("/actors/{name}/drain", "delete", "409"),
     ("/actors/{name}/restart", "post", "409"),

@@ -24,7 +24,8 @@ from shared.redis_util import stream_entries
 from tests.integration.gateway_fixtures import ClientFactory, receive
 from tests.security.conftest import ADMIN, KEY, ORIGIN, OTHER, bearer
 
-pytestmark = pytest.mark.timeout(30)
+# The transcriber first: it is live before the gateway starts looking for one.
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("transcriber")]
 
 
 async def refused(gateway: TestClient[Any, Any], path: str = "/ws", **kwargs: Any) -> int:
@@ -47,7 +48,7 @@ async def token_for(gateway: TestClient[Any, Any], key: str = KEY, **body: Any) 
 
 
 async def test_without_a_valid_key_or_token_the_handshake_gets_401_and_nothing_else(
-    gateway: TestClient[Any, Any], transcriber: None, settings: Settings
+    gateway: TestClient[Any, Any], settings: Settings
 ) -> None:
     keyring = ApiKeys.from_settings(settings)
     assert keyring is not None
@@ -70,7 +71,7 @@ async def test_without_a_valid_key_or_token_the_handshake_gets_401_and_nothing_e
 
 
 async def test_a_key_a_token_in_the_query_and_a_token_as_subprotocol_each_open_a_session(
-    gateway: TestClient[Any, Any], transcriber: None, redis: Redis
+    gateway: TestClient[Any, Any], redis: Redis
 ) -> None:
     ws = await gateway.ws_connect("/ws", headers=bearer(OTHER))
     assert (await receive(ws))["status"] == "ready"
@@ -96,9 +97,7 @@ async def test_a_key_a_token_in_the_query_and_a_token_as_subprotocol_each_open_a
     await ws.close()
 
 
-async def test_a_browser_from_an_origin_not_allowed_gets_403(
-    gateway: TestClient[Any, Any], transcriber: None
-) -> None:
+async def test_a_browser_from_an_origin_not_allowed_gets_403(gateway: TestClient[Any, Any]) -> None:
     headers = {**bearer(KEY), "Origin": "https://evil.example"}
     assert await refused(gateway, headers=headers) == 403
     ws = await gateway.ws_connect("/ws", headers={**bearer(KEY), "Origin": ORIGIN})
@@ -107,7 +106,7 @@ async def test_a_browser_from_an_origin_not_allowed_gets_403(
 
 
 async def test_session_listings_need_the_admin_token_and_config_shows_no_secret(
-    gateway: TestClient[Any, Any], transcriber: None
+    gateway: TestClient[Any, Any],
 ) -> None:
     ws = await gateway.ws_connect("/ws", headers=bearer(KEY))
     sid = (await receive(ws))["session_id"]
@@ -151,7 +150,7 @@ def test_keys_come_from_the_setting_and_the_file_and_must_be_long(tmp_path: Path
 
 
 async def test_the_python_client_streams_with_a_key_and_stops_at_once_without(
-    gateway: TestClient[Any, Any], transcriber: None
+    gateway: TestClient[Any, Any],
 ) -> None:
     url = str(gateway.make_url("/ws")).replace("http", "ws", 1)
     replies: list[dict[str, Any]] = []

@@ -25,7 +25,8 @@ from tests.security.conftest import KEY as KEY_A
 from tests.security.conftest import OTHER as KEY_B
 from tests.security.conftest import bearer
 
-pytestmark = pytest.mark.timeout(30)
+# The transcriber first: it is live before the gateway starts looking for one.
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("transcriber")]
 
 
 async def resume_reply(
@@ -40,7 +41,6 @@ async def resume_reply(
 
 async def test_another_client_cannot_reach_a_sessions_results_by_any_route(
     gateway: TestClient[Any, Any],
-    transcriber: None,
     settings: Settings,
     redis: Redis,
     aiohttp_client: ClientFactory,
@@ -90,7 +90,7 @@ async def test_another_client_cannot_reach_a_sessions_results_by_any_route(
 
 
 async def test_a_results_channel_carries_only_its_own_sessions_replies(
-    gateway: TestClient[Any, Any], transcriber: None
+    gateway: TestClient[Any, Any],
 ) -> None:
     sessions = []
     for key in (KEY_A, KEY_B):
