@@ -104,6 +104,9 @@ class Settings:
     session_queue: int = field(default=256, metadata=_env("HARK_SESSION_QUEUE"))
     # Admission control. A gateway holds at most this many sessions; more get HTTP 503.
     max_sessions: int = field(default=10_000, metadata=_env("HARK_MAX_SESSIONS"))
+    # A mailbox entry read this many times (a transcriber that crashed or hung on it,
+    # over and over) goes to the dead-letter stream instead of being read once more.
+    max_deliveries: int = field(default=5, metadata=_env("HARK_MAX_DELIVERIES"))
     # Per API key and per client address (None: no limit): sessions open at once, audio
     # frames and bytes a second, and how long (seconds) one session may last.
     limit_sessions: int | None = field(default=None, metadata=_env("HARK_LIMIT_SESSIONS"))
@@ -135,7 +138,7 @@ class Settings:
             "transcribers", "max_chunk_bytes", "heartbeat_interval", "heartbeat_misses",
             "shutdown_timeout", "restart_period", "partial_interval", "backoff_min", "backoff_max",
             "session_queue", "max_sessions", "max_lag", "max_store_lag", "audit_maxlen",
-            "results_maxlen", "results_ttl", "token_ttl",
+            "results_maxlen", "results_ttl", "token_ttl", "max_deliveries",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

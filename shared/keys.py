@@ -11,6 +11,9 @@ CONTROL = "hark:control"
 ACTORS = "hark:actors"  # set of actor names that have ever registered
 DRAINING = "hark:draining"  # set of transcribers that get no new sessions
 GROUP = "transcribers"  # consumer group on every mailbox
+# Mailbox entries no transcriber could use (undecodable, or delivered again and again
+# without ever being committed), with where they came from and why.
+DEAD_LETTER = "hark:deadletter"
 TRANSCRIPTS_PREFIX = "transcripts:"
 
 

@@ -149,11 +149,46 @@ class Transcriber:
             entries = _entries(reply)
             if not entries:
                 return
+            last = entries[-1][0]
+            entries = await self._drop_poison(entries)
             self.recovered += len(entries)
             pipe = await self._handle(entries)
             if len(pipe):
                 await pipe.execute()
-            last = entries[-1][0]
+
+    async def _drop_poison(self, entries: list[Entry]) -> list[Entry]:
+        """Move the entries read more than HARK_MAX_DELIVERIES times (each incarnation
+        reads its pending entries again: one that crashes or hangs the transcriber would
+        do so forever) to the dead-letter stream; the others, to be handled."""
+        pending = await self.redis.xpending_range(
+            self.mailbox, keys.GROUP, min=entries[0][0], max=entries[-1][0],
+            count=len(entries), consumername=self.name,
+        )  # fmt: skip
+        # redis-py types the reply loosely; with decode_responses off ids are bytes.
+        times: dict[Any, int] = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        poison = [e for e in entries if times.get(e[0], 0) > self.settings.max_deliveries]
+        if not poison:
+            return entries
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id, fields in poison:
+            self._dead_letter(pipe, entry_id, fields, f"read {times[entry_id]} times, "
+                              "never committed")  # fmt: skip
+        pipe.xack(self.mailbox, keys.GROUP, *(entry_id for entry_id, _ in poison))
+        await pipe.execute()
+        dropped = {entry_id for entry_id, _ in poison}
+        return [e for e in entries if e[0] not in dropped]
+
+    def _dead_letter(
+        self, pipe: Pipeline, entry_id: bytes, fields: dict[bytes, bytes] | None, why: str
+    ) -> None:
+        """Queue the move of a mailbox entry to the dead-letter stream, and its report."""
+        log.warning("%s: mailbox entry %s to %s: %s", self.name, entry_id.decode(),
+                    keys.DEAD_LETTER, why)  # fmt: skip
+        pipe.xadd(keys.DEAD_LETTER, {
+            "mailbox": self.mailbox, "entry": entry_id, "reason": why,
+            "payload": (fields or {}).get(b"m", b""),
+        }, maxlen=self.settings.audit_maxlen, approximate=True)  # fmt: skip
+        self.audit.add_to(pipe, "dead_letter", entry=entry_id.decode(), reason=why)
 
     async def _handle(self, entries: list[Entry]) -> Pipeline:
         """Apply entries; the writes they call for, on a pipeline the caller executes."""
@@ -169,9 +204,9 @@ class Transcriber:
                 with logs.session_context(getattr(msg, "session_id", None)):
                     await self._apply(pipe, entry_id, msg, acks, touched)
             except MessageError as exc:
-                # A malformed entry is dropped and reported, never retried into a wedge.
-                log.warning("%s: dropping bad mailbox entry %r: %s", self.name, entry_id, exc)
-                self.audit.add_to(pipe, "bad_message", entry=entry_id.decode(), error=str(exc))
+                # Undecodable is for good: no second read would do better. The entry goes
+                # to the dead-letter stream at once, never retried into a wedge.
+                self._dead_letter(pipe, entry_id, fields, f"undecodable: {exc}")
                 acks.append(entry_id)
         now = time.monotonic()
         for sess in touched.values():
