@@ -58,12 +58,14 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @contextlib.contextmanager
-def _redis_process() -> Iterator[str]:
+def redis_process(*extra: str) -> Iterator[str]:
+    """A redis-server of its own on a free loopback port (`extra`: more of its options);
+    its URL, without credentials."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="hark-test-redis-") as workdir:
         proc = subprocess.Popen(
             [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-             "--appendonly", "no", "--dir", workdir, "--loglevel", "warning"],
+             "--appendonly", "no", "--dir", workdir, "--loglevel", "warning", *extra],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -101,7 +103,7 @@ def redis_server() -> Iterator[RedisServer]:
             port = container.get_exposed_port(6379)
             yield RedisServer(f"redis://{host}:{port}/0", "testcontainers")
     else:
-        with _redis_process() as url:
+        with redis_process() as url:
             yield RedisServer(url, "redis-server process")
 
 

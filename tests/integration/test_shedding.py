@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -24,13 +23,13 @@ from services.gateway.app import create_app
 from shared.config import Settings
 from shared.tasks import cancel_and_wait
 from tests.integration.gateway_fixtures import LIMIT, open_session, receive
+from tests.link import Link
 
 pytestmark = pytest.mark.timeout(30)
 
 CHUNK = b"\x00" * 320
-# Bytes a second the proxy carries from the gateway to Redis while it throttles: two
-# clients send ~40 KB/s of chunks (with their framing), four times that.
-THROTTLED_RATE = 10_000
+# Two clients send ~40 KB/s of chunks (with their framing), four times what the link
+# carries while it throttles (tests/link.py, THROTTLED_RATE).
 
 
 @pytest.fixture
@@ -40,47 +39,9 @@ def settings(redis_url: str) -> Settings:
                     max_store_lag=0.1)  # fmt: skip
 
 
-class SlowLink:
-    """A TCP proxy to Redis that, while `throttle` is set, carries what its clients
-    send at THROTTLED_RATE bytes a second (replies go back at full speed)."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.redis = urlsplit(redis_url)
-        self.throttle = asyncio.Event()
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        """Start listening; the Redis URL that leads through the link."""
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        return urlunsplit(self.redis._replace(netloc=f"127.0.0.1:{port}"))
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        redis_r, redis_w = await asyncio.open_connection(self.redis.hostname, self.redis.port)
-        pipes = [self._pipe(client_r, redis_w, slow=True), self._pipe(redis_r, client_w)]
-        with contextlib.suppress(ConnectionError):
-            await asyncio.gather(*pipes)
-        for writer in (client_w, redis_w):
-            writer.close()
-
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool = False
-    ) -> None:
-        while data := await reader.read(THROTTLED_RATE // 20 if slow else 65536):
-            writer.write(data)
-            await writer.drain()
-            if slow and self.throttle.is_set():
-                await asyncio.sleep(len(data) / THROTTLED_RATE)  # the link's pace
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
 @pytest.fixture
-async def link(redis_url: str) -> AsyncIterator[SlowLink]:
-    proxy = SlowLink(redis_url)
+async def link(redis_url: str) -> AsyncIterator[Link]:
+    proxy = Link(redis_url)
     yield proxy
     proxy.throttle.clear()
     await proxy.stop()
@@ -88,7 +49,7 @@ async def link(redis_url: str) -> AsyncIterator[SlowLink]:
 
 @pytest.fixture
 async def gateway(
-    settings: Settings, link: SlowLink, aiohttp_client: Any
+    settings: Settings, link: Link, aiohttp_client: Any
 ) -> AsyncIterator[TestClient[Any, Any]]:
     """The gateway of gateway_fixtures, reaching Redis through `link`."""
     redis = Redis.from_url(await link.start())
@@ -124,7 +85,7 @@ async def next_reply(ws: aiohttp.ClientWebSocketResponse, *skip: str) -> dict[st
 
 
 async def test_behind_storing_it_refuses_new_sessions_and_sheds_the_heaviest_sender(
-    gateway: TestClient[Any, Any], transcriber: None, link: SlowLink
+    gateway: TestClient[Any, Any], transcriber: None, link: Link
 ) -> None:
     # The first session sends twice as much as the second: it is shed, though older.
     heavy, hello = await open_session(gateway)
