@@ -1,9 +1,10 @@
 """Who may use what: the operators' endpoints and the gateway's clients.
 
-Operators: with HARK_ADMIN_TOKEN set, a request that changes something (restart,
-drain, scale, end a session) or lists sessions must carry it as `Authorization:
-Bearer <token>`. Without one, only clients on loopback may: the default deployment
-binds every port to 127.0.0.1, and a deployment that publishes its ports sets a token.
+Operators: a request that changes something (restart, drain, scale, end a session) or
+reads sessions or the audit log must carry the admin token as `Authorization: Bearer
+<token>`. `hark up` always has one: HARK_ADMIN_TOKEN, or one it makes up and leaves in
+a file of the user's (`admin_token_path`) for the `hark` commands. An app built without
+a token (tests, embedding) lets only loopback clients in.
 
 Clients: with API keys set (HARK_API_KEYS, HARK_API_KEYS_FILE), a WebSocket handshake
 must carry a key (`Authorization: Bearer <key>`, native clients) or a short-lived
@@ -18,9 +19,11 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -40,6 +43,24 @@ def require_admin(request: web.Request, token: str | None) -> None:
         raise json_error(web.HTTPUnauthorized, "unauthorized",
                          "this endpoint needs Authorization: Bearer <HARK_ADMIN_TOKEN>",
                          headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+def admin_token_path(status_port: int) -> Path:
+    """Where `hark up` keeps the admin token it made up (no HARK_ADMIN_TOKEN given) for
+    the `hark` commands of the same user to find: one file per status port, mode 0600."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
+    return Path(base) / "hark" / f"admin-token-{status_port}"
+
+
+def read_admin_token(status_url: str) -> str | None:
+    """The token `hark up` made up for the supervisor at `status_url`, if it is here."""
+    port = urlsplit(status_url).port
+    if port is None:
+        return None
+    try:
+        return admin_token_path(port).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _loopback(remote: str | None) -> bool:

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from services.supervisor.tree import free_port
 from shared import keys
+from shared.auth import read_admin_token
 
 
 def hark_command() -> list[str]:
@@ -60,6 +61,16 @@ class Tree:
     def status_url(self) -> str:
         return f"http://127.0.0.1:{self.status_port}"
 
+    @property
+    def admin_token(self) -> str | None:
+        """The tree's admin token: the test's HARK_ADMIN_TOKEN, or the one `hark up` made up."""
+        return self.env.get("HARK_ADMIN_TOKEN") or read_admin_token(self.status_url)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        """Headers that carry the admin token."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
     async def start(self) -> None:
         argv = [*hark_command(), "up", "--port", str(self.port),
                 "--status-port", str(self.status_port),
@@ -94,7 +105,7 @@ class Tree:
             self.redis = None
         return code
 
-    def log_tail(self, lines: int = 60) -> str:
+    def log_tail(self, lines: int = 200) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:

@@ -47,6 +47,9 @@ class Hub:
         # closing at once cost a few UNSUBSCRIBE commands, not one round trip each.
         self._leaving: set[bytes] = set()
         self._unsubscriber: asyncio.Task[None] | None = None
+        self._unconfirmed: set[bytes] = set()  # UNSUBSCRIBE sent, Redis not answered yet
+        self._settled = asyncio.Event()  # set while nothing is leaving or unconfirmed
+        self._settled.set()
 
     @property
     def channels(self) -> int:
@@ -81,7 +84,11 @@ class Hub:
             await self._pubsub.subscribe(channel)
             await asyncio.wait_for(fut, SUBSCRIBE_TIMEOUT_S)
         except BaseException:
-            self._sessions.pop(channel, None)
+            # Timed out, or the connection's task was cancelled: the SUBSCRIBE may have
+            # gone out all the same, so the channel is left again.
+            if self._sessions.get(channel) is session:
+                del self._sessions[channel]
+                self._leave({channel})
             self._confirm.pop(channel, None)
             raise
 
@@ -91,22 +98,32 @@ class Hub:
         # A resumed session may have taken the channel over already: leave it alone.
         if self._sessions.get(channel) is session:
             del self._sessions[channel]
-            self._leaving.add(channel)
-            if self._unsubscriber is None:
-                self._unsubscriber = asyncio.create_task(self._unsubscribe(), name="hub-leave")
+            self._leave({channel})
+
+    async def settled(self) -> None:
+        """Until Redis has confirmed every UNSUBSCRIBE of the sessions removed so far."""
+        await self._settled.wait()
+
+    def _leave(self, channels: set[bytes]) -> None:
+        self._leaving |= channels
+        self._settled.clear()
+        if self._unsubscriber is None:
+            self._unsubscriber = asyncio.create_task(self._unsubscribe(), name="hub-leave")
 
     async def _unsubscribe(self) -> None:
         try:
             while self._leaving:
                 channels, self._leaving = list(self._leaving), set()
+                self._unconfirmed.update(channels)
                 try:
                     await self._pubsub.unsubscribe(*channels)
                 except RedisError:
-                    # Left subscribed: what arrives there is dropped (no session); a
-                    # reconnect re-subscribes only the channels redis-py still counts.
+                    # Sent again once the connection is back (see _listen).
                     log.warning("unsubscribe of %d channels failed", len(channels), exc_info=True)
         finally:
             self._unsubscriber = None
+            if not self._unconfirmed and not self._leaving:  # answered while it sent
+                self._settled.set()
 
     async def _listen(self) -> None:
         while True:
@@ -126,6 +143,9 @@ class Hub:
                 # nothing published is missed.
                 self._lost = False
                 log.info("pub/sub connection back; %d channels subscribed", len(self._sessions))
+                # redis-py subscribed again to channels whose UNSUBSCRIBE had no answer.
+                if self._unconfirmed:
+                    self._leave(self._unconfirmed - self._sessions.keys())
                 self._on_reconnect()
             self._dispatch(msg)
 
@@ -135,6 +155,11 @@ class Hub:
             fut = self._confirm.pop(channel, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+            return
+        if kind == "unsubscribe":
+            self._unconfirmed.discard(channel)
+            if not self._unconfirmed and not self._leaving and self._unsubscriber is None:
+                self._settled.set()
             return
         if kind != "message":
             return

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
+import os
+import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +32,7 @@ from services.supervisor.tree import (
     transcriber_spec,
 )
 from shared import actor, logs
-from shared.auth import ApiKeys
+from shared.auth import ApiKeys, admin_token_path, read_admin_token
 from shared.config import BACKENDS, ENGINES, LOG_FORMATS, Settings, SettingsError, redact_url
 
 log = logging.getLogger("services.supervisor")
@@ -142,11 +145,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "up":
         sys.exit(up(settings))
     base = args.url or f"http://{settings.status_host}:{settings.status_port}"
+    token = settings.admin_token or read_admin_token(base)
     if args.command == "audit":
-        sys.exit(audit(base, settings.admin_token, args.session, args.follow, args.count,
-                       args.json))  # fmt: skip
+        sys.exit(audit(base, token, args.session, args.follow, args.count, args.json))
     if args.command in ("scale", "restart", "drain"):
-        sys.exit(operate(base, settings.admin_token, args))
+        sys.exit(operate(base, token, args))
     if args.watch:
         sys.exit(watch(base))
     sys.exit(status(base, args.json))
@@ -171,14 +174,30 @@ def up(settings: Settings) -> int:
                         "port %d can stream audio; set HARK_API_KEYS", settings.host,
                         settings.port)  # fmt: skip
 
+    token_file = None
+    if settings.admin_token is None:
+        # The supervisor's changing endpoints always need a token: without one given,
+        # it makes one up and leaves it where this user's `hark` commands look.
+        made_up = secrets.token_urlsafe(24)
+        settings = dataclasses.replace(settings, admin_token=made_up)
+        token_file = admin_token_path(settings.status_port)
+        token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(made_up + "\n")
+
     async def serve(stop: asyncio.Event) -> int:
-        return await run_tree(settings, stop)
+        return await run_tree(settings, stop, token_file)
 
-    # The supervisor's own stop waits for each child up to the shutdown timeout, in order.
-    return actor.run(serve, grace=settings.shutdown_timeout * (len(START_ORDER) + 1))
+    try:
+        # The supervisor's own stop waits for each child up to the shutdown timeout, in order.
+        return actor.run(serve, grace=settings.shutdown_timeout * (len(START_ORDER) + 1))
+    finally:
+        if token_file is not None:
+            token_file.unlink(missing_ok=True)
 
 
-async def run_tree(settings: Settings, stop: asyncio.Event) -> int:
+async def run_tree(settings: Settings, stop: asyncio.Event, token_file: Path | None = None) -> int:
     """Run the tree until `stop` is set; the exit code for `hark up`."""
     with tempfile.TemporaryDirectory(prefix="hark-") as workdir:
         specs = []
@@ -221,7 +240,7 @@ async def run_tree(settings: Settings, stop: asyncio.Event) -> int:
             except StartupError as exc:
                 log.error("hark could not start: %s", exc)
                 return 1
-            _banner(settings, redis_url)
+            _banner(settings, redis_url, token_file)
             if sys.stdout.isatty():
                 await _live_line(supervisor, stop)
             else:
@@ -283,7 +302,7 @@ def _loopback_host(host: str) -> bool:
         return False  # a name, or 0.0.0.0-like wildcards are addresses and not loopback
 
 
-def _banner(settings: Settings, redis_url: str) -> None:
+def _banner(settings: Settings, redis_url: str, token_file: Path | None) -> None:
     where = "embedded, loopback only" if settings.redis_url is None else "external"
     keyring = ApiKeys.from_settings(settings)
     access = ("OPEN: no API keys (set HARK_API_KEYS)" if keyring is None
@@ -298,6 +317,8 @@ def _banner(settings: Settings, redis_url: str) -> None:
         f"  redis      {redact_url(redis_url)} ({where})",
         f"  engine     {settings.engine}, {settings.transcribers} transcriber(s)",
         f"  access     {access}",
+        f"  admin      token {'in ' + str(token_file) if token_file else 'HARK_ADMIN_TOKEN'}"
+        "   (hark scale/drain/restart/audit use it)",
         "Ctrl-C stops it.",
     ]
     print("\n".join(lines), flush=True)

@@ -22,7 +22,8 @@ async def audit_event(
     after = "0"
     while True:
         params = {"after": after, "block_ms": "5000", "count": "1000"}
-        async with http.get(f"{tree.status_url}/audit", params=params) as resp:
+        async with http.get(f"{tree.status_url}/audit", params=params,
+                            headers=tree.admin) as resp:  # fmt: skip
             page = await resp.json()
         for entry in page["entries"]:
             if entry["event"] == event and entry.get("child") == child:

@@ -190,15 +190,17 @@ async def attack_state(gateway: TestClient[Any, Any], redis: Redis) -> Any:
     yield state
     gw = gateway_of(gateway)
     probe: Probe = state["probe"]
-    await quiet(gw, keep=1)
+    await asyncio.wait_for(quiet(gw, keep=1), 30)
     [session] = gw.sessions.values()  # the probe's
     # One subscription left: the probe session's (besides the control channel).
     assert gw.hub.channels == 1
+    # Redis has answered every UNSUBSCRIBE of the attack sessions.
+    await asyncio.wait_for(gw.hub.settled(), 30)
     channels = await redis.pubsub_channels("transcripts:*")
     assert channels == [f"transcripts:{session.client_id}".encode()]
     await probe.check()  # still served
     await probe.ws.close()
-    await session.ended.wait()
+    await asyncio.wait_for(session.ended.wait(), 30)
     # No task left behind by the attacks: any started since the first one (the probe
     # session's included) ends by itself.
     new = [t for t in asyncio.all_tasks() - state["tasks"] if t is not asyncio.current_task()]

@@ -106,3 +106,14 @@ async def test_a_session_past_its_length_is_ended_with_a_summary(
         1,
     )
     assert ws.close_code == aiohttp.WSCloseCode.OK
+
+
+async def test_a_frame_past_twice_the_chunk_limit_is_refused_before_it_is_buffered(
+    gateway: TestClient[Any, Any],
+) -> None:
+    # aiohttp's max_msg_size: the frame header's length is enough to close (1009).
+    ws = await connect(gateway, KEY)
+    await ws.send_bytes(b"\x00" * (2 * LIMIT + 1))
+    msg = await ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import trustme
 
+from services.supervisor.tree import embedded_redis
 from tests.conftest import TreeFactory, redis_process
 from tests.link import Link
 
@@ -52,7 +53,7 @@ async def test_an_acl_user_over_tls_works_and_its_password_shows_nowhere(
                 base = tree.ws_url.replace("ws://", "http://").removesuffix("/ws")
                 for where in (f"{base}/config", f"{tree.status_url}/status",
                               f"{tree.status_url}/audit?count=1000"):  # fmt: skip
-                    async with http.get(where) as resp:
+                    async with http.get(where, headers=tree.admin) as resp:
                         assert resp.status == 200, where
                         shown.append(await resp.text())
             await tree.wait_audit(lambda e: e["event"] == "session_close"
@@ -65,3 +66,19 @@ async def test_an_acl_user_over_tls_works_and_its_password_shows_nowhere(
     for text in [*shown, audit, "\n".join(tree.banner), tree.log_path.read_text()]:
         assert PASSWORD not in text
     assert "hark:***@127.0.0.1" in "\n".join(tree.banner)
+
+
+def test_the_embedded_redis_listens_on_loopback_with_a_new_random_password(
+    tmp_path: Path,
+) -> None:
+    passwords = set()
+    for _ in range(2):
+        spec, url = embedded_redis(tmp_path)
+        argv = list(spec.argv)
+        assert argv[argv.index("--bind") + 1] == "127.0.0.1"
+        assert argv[argv.index("--protected-mode") + 1] == "yes"
+        password = argv[argv.index("--requirepass") + 1]
+        assert len(password) >= 32  # 24 random bytes, URL-safe
+        assert url.startswith(f"redis://:{password}@127.0.0.1:")
+        passwords.add(password)
+    assert len(passwords) == 2
