@@ -129,10 +129,15 @@ class Hub:
         while True:
             try:
                 msg = await self._pubsub.get_message(timeout=None)
-            except RedisError:
-                # redis-py reconnects and re-subscribes on the next read.
-                log.warning("pub/sub connection lost; reconnecting", exc_info=True)
+            except (RedisError, OSError, RuntimeError) as exc:
+                # redis-py reconnects and re-subscribes on the next read. (A reconnect that
+                # writes on a transport closed meanwhile raises RuntimeError from the event
+                # loop, not a RedisError: the hub must outlive that too, or every session of
+                # this gateway stops getting results.)
+                log.warning("pub/sub connection lost (%s); reconnecting", exc, exc_info=True)
                 self._lost = True
+                if not isinstance(exc, RedisError) and self._pubsub.connection is not None:
+                    await self._pubsub.connection.disconnect()
                 await asyncio.sleep(0.2)
                 continue
             if msg is None:
