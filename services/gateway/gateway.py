@@ -299,6 +299,11 @@ class Gateway:
             else:
                 fmt = AudioFormat().updated(dict(request.query))
                 session = await self.open_session(ws, request, fmt, Session)
+        except RedisError as exc:
+            log.warning("session not opened: Redis: %s", exc)
+            self.metrics.errors.labels("unavailable").inc()
+            reply = error_reply("unavailable", "the session could not be opened; try again")
+            return await refuse(ws, reply, WSCloseCode.TRY_AGAIN_LATER)
         except ClientError as exc:
             self.metrics.errors.labels(exc.code).inc()
             code = WSCloseCode.TRY_AGAIN_LATER if exc.code == "no_transcriber" else (
@@ -329,6 +334,16 @@ class Gateway:
             resume_token=secrets.token_urlsafe(32), actor=actor, fmt=fmt,
             queue_limit=self.settings.session_queue, metrics=self.metrics,
         )  # fmt: skip
+        try:
+            await self._register(session, request, fmt)
+        except BaseException:  # Redis failed, or the connection's task was cancelled
+            self._discard(session)
+            raise
+        log.info("session %s open on %s", session.session_id, session.actor)
+        session.say_hello()
+        return session
+
+    async def _register(self, session: Session, request: web.Request, fmt: AudioFormat) -> None:
         await self.hub.add(session)
         self.sessions[session.session_id] = session
         self._limit(session, request)
@@ -346,9 +361,17 @@ class Gateway:
                           peer=request.remote, key=principal and principal.key,
                           subject=principal and principal.subject)  # fmt: skip
         await pipe.execute()
-        log.info("session %s open on %s", session.session_id, session.actor)
-        session.say_hello()
-        return session
+
+    def _discard(self, session: Session) -> None:
+        """Undo a session that did not open: none of it stays (its entry, its channel,
+        its count on its transcriber, its timer, its writer task)."""
+        if self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
+        self.hub.remove(session)
+        self.router.release(session.actor)
+        if session.deadline is not None:
+            session.deadline.cancel()
+        session.abandon()
 
     def _limit(self, session: Session, request: web.Request) -> None:
         """Put the session under its connection's rate limits and its length limit."""
@@ -388,12 +411,28 @@ class Gateway:
             resume_token=query["resume_token"], actor=found.actor, fmt=found.fmt,
             queue_limit=self.settings.session_queue, metrics=self.metrics,
         )  # fmt: skip
+        self.router.claim(session.actor)
+        try:
+            finals = await self._bring_back(session, request, found, int(after))
+        except BaseException:  # Redis failed, or the connection's task was cancelled
+            self._discard(session)
+            raise
+        log.info("session %s resumed at seq %d, %d finals replayed", session.session_id,
+                 session.last_seq, len(finals))  # fmt: skip
+        session.send(session.resumed(len(finals)))
+        session.replay(finals)
+        return session
+
+    async def _bring_back(
+        self, session: Session, request: web.Request, found: resume.Resumable, after: int
+    ) -> list[Transcript]:
+        """Restore a resumed session's state and register it; its stored finals after
+        `after`, to be replayed."""
         session.last_seq, session.audio_s = await resume.last_accepted(
             self.redis, found.actor, found.session_id
         )
         session.acked_seq = session.last_seq
-        session.delivered_seq = int(after)
-        self.router.claim(session.actor)
+        session.delivered_seq = after
         if self.router.gone(session.actor):
             await self._move(session)
         session.begin_replay()
@@ -401,15 +440,11 @@ class Gateway:
         self.sessions[session.session_id] = session
         session.opened_at = found.created_at or session.opened_at  # its clock goes on
         self._limit(session, request)
-        finals = await resume.stored_finals(self.redis, session.session_id, int(after))
+        finals = await resume.stored_finals(self.redis, session.session_id, after)
         await self.audit.log("session_resume", session.session_id, transcriber=session.actor,
                              last_seq=session.last_seq, replayed=len(finals),
                              peer=request.remote)  # fmt: skip
-        log.info("session %s resumed at seq %d, %d finals replayed", session.session_id,
-                 session.last_seq, len(finals))  # fmt: skip
-        session.send(session.resumed(len(finals)))
-        session.replay(finals)
-        return session
+        return finals
 
     async def _serve(self, session: Session) -> None:
         async for msg in session.ws:

@@ -155,6 +155,10 @@ class Session:
         await self.drain(grace=1.0)
         await self.ws.close(code=code, message=reason)
 
+    def abandon(self) -> None:
+        """Stop the writer of a session that never opened (nothing was sent to wait for)."""
+        self._writer.cancel()
+
     async def stop_writer(self) -> None:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):

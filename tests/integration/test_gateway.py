@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from services.gateway.app import GATEWAY
 from services.transcriber.actor import Transcriber
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
@@ -335,4 +336,28 @@ async def test_finals_published_while_pubsub_reconnects_are_sent_from_the_store(
     await ws.send_bytes(b"\x00" * 10)
     replies = [await receive(ws) for _ in range(2)]
     assert [(r["status"], r["seq"]) for r in replies] == [("received", 2), ("transcript", 2)]
+    await ws.close()
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_a_session_redis_cannot_record_is_refused_and_leaves_nothing_behind(
+    gateway: TestClient[Any, Any], redis: Redis
+) -> None:
+    app = gateway.server.app
+    assert app is not None
+    gw = app[GATEWAY]
+    await redis.set(keys.AUDIT, "not a stream")  # the session_open entry fails: WRONGTYPE
+    ws, reply = await open_session(gateway)
+    assert (reply["status"], reply["code"]) == ("error", "unavailable")
+    assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+    assert gw.sessions == {} and gw.hub.channels == 0
+    assert dict(gw.router.assigned) == {}
+    writers = [t for t in asyncio.all_tasks() if t.get_name().startswith("ws-writer-")]
+    if writers:
+        await asyncio.wait(writers, timeout=5)  # cancelled: done at their next step
+    assert all(t.done() for t in writers), writers
+    await redis.delete(keys.AUDIT)
+    ws, hello = await open_session(gateway)  # and the next one opens
+    assert hello["status"] == "ready"
     await ws.close()
