@@ -31,6 +31,12 @@ from shared.config import Settings, SettingsError
 from shared.http_errors import json_error
 
 
+def bearer(request: web.Request) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` header, if there is one."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return given or None if scheme.lower() == "bearer" else None
+
+
 def require_admin(request: web.Request, token: str | None) -> None:
     """Return if the request may change things; raise 401 or 403 (JSON) if not."""
     if token is None:
@@ -38,8 +44,8 @@ def require_admin(request: web.Request, token: str | None) -> None:
             raise json_error(web.HTTPForbidden, "forbidden",
                              "set HARK_ADMIN_TOKEN to allow this from other hosts")  # fmt: skip
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    given = bearer(request)
+    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
         raise json_error(web.HTTPUnauthorized, "unauthorized",
                          "this endpoint needs Authorization: Bearer <HARK_ADMIN_TOKEN>",
                          headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
@@ -167,10 +173,10 @@ class ApiKeys:
     def authenticate(self, request: web.Request) -> tuple[Principal, str | None]:
         """The principal of a WebSocket handshake, and the subprotocol to answer with
         (the token's, when it came that way). Raises 401, saying nothing more."""
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        given = bearer(request)
         found: Principal | None = None
         protocol = None
-        if scheme.lower() == "bearer" and given:
+        if given is not None:
             found = self.check_key(given.strip())
         elif "token" in request.query:
             found = self.check_token(request.query["token"])

@@ -15,7 +15,7 @@ from services.gateway.gateway import Gateway
 from services.gateway.openapi import OPENAPI
 from services.gateway.vosk_server import handle_vosk
 from shared import openapi
-from shared.auth import TOKEN_PROTOCOL, require_admin, unauthorized
+from shared.auth import TOKEN_PROTOCOL, bearer, require_admin, unauthorized
 from shared.config import Settings
 from shared.http_errors import json_error
 
@@ -121,8 +121,8 @@ async def token(request: web.Request) -> web.Response:
     if gateway.keys is None:
         raise json_error(web.HTTPNotFound, "no_keys",
                          "no API keys are set: this gateway needs no token")  # fmt: skip
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    principal = gateway.keys.check_key(given.strip()) if scheme.lower() == "bearer" else None
+    given = bearer(request)
+    principal = None if given is None else gateway.keys.check_key(given.strip())
     if principal is None:
         raise unauthorized()
     subject: Any = None
