@@ -365,13 +365,18 @@ class Gateway:
     def _discard(self, session: Session) -> None:
         """Undo a session that did not open: none of it stays (its entry, its channel,
         its count on its transcriber, its timer, its writer task)."""
-        if self.sessions.get(session.session_id) is session:
-            del self.sessions[session.session_id]
-        self.hub.remove(session)
-        self.router.release(session.actor)
+        self._forget(session)
+        session.abandon()
+
+    def _forget(self, session: Session) -> None:
+        """Take a session out of this gateway's books: its entry, its channel, its count
+        on its transcriber, its length timer. A resumed successor keeps its own."""
         if session.deadline is not None:
             session.deadline.cancel()
-        session.abandon()
+        if self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
+        self.router.release(session.actor)
+        self.hub.remove(session)
 
     def _limit(self, session: Session, request: web.Request) -> None:
         """Put the session under its connection's rate limits and its length limit."""
@@ -524,7 +529,7 @@ class Gateway:
         from the failed seq: the client sends them again and no seq is skipped.
         """
         session.storing.pop(0)
-        if not stored.cancelled() and stored.exception() is None:
+        if _ok(stored):
             session.acked(seq, size)
             self.metrics.chunks.inc()
             self.metrics.bytes.inc(size)
@@ -607,12 +612,7 @@ class Gateway:
             raise ClientError("unavailable", f"{op} could not be delivered; try again") from None
 
     async def end(self, session: Session) -> None:
-        if session.deadline is not None:
-            session.deadline.cancel()
-        if self.sessions.get(session.session_id) is session:
-            del self.sessions[session.session_id]
-        self.router.release(session.actor)
-        self.hub.remove(session)
+        self._forget(session)
         with contextlib.suppress(ClientError):  # Redis is away; the actor's idle sweep cleans up
             await self.control(session, "end")
         await session.drain(grace=2.0)
