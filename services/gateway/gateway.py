@@ -11,7 +11,7 @@ import secrets
 import time
 from asyncio import Future
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -236,7 +236,22 @@ class Gateway:
         raise json_error(web.HTTPServiceUnavailable, "overloaded", message,
                          headers={"Retry-After": retry})  # fmt: skip
 
-    def check_access(self, request: web.Request) -> tuple[str, ...]:
+    @contextlib.contextmanager
+    def admitted(self, request: web.Request, new: bool = True) -> Iterator[web.WebSocketResponse]:
+        """Let a handshake in, or raise its HTTP error: the Origin and the credentials, the
+        gateway's load (for a `new` session: a resume was counted already), the limits of
+        its key and address. Inside: the connection's WebSocket, not prepared yet; its
+        hold on the limits is given back at the end."""
+        protocols = self._check_access(request)
+        if new:
+            self.admit()
+        lease = self._enter(request)
+        try:
+            yield self._websocket(protocols)
+        finally:
+            self.limits.release(lease)
+
+    def _check_access(self, request: web.Request) -> tuple[str, ...]:
         """Let a handshake through or raise: 403 for an Origin not allowed, 401 without a
         valid key or token (where keys are set). Returns the subprotocols to answer with."""
         if not origin_allowed(request, self.settings.allowed_origins):
@@ -253,13 +268,13 @@ class Gateway:
         request[PRINCIPAL] = principal
         return () if protocol is None else (protocol,)
 
-    def websocket(self, protocols: tuple[str, ...]) -> web.WebSocketResponse:
+    def _websocket(self, protocols: tuple[str, ...]) -> web.WebSocketResponse:
         # Frames past twice the chunk limit are refused by aiohttp before they are
         # buffered (close 1009); smaller oversize frames get an error and the session goes on.
         return web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes,
                                      heartbeat=30, protocols=protocols)  # fmt: skip
 
-    def enter(self, request: web.Request) -> Lease:
+    def _enter(self, request: web.Request) -> Lease:
         """Count a connection against its key's and its address's session limit (HTTP 429
         past it); the caller releases the lease when the connection ends."""
         principal = request.get(PRINCIPAL)
@@ -274,20 +289,13 @@ class Gateway:
         return lease
 
     async def handle_ws(self, request: web.Request) -> web.StreamResponse:
-        protocols = self.check_access(request)
         resuming = "session_id" in request.query or "resume_token" in request.query
-        if not resuming:
-            self.admit()  # a resume brings back a session that was counted already
-        lease = self.enter(request)
-        try:
-            return await self._handle_ws(request, protocols, resuming)
-        finally:
-            self.limits.release(lease)
+        with self.admitted(request, new=not resuming) as ws:
+            return await self._handle_ws(request, ws, resuming)
 
     async def _handle_ws(
-        self, request: web.Request, protocols: tuple[str, ...], resuming: bool
+        self, request: web.Request, ws: web.WebSocketResponse, resuming: bool
     ) -> web.StreamResponse:
-        ws = self.websocket(protocols)
         await ws.prepare(request)
         if not self.accepting:
             self.metrics.errors.labels("shutting_down").inc()

@@ -14,19 +14,13 @@ from services.gateway.vosk import VoskSession, parse
 
 async def handle_vosk(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """The vosk-server protocol (see services/gateway/vosk.py) on the same sessions."""
-    protocols = gateway.check_access(request)
-    gateway.admit()
-    lease = gateway.enter(request)
-    try:
-        return await _serve(gateway, request, protocols)
-    finally:
-        gateway.limits.release(lease)
+    with gateway.admitted(request) as ws:
+        return await _serve(gateway, request, ws)
 
 
 async def _serve(
-    gateway: Gateway, request: web.Request, protocols: tuple[str, ...]
+    gateway: Gateway, request: web.Request, ws: web.WebSocketResponse
 ) -> web.StreamResponse:
-    ws = gateway.websocket(protocols)
     await ws.prepare(request)
     try:
         if not gateway.accepting:
