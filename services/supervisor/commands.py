@@ -23,19 +23,24 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def _get(
+def _call(
     base: str,
     path: str,
+    *,
+    token: str | None = None,
+    method: str = "GET",
+    body: Any = None,
     params: dict[str, str] | None = None,
     timeout: float = 5,
-    token: str | None = None,
 ) -> Any:
-    """GET a JSON document from the supervisor API; SupervisorUnreachable on failure
-    (an HTTP error status is raised as urllib's HTTPError)."""
+    """The JSON answer of the supervisor API; SupervisorUnreachable when it does not
+    answer (an HTTP error status is raised as urllib's HTTPError)."""
     url = f"{base.rstrip('/')}{path}"
     if params:
         url += "?" + urllib.parse.urlencode(params)
-    request = urllib.request.Request(url)
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -53,7 +58,7 @@ class SupervisorUnreachable(Exception):
 
 def status(base: str, as_json: bool) -> int:
     try:
-        report: dict[str, Any] = _get(base, "/status")
+        report: dict[str, Any] = _call(base, "/status")
     except SupervisorUnreachable as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -70,7 +75,7 @@ def watch(base: str, interval: float = 1.0) -> int:
     try:
         while True:
             try:
-                text = format_status(_get(base, "/status"))
+                text = format_status(_call(base, "/status"))
             except SupervisorUnreachable as exc:
                 text = str(exc)
             print(f"{clear}{time.strftime('%H:%M:%S')}  {base}\n{text}\n", flush=True)
@@ -94,19 +99,13 @@ def operate(base: str, token: str | None, args: argparse.Namespace) -> int:
     else:
         method = "DELETE" if getattr(args, "off", False) else "POST"
         path, body = f"/actors/{urllib.parse.quote(args.actor)}/{args.command}", None
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{base.rstrip('/')}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=120) as resp:
-            answer = json.load(resp)
+        answer = _call(base, path, token=token, method=method, body=body, timeout=120)
     except urllib.error.HTTPError as exc:
         print(f"hark {args.command}: {_error_text(exc)}", file=sys.stderr)
         return 1
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"hark: supervisor not reachable at {base}: {exc}", file=sys.stderr)
+    except SupervisorUnreachable as exc:
+        print(exc, file=sys.stderr)
         return 2
     if args.command == "scale":
         print(f"{role}: {len(answer['actors'])} running ({', '.join(answer['actors'])})")
@@ -132,7 +131,7 @@ def audit(
     if session:
         params["session"] = session
     try:
-        page = _get(base, "/audit", params, token=token)
+        page = _call(base, "/audit", token=token, params=params)
         while True:
             for entry in page["entries"]:
                 entry_id = entry.pop("id")
@@ -142,7 +141,7 @@ def audit(
                 return 0
             follow_params = {**params, "after": page["last_id"], "block_ms": "5000",
                              "count": "1000"}  # fmt: skip
-            page = _get(base, "/audit", follow_params, timeout=15, token=token)
+            page = _call(base, "/audit", token=token, params=follow_params, timeout=15)
     except urllib.error.HTTPError as exc:
         print(f"hark audit: {_error_text(exc)}", file=sys.stderr)
         return 1
