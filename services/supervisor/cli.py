@@ -187,7 +187,7 @@ def up(settings: Settings) -> int:
             f.write(made_up + "\n")
 
     async def serve(stop: asyncio.Event) -> int:
-        return await run_tree(settings, stop, token_file)
+        return await run_tree(settings, stop, token_file, keyring)
 
     try:
         # The supervisor's own stop waits for each child up to the shutdown timeout, in order.
@@ -197,7 +197,12 @@ def up(settings: Settings) -> int:
             token_file.unlink(missing_ok=True)
 
 
-async def run_tree(settings: Settings, stop: asyncio.Event, token_file: Path | None = None) -> int:
+async def run_tree(
+    settings: Settings,
+    stop: asyncio.Event,
+    token_file: Path | None = None,
+    keyring: ApiKeys | None = None,
+) -> int:
     """Run the tree until `stop` is set; the exit code for `hark up`."""
     with tempfile.TemporaryDirectory(prefix="hark-") as workdir:
         specs = []
@@ -240,7 +245,7 @@ async def run_tree(settings: Settings, stop: asyncio.Event, token_file: Path | N
             except StartupError as exc:
                 log.error("hark could not start: %s", exc)
                 return 1
-            _banner(settings, redis_url, token_file)
+            _banner(settings, redis_url, token_file, keyring)
             if sys.stdout.isatty():
                 await _live_line(supervisor, stop)
             else:
@@ -302,9 +307,10 @@ def _loopback_host(host: str) -> bool:
         return False  # a name, or 0.0.0.0-like wildcards are addresses and not loopback
 
 
-def _banner(settings: Settings, redis_url: str, token_file: Path | None) -> None:
+def _banner(
+    settings: Settings, redis_url: str, token_file: Path | None, keyring: ApiKeys | None
+) -> None:
     where = "embedded, loopback only" if settings.redis_url is None else "external"
-    keyring = ApiKeys.from_settings(settings)
     access = ("OPEN: no API keys (set HARK_API_KEYS)" if keyring is None
               else f"API key or token required ({len(keyring)} key(s))")  # fmt: skip
     lines = [
