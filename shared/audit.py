@@ -52,8 +52,8 @@ class Audit:
                   maxlen=self.maxlen, approximate=True)  # fmt: skip
 
     async def log(self, event: str, session: str | None = None, **fields: Any) -> None:
-        entry = self.entry(event, session, **fields)
         try:
+            entry = self.entry(event, session, **fields)
             if self._coalescer is None:
                 await self._redis.xadd(keys.AUDIT, entry,  # type: ignore[arg-type]
                                        maxlen=self.maxlen, approximate=True)  # fmt: skip

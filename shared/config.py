@@ -63,8 +63,9 @@ class Settings:
     )
     log_level: str = field(default="INFO", metadata=_env("HARK_LOG_LEVEL", "LOG_LEVEL"))
     log_format: str = field(default="text", metadata=_env("HARK_LOG_FORMAT"))
-    # Required (as a bearer token) by the endpoints that change something: restart,
-    # drain, scale, ending a session. None: those answer only clients on loopback.
+    # Required (as a bearer token) by the endpoints that change something (restart, drain,
+    # scale, ending a session) or read sessions and the audit log. None: `hark up` makes
+    # one up (shared.auth.admin_token_path); an app built without one lets loopback in.
     admin_token: str | None = field(default=None, metadata=_env("HARK_ADMIN_TOKEN"))
     # API keys the gateway's clients must present ("name:key" or "key", comma-separated),
     # and/or a file of them, one a line. None of either: the gateway is open to anyone
@@ -139,14 +140,12 @@ class Settings:
             "shutdown_timeout", "restart_period", "partial_interval", "backoff_min", "backoff_max",
             "session_queue", "max_sessions", "max_lag", "max_store_lag", "audit_maxlen",
             "results_maxlen", "results_ttl", "token_ttl", "max_deliveries",
+            "limit_sessions", "limit_chunks_per_s", "limit_bytes_per_s", "limit_session_s",
         )  # fmt: skip
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{_var(name)}={getattr(self, name)}: must be > 0")
-        for name in ("limit_sessions", "limit_chunks_per_s", "limit_bytes_per_s",
-                     "limit_session_s"):  # fmt: skip
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise SettingsError(f"{_var(name)}={getattr(self, name)}: must be > 0")
+        for name in positive:  # None, where allowed, is not given: nothing to check
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise SettingsError(f"{_var(name)}={value}: must be > 0")
         if self.limit_bytes_per_s is not None and self.limit_bytes_per_s < self.max_chunk_bytes:
             raise SettingsError("HARK_LIMIT_BYTES_PER_S must be at least HARK_MAX_CHUNK_BYTES "
                                 "(a largest frame could never pass)")  # fmt: skip
