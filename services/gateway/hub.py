@@ -122,8 +122,11 @@ class Hub:
                     log.warning("unsubscribe of %d channels failed", len(channels), exc_info=True)
         finally:
             self._unsubscriber = None
-            if not self._unconfirmed and not self._leaving:  # answered while it sent
-                self._settled.set()
+            self._settle()  # all answered while it sent
+
+    def _settle(self) -> None:
+        if not self._leaving and not self._unconfirmed and self._unsubscriber is None:
+            self._settled.set()
 
     async def _listen(self) -> None:
         while True:
@@ -148,9 +151,12 @@ class Hub:
                 # nothing published is missed.
                 self._lost = False
                 log.info("pub/sub connection back; %d channels subscribed", len(self._sessions))
-                # redis-py subscribed again to channels whose UNSUBSCRIBE had no answer.
-                if self._unconfirmed:
-                    self._leave(self._unconfirmed - self._sessions.keys())
+                # redis-py subscribed again to the channels whose UNSUBSCRIBE had no
+                # answer (and none will come): those no session holds again are left anew.
+                stale, self._unconfirmed = self._unconfirmed, set()
+                if stale - self._sessions.keys():
+                    self._leave(stale - self._sessions.keys())
+                self._settle()
                 self._on_reconnect()
             self._dispatch(msg)
 
@@ -163,8 +169,7 @@ class Hub:
             return
         if kind == "unsubscribe":
             self._unconfirmed.discard(channel)
-            if not self._unconfirmed and not self._leaving and self._unsubscriber is None:
-                self._settled.set()
+            self._settle()
             return
         if kind != "message":
             return
