@@ -74,6 +74,7 @@ class Transcriber:
         self.sessions: dict[str, _Session] = {}
         self.recovered = 0
         self.lag_ms = 0  # the longest any entry read since the last heartbeat had waited
+        self.ready = asyncio.Event()  # set once it has said it is running (tests wait on it)
         self._last_sweep = time.monotonic()
 
     async def start(self) -> None:
@@ -83,6 +84,7 @@ class Transcriber:
         await self.runtime.beat("starting", 0)
         await self._recover()
         await self.runtime.beat("running", len(self.sessions))
+        self.ready.set()
         await self.audit.log("actor_start", engine=self.engine.name, recovered=self.recovered)
         log.info("%s ready (engine %s, %d entries recovered)",
                  self.name, self.engine.name, self.recovered)  # fmt: skip

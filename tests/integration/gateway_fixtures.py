@@ -33,7 +33,9 @@ async def transcriber(settings: Settings) -> AsyncIterator[None]:
     actor = Transcriber(settings, MockEngine(), client, "transcriber-0")
     stop = asyncio.Event()
     task = asyncio.create_task(actor.run(stop))
-    await actor.runtime.beat("running", 0)  # live before the gateway looks
+    # Live before the gateway looks: its own "running" heartbeat, not one written here,
+    # which its "starting" one could overwrite.
+    await asyncio.wait_for(actor.ready.wait(), 10)
     yield
     stop.set()
     await asyncio.wait_for(task, 5)

@@ -273,7 +273,7 @@ async def test_session_moves_when_its_transcribers_heartbeat_vanishes(
         actor = Transcriber(settings, MockEngine(), client, name)
         stop = asyncio.Event()
         tasks.append(asyncio.create_task(actor.run(stop)))
-        await actor.runtime.beat("running", 0)
+        await asyncio.wait_for(actor.ready.wait(), 10)
         actors.append((actor, client))
         stops.append(stop)
     try:
