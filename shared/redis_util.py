@@ -13,7 +13,7 @@ from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.exceptions import DataError, InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
@@ -74,18 +74,104 @@ def _packing_in_c(cls: type[AbstractConnection]) -> type[AbstractConnection]:
             # As redis-py does: a first argument such as "CONFIG GET" is split in words.
             if (" " if isinstance(head, str) else b" ") in head:
                 args = (*head.split(), *args[1:])
-            try:
-                return [hiredis.pack_command(args)]  # the hot path: str, bytes, numbers
-            except TypeError:
-                pass
-            plain = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
-            try:
-                return [hiredis.pack_command(plain)]  # type: ignore[arg-type]
-            except TypeError as exc:
-                raise DataError(str(exc)) from None
+            return [pack(args)]
 
         _PACKING[cls] = type(cls.__name__, (cls,), {"pack_command": pack_command})
     return _PACKING[cls]
+
+
+def pack(args: Sequence[Any]) -> bytes:
+    """One command in the Redis protocol, packed by hiredis."""
+    packed: bytes
+    try:
+        packed = hiredis.pack_command(tuple(args))  # the hot path: str, bytes, numbers
+        return packed
+    except TypeError:
+        pass
+    plain = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
+    try:
+        packed = hiredis.pack_command(plain)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise DataError(str(exc)) from None
+    return packed
+
+
+_INCOMPLETE = object()  # what the hiredis reader returns while no reply is complete
+
+
+class Wire:
+    """One connection of `redis`'s kind (address, TLS, user and password, database,
+    client name: redis-py opens it and says hello), driven a pipeline at a time.
+
+    redis-py reads a pipeline's replies one await each, with a health-check clock and,
+    where a socket timeout is set, an asyncio timer per reply; here each socket read
+    feeds a hiredis reader that yields every reply it completes, and one timeout bounds
+    the whole round trip. Replies come back raw, as Redis sends them in RESP2 (no
+    redis-py response callbacks): an error reply is a `ResponseError` in its place, not raised.
+    A round trip that fails or is cancelled drops the connection (its replies could no
+    longer be told apart); the next one opens a new connection.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        pool = redis.connection_pool
+        # RESP2, whatever the client speaks (redis-py 8 says HELLO 3): raw replies then
+        # have one shape, e.g. XREADGROUP's [[stream, entries]] rather than a map.
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0,
+                  "protocol": 2}  # fmt: skip
+        self._conn = pool.connection_class(**kwargs)
+        self._replies: Any = None  # the hiredis reader of the open connection
+
+    async def execute(
+        self, commands: Sequence[Sequence[Any]], raise_on_error: bool = False
+    ) -> list[Any]:
+        """Send `commands` in one write; their replies, in order, within SOCKET_TIMEOUT_S.
+        With `raise_on_error`, the first error reply is raised once all are read, as
+        redis-py's pipelines do."""
+        conn = self._conn
+        try:
+            async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                if not conn.is_connected or self._replies is None:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                    self._replies = hiredis.Reader(protocolError=InvalidResponse,
+                                                   replyError=ResponseError,
+                                                   notEnoughData=_INCOMPLETE)  # fmt: skip
+                writer = conn._writer  # redis-py's stream of the connection it opened
+                assert writer is not None
+                writer.write(b"".join([pack(c) for c in commands]))
+                await writer.drain()
+                replies = await self._read(len(commands))
+        except BaseException as exc:
+            self._replies = None
+            await conn.disconnect(nowait=True)
+            if isinstance(exc, (OSError, EOFError)):
+                raise RedisConnectionError(f"Redis connection lost: {exc!r}") from exc
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(f"no reply from Redis in {SOCKET_TIMEOUT_S} s") from None
+            raise
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    raise reply
+        return replies
+
+    async def _read(self, count: int) -> list[Any]:
+        stream, replies = self._conn._reader, self._replies
+        assert stream is not None
+        out: list[Any] = []
+        while len(out) < count:
+            reply = replies.gets()
+            if reply is _INCOMPLETE:  # read what the socket has
+                data = await stream.read(1 << 16)
+                if not data:
+                    raise EOFError("the server closed the connection")
+                replies.feed(data)
+            else:
+                out.append(reply)
+        return out
+
+    async def close(self) -> None:
+        self._replies = None
+        await self._conn.disconnect()
 
 
 class Coalescer:
@@ -97,17 +183,13 @@ class Coalescer:
     Commands reach Redis in the order they were submitted, one pipeline after the
     other; a command whose future was cancelled before its pipeline left is not sent.
 
-    It sends on a connection of its own, configured as `redis` is but without redis-py's
-    read timeout per reply (an asyncio timer set and cancelled for each reply of a
-    pipeline, a third of the coalescer's CPU): one timeout bounds the whole pipeline.
+    It sends on a `Wire` of its own: redis-py's reading of a pipeline (an await, a
+    clock read and a timer per reply) cost more than half of the coalescer's CPU. A
+    pipeline that fails fails each of its commands; none is sent twice.
     """
 
     def __init__(self, redis: Redis) -> None:
-        pool = redis.connection_pool
-        self._redis = Redis.from_pool(BlockingConnectionPool(
-            connection_class=pool.connection_class, max_connections=1, timeout=POOL_WAIT_S,
-            **{**pool.connection_kwargs, "socket_timeout": None},
-        ))  # fmt: skip
+        self._wire = Wire(redis)
         # Each command with its future and the loop time it was submitted at.
         self._queue: list[tuple[Sequence[Any], asyncio.Future[Any], float]] = []
         self._task: asyncio.Task[None] | None = None
@@ -145,14 +227,9 @@ class Coalescer:
             head, self._queue = self._queue[:MAX_PIPELINE], self._queue[MAX_PIPELINE:]
             batch = [(args, fut) for args, fut, _ in head if not fut.done()]
             self._sent_since = head[0][2]
-            pipe = self._redis.pipeline(transaction=False)
-            for args, _ in batch:
-                pipe.execute_command(*args)
             try:
-                async with asyncio.timeout(SOCKET_TIMEOUT_S):
-                    results = await pipe.execute(raise_on_error=False) if batch else []
-            except TimeoutError:
-                results = [RedisTimeoutError(f"no reply in {SOCKET_TIMEOUT_S} s")] * len(batch)
+                commands = [args for args, _ in batch]
+                results = await self._wire.execute(commands) if batch else []
             except Exception as exc:
                 results = [exc] * len(batch)
             finally:
@@ -161,7 +238,7 @@ class Coalescer:
             for (_, fut), result in zip(batch, results, strict=True):
                 if fut.done():  # its caller was cancelled
                     continue
-                if isinstance(result, Exception):
+                if isinstance(result, Exception):  # an error reply, or the round trip's
                     fut.set_exception(result)
                 else:
                     fut.set_result(result)
@@ -177,7 +254,7 @@ class Coalescer:
     async def close(self) -> None:
         if self._task is not None:
             await asyncio.wait([self._task])
-        await self._redis.aclose()
+        await self._wire.close()
 
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -186,6 +263,13 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 def stream_entries(raw: Any) -> list[Entry]:
     """XRANGE / XREVRANGE entries as (id, fields); an entry deleted meanwhile has no fields."""
     return [(entry_id, fields or {}) for entry_id, fields in raw or []]
+
+
+def raw_stream_entries(raw: Any) -> list[Entry]:
+    """The entries of a stream as Redis sends them (a `Wire` reply to XRANGE, or one
+    stream's part of XREADGROUP: [id, [field, value, ...]]), as (id, fields)."""
+    return [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {})
+            for entry_id, flat in raw or []]  # fmt: skip
 
 
 def text_map(raw: Any) -> dict[str, str]:

@@ -36,7 +36,7 @@ from shared.messages import (
     Transcript,
     decode,
 )
-from shared.redis_util import Entry, stream_entries
+from shared.redis_util import Entry, Wire, raw_stream_entries, stream_entries
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,9 @@ class Transcriber:
         self.name = name
         self.runtime = ActorRuntime(settings, redis, name, "transcriber")
         self.audit = Audit(redis, name, settings.audit_maxlen)
+        # The message loop's round trips (read, and the writes of the last round) go
+        # out on a connection of their own, their replies parsed in bulk.
+        self.wire = Wire(redis)
         self.mailbox = keys.mailbox(name)
         self.sessions: dict[str, _Session] = {}
         self.recovered = 0
@@ -116,7 +119,9 @@ class Transcriber:
                 pipe.xreadgroup(
                     keys.GROUP, self.name, {self.mailbox: ">"}, count=READ_COUNT, block=block_ms
                 )
-                entries = _entries((await pipe.execute())[-1])
+                commands = [args for args, _ in pipe.command_stack]
+                replies = await self.wire.execute(commands, raise_on_error=True)
+                entries = _raw_entries(replies[-1])
                 self.lag_ms = max(self.lag_ms, _lag_ms(entries))
                 pipe = await self._handle(entries)
                 backoff = REDIS_BACKOFF_MIN_S
@@ -131,6 +136,7 @@ class Transcriber:
         with contextlib.suppress(RedisError, OSError):  # unacked entries wait for the next run
             if len(pipe):
                 await pipe.execute()
+        await self.wire.close()
         await self.runtime.clear()
         await self.audit.log("actor_stop")
 
@@ -335,6 +341,11 @@ class Transcriber:
 def _entries(reply: Any) -> list[Entry]:
     """The entries of a single-stream XREADGROUP reply (RESP2: [[stream, entries]])."""
     return stream_entries(reply[0][1]) if reply else []
+
+
+def _raw_entries(reply: Any) -> list[Entry]:
+    """The entries of a single-stream XREADGROUP reply as Redis sends it."""
+    return raw_stream_entries(reply[0][1]) if reply else []
 
 
 def _lag_ms(entries: list[Entry]) -> int:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
-from shared.redis_util import MAX_CONNECTIONS, Coalescer, connect
+from shared.redis_util import MAX_CONNECTIONS, Coalescer, Wire, connect, raw_stream_entries
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -75,3 +77,39 @@ async def test_the_coalescer_keeps_order_skips_cancelled_commands_and_reports_it
         await coalescer.close()
         await client.aclose()
         await pauser.aclose()
+
+
+async def test_the_wire_reads_raw_replies_in_order_and_never_mixes_up_a_broken_round_trip(
+    redis_url: str,
+) -> None:
+    client = connect(redis_url, name="wire-test")
+    wire = Wire(client)
+    try:
+        await client.xadd("s", {"f": "v"}, id="1-1")
+        replies = await wire.execute([("SET", "k", b"\x00v"), ("GET", "k"), ("INCR", "k"),
+                                      ("XRANGE", "s", "-", "+")])  # fmt: skip
+        assert replies[:2] == [b"OK", b"\x00v"]
+        assert isinstance(replies[2], ResponseError)  # in its place, not raised
+        assert raw_stream_entries(replies[3]) == [(b"1-1", {b"f": b"v"})]  # RESP2's shape
+        with pytest.raises(ResponseError):
+            await wire.execute([("INCR", "k"), ("PING",)], raise_on_error=True)
+
+        # A round trip cancelled while Redis holds its reply: the next one does not get it.
+        blocked = asyncio.create_task(wire.execute([("BLPOP", "queue", 5)]))
+        while (await client.info("clients"))["blocked_clients"] == 0:
+            pass  # until Redis holds the BLPOP
+        blocked.cancel()
+        await asyncio.wait([blocked])
+        await client.rpush("queue", "item")  # would answer the BLPOP had it stayed
+        assert await wire.execute([("GET", "k")]) == [b"\x00v"]
+        assert await client.llen("queue") == 1  # the BLPOP's connection was dropped
+
+        # A connection lost between round trips: the next one fails with a Redis
+        # ConnectionError (what every caller handles), the one after reconnects.
+        await client.client_kill_filter(_type="normal", skipme=True)
+        with pytest.raises(RedisConnectionError):
+            await wire.execute([("PING",)])
+        assert await wire.execute([("PING",)]) == [b"PONG"]
+    finally:
+        await wire.close()
+        await client.aclose()
