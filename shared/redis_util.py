@@ -99,17 +99,16 @@ def pack(args: Sequence[Any]) -> bytes:
 _INCOMPLETE = object()  # what the hiredis reader returns while no reply is complete
 
 
-class Wire:
+class RawConnection:
     """One connection of `redis`'s kind (address, TLS, user and password, database,
-    client name: redis-py opens it and says hello), driven a pipeline at a time.
+    client name: redis-py opens it and says hello), driven by hand: commands packed by
+    hiredis and written as they come, replies parsed by hiredis from whole socket reads.
 
-    redis-py reads a pipeline's replies one await each, with a health-check clock and,
-    where a socket timeout is set, an asyncio timer per reply; here each socket read
-    feeds a hiredis reader that yields every reply it completes, and one timeout bounds
-    the whole round trip. Replies come back raw, as Redis sends them in RESP2 (no
-    redis-py response callbacks): an error reply is a `ResponseError` in its place, not raised.
-    A round trip that fails or is cancelled drops the connection (its replies could no
-    longer be told apart); the next one opens a new connection.
+    redis-py reads replies one await each, with a health-check clock and, where a
+    socket timeout is set, an asyncio timer per reply; here one socket read yields
+    every reply it completes. Replies are raw, as Redis sends them in RESP2 (no
+    redis-py response callbacks): an error reply is a `ResponseError`, not raised.
+    Failures are redis-py's ConnectionError, what every caller handles already.
     """
 
     def __init__(self, redis: Redis) -> None:
@@ -119,32 +118,81 @@ class Wire:
         kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0,
                   "protocol": 2}  # fmt: skip
         self._conn = pool.connection_class(**kwargs)
-        self._replies: Any = None  # the hiredis reader of the open connection
+        self._replies: Any = None  # the hiredis reader while connected
+
+    @property
+    def connected(self) -> bool:
+        return self._replies is not None
+
+    async def connect(self) -> None:
+        await self._conn.connect()  # type: ignore[no-untyped-call]
+        self._replies = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError,
+                                       notEnoughData=_INCOMPLETE)  # fmt: skip
+
+    def write(self, commands: Sequence[Sequence[Any]]) -> None:
+        """Queue `commands` on the socket, packed in one piece."""
+        writer = self._conn._writer  # redis-py's stream of the connection it opened
+        if self._replies is None or writer is None:
+            raise RedisConnectionError("not connected to Redis")
+        try:
+            writer.write(b"".join([pack(c) for c in commands]))
+        except (OSError, RuntimeError) as exc:  # RuntimeError: the transport is closed
+            raise RedisConnectionError(f"Redis connection lost: {exc!r}") from exc
+
+    async def drain(self) -> None:
+        """Until the socket has taken what was written (Redis reads it)."""
+        writer = self._conn._writer
+        try:
+            if writer is not None:
+                await writer.drain()
+        except OSError as exc:
+            raise RedisConnectionError(f"Redis connection lost: {exc!r}") from exc
+
+    async def replies(self) -> list[Any]:
+        """The replies that the next read from the socket completes (maybe none)."""
+        stream, reader = self._conn._reader, self._replies
+        if reader is None or stream is None:
+            raise RedisConnectionError("not connected to Redis")
+        try:
+            data = await stream.read(1 << 16)
+        except OSError as exc:
+            raise RedisConnectionError(f"Redis connection lost: {exc!r}") from exc
+        if not data:
+            raise RedisConnectionError("Redis closed the connection")
+        reader.feed(data)
+        out = []
+        while (reply := reader.gets()) is not _INCOMPLETE:
+            out.append(reply)
+        return out
+
+    async def close(self) -> None:
+        self._replies = None
+        await self._conn.disconnect(nowait=True)
+
+
+class Wire(RawConnection):
+    """A `RawConnection` that runs pipelines, one at a time: one write for the
+    commands, their replies in order, one timeout (SOCKET_TIMEOUT_S) for the whole
+    round trip. One that fails or is cancelled drops the connection (its replies could
+    no longer be told apart from the next one's); the next opens a new connection.
+    """
 
     async def execute(
         self, commands: Sequence[Sequence[Any]], raise_on_error: bool = False
     ) -> list[Any]:
-        """Send `commands` in one write; their replies, in order, within SOCKET_TIMEOUT_S.
-        With `raise_on_error`, the first error reply is raised once all are read, as
-        redis-py's pipelines do."""
-        conn = self._conn
+        """Send `commands`; their replies, in order. With `raise_on_error`, the first
+        error reply is raised once all are read, as redis-py's pipelines do."""
+        replies: list[Any] = []
         try:
             async with asyncio.timeout(SOCKET_TIMEOUT_S):
-                if not conn.is_connected or self._replies is None:
-                    await conn.connect()  # type: ignore[no-untyped-call]
-                    self._replies = hiredis.Reader(protocolError=InvalidResponse,
-                                                   replyError=ResponseError,
-                                                   notEnoughData=_INCOMPLETE)  # fmt: skip
-                writer = conn._writer  # redis-py's stream of the connection it opened
-                assert writer is not None
-                writer.write(b"".join([pack(c) for c in commands]))
-                await writer.drain()
-                replies = await self._read(len(commands))
+                if not self.connected:
+                    await self.connect()
+                self.write(commands)
+                await self.drain()
+                while len(replies) < len(commands):
+                    replies += await self.replies()
         except BaseException as exc:
-            self._replies = None
-            await conn.disconnect(nowait=True)
-            if isinstance(exc, (OSError, EOFError)):
-                raise RedisConnectionError(f"Redis connection lost: {exc!r}") from exc
+            await self.close()
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError(f"no reply from Redis in {SOCKET_TIMEOUT_S} s") from None
             raise
@@ -153,25 +201,6 @@ class Wire:
                 if isinstance(reply, ResponseError):
                     raise reply
         return replies
-
-    async def _read(self, count: int) -> list[Any]:
-        stream, replies = self._conn._reader, self._replies
-        assert stream is not None
-        out: list[Any] = []
-        while len(out) < count:
-            reply = replies.gets()
-            if reply is _INCOMPLETE:  # read what the socket has
-                data = await stream.read(1 << 16)
-                if not data:
-                    raise EOFError("the server closed the connection")
-                replies.feed(data)
-            else:
-                out.append(reply)
-        return out
-
-    async def close(self) -> None:
-        self._replies = None
-        await self._conn.disconnect()
 
 
 class Coalescer:
