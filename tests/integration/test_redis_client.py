@@ -100,6 +100,8 @@ async def test_the_wire_reads_raw_replies_in_order_and_never_mixes_up_a_broken_r
             pass  # until Redis holds the BLPOP
         blocked.cancel()
         await asyncio.wait([blocked])
+        while (await client.info("clients"))["blocked_clients"] != 0:
+            pass  # until Redis has seen the connection go
         await client.rpush("queue", "item")  # would answer the BLPOP had it stayed
         assert await wire.execute([("GET", "k")]) == [b"\x00v"]
         assert await client.llen("queue") == 1  # the BLPOP's connection was dropped
