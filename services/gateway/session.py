@@ -16,6 +16,7 @@ from services.gateway.limits import Lease
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, error_reply
 from shared.messages import ActorError, Flushed, Message, Transcript
+from shared.tasks import Event
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +74,21 @@ class Session:
         self.covered_seq = 0  # last chunk a flush confirmed (silence gets no final)
         self.closing = False
         self.close_reason = "disconnected"  # why the session ended, for the audit log
-        self.close_flushed = asyncio.Event()
+        self.close_flushed = Event()
         self.opened_at = time.time()
         self._held: list[Transcript] = []
         self._backlog: list[Message] | None = None  # live results held during a replay
-        self.ended = asyncio.Event()
+        self.ended = Event()
         # Held around every write to the actor's mailbox, and while the session moves to
         # another actor, so no chunk lands in the old mailbox after the move read it.
         self.lock = asyncio.Lock()
         # Lists, not deques, though both are queues: they stay short, and an empty deque
         # costs 760 bytes against a list's 56, on each of ten thousand idle sessions.
         self.storing: list[asyncio.Future[Any]] = []  # chunks queued for Redis, in order
-        self._progress = asyncio.Event()  # set at each final delivered
+        self._progress = Event()  # set at each final delivered
         self._out: list[str] = []
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
+        self._wakeup = Event()
+        self._idle = Event()
         self._warned = False
         self._overflowed = False
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{session_id}")
