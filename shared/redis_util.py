@@ -1,4 +1,5 @@
-"""Redis connections and the command coalescer the hot paths use."""
+"""Redis connections (redis-py's, and raw ones the hot paths drive by hand) and the
+command coalescer."""
 
 from __future__ import annotations
 

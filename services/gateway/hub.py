@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -88,9 +89,11 @@ class Hub:
         self._confirm[channel] = fut
         self._leaving.discard(channel)  # a resumed session before its old one's UNSUBSCRIBE
         try:
-            if self._link.connected:  # else the reconnection subscribes it
-                self._link.write([("SUBSCRIBE", channel)])
-                await self._link.drain()
+            # Not connected, or the write fails: the reconnection subscribes it.
+            if self._link.connected:
+                with contextlib.suppress(RedisError):
+                    self._link.write([("SUBSCRIBE", channel)])
+                    await self._link.drain()
             await asyncio.wait_for(fut, SUBSCRIBE_TIMEOUT_S)
         except BaseException:
             # Timed out, or the connection's task was cancelled: the SUBSCRIBE may have
