@@ -36,7 +36,7 @@ from shared.messages import (
     Transcript,
     decode,
 )
-from shared.redis_util import Entry, Wire, raw_stream_entries, stream_entries
+from shared.redis_util import Entry, Wire, raw_stream_entries
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +116,7 @@ class Transcriber:
         pipe = self.redis.pipeline(transaction=False)
         while not stop.is_set():
             try:
-                pipe.xreadgroup(
-                    keys.GROUP, self.name, {self.mailbox: ">"}, count=READ_COUNT, block=block_ms
-                )
-                commands = [args for args, _ in pipe.command_stack]
-                replies = await self.wire.execute(commands, raise_on_error=True)
-                entries = _raw_entries(replies[-1])
+                entries = await self._read(pipe, ">", block_ms)
                 self.lag_ms = max(self.lag_ms, _lag_ms(entries))
                 pipe = await self._handle(entries)
                 backoff = REDIS_BACKOFF_MIN_S
@@ -135,7 +130,7 @@ class Transcriber:
                     await self._start_over()
         with contextlib.suppress(RedisError, OSError):  # unacked entries wait for the next run
             if len(pipe):
-                await pipe.execute()
+                await self._execute(pipe)
         await self.wire.close()
         await self.runtime.clear()
         await self.audit.log("actor_stop")
@@ -149,20 +144,29 @@ class Transcriber:
             log.warning("%s: Redis still unavailable: %s", self.name, exc)
 
     async def _recover(self) -> None:
+        """Handle this consumer's pending entries again (a read from id 0 gives them),
+        each batch's writes sent with the next read, as in the message loop."""
         last = b"0"
-        while True:
-            reply = await self.redis.xreadgroup(
-                keys.GROUP, self.name, {self.mailbox: last}, count=READ_COUNT
-            )
-            entries = _entries(reply)
-            if not entries:
-                return
+        pipe = self.redis.pipeline(transaction=False)
+        while entries := await self._read(pipe, last):
             last = entries[-1][0]
             entries = await self._drop_poison(entries)
             self.recovered += len(entries)
             pipe = await self._handle(entries)
-            if len(pipe):
-                await pipe.execute()
+
+    async def _read(
+        self, pipe: Pipeline, after: bytes | str, block_ms: int | None = None
+    ) -> list[Entry]:
+        """Send `pipe`'s writes and then a read of the mailbox past `after` (">": entries
+        never delivered); the entries read."""
+        pipe.xreadgroup(keys.GROUP, self.name, {self.mailbox: after}, count=READ_COUNT,
+                        block=block_ms)  # fmt: skip
+        return _entries((await self._execute(pipe))[-1])
+
+    async def _execute(self, pipe: Pipeline) -> list[Any]:
+        """Run the commands queued on `pipe` on the wire; the first error reply raised."""
+        commands = [args for args, _ in pipe.command_stack]
+        return await self.wire.execute(commands, raise_on_error=True)
 
     async def _drop_poison(self, entries: list[Entry]) -> list[Entry]:
         """Move the entries read more than HARK_MAX_DELIVERIES times (each incarnation
@@ -182,7 +186,7 @@ class Transcriber:
             self._dead_letter(pipe, entry_id, fields, f"read {times[entry_id]} times, "
                               "never committed")  # fmt: skip
         pipe.xack(self.mailbox, keys.GROUP, *(entry_id for entry_id, _ in poison))
-        await pipe.execute()
+        await self._execute(pipe)
         dropped = {entry_id for entry_id, _ in poison}
         return [e for e in entries if e[0] not in dropped]
 
@@ -339,12 +343,8 @@ class Transcriber:
 
 
 def _entries(reply: Any) -> list[Entry]:
-    """The entries of a single-stream XREADGROUP reply (RESP2: [[stream, entries]])."""
-    return stream_entries(reply[0][1]) if reply else []
-
-
-def _raw_entries(reply: Any) -> list[Entry]:
-    """The entries of a single-stream XREADGROUP reply as Redis sends it."""
+    """The entries of a single-stream XREADGROUP reply as Redis sends it (RESP2:
+    [[stream, entries]]; an entry deleted since it was delivered has no fields)."""
     return raw_stream_entries(reply[0][1]) if reply else []
 
 
