@@ -83,7 +83,6 @@ class Gateway:
         self.sessions: dict[str, Session] = {}
         self.metrics = GatewayMetrics(lambda: len(self.sessions))
         self.accepting = True  # False from the start of drain() on
-        self.audio_stores = 0  # chunks queued for Redis, since start
         self._beat_task: asyncio.Task[None] | None = None
         self._shed_task: asyncio.Task[None] | None = None
 
@@ -160,8 +159,9 @@ class Gateway:
         more than twice HARK_MAX_STORE_LAG behind for SHED_HOLD_S, and only sessions
         that sent SHED_MIN_CHUNKS chunks or more since it fell behind: closing one that
         sent a single chunk (ten thousand clients sending once at the same moment) frees
-        nothing. It closes about half the share of the audio it could not store over the
-        last second, at least SHED_SHARE of those sessions, then waits as long as it is
+        nothing. It closes about half the share of its Redis commands (audio for the most
+        part) it could not get answered over the last second, at least SHED_SHARE of
+        those sessions, then waits as long as it is
         behind, for what was queued before to go through. A Redis that answers nothing
         is not overload: it sheds nothing then.
         """
@@ -172,7 +172,7 @@ class Gateway:
         quiet_until = 0.0
         while True:
             await asyncio.sleep(SHED_TICK_S)
-            window.append((self.audio_stores, self.coalescer.answered))
+            window.append((self.coalescer.submitted, self.coalescer.answered))
             lag, now = self.coalescer.lag_s(), loop.time()
             if lag <= limit:
                 behind_since = None
@@ -520,7 +520,6 @@ class Gateway:
         # as the stores are answered (see _stored).
         stored = self.coalescer.submit("XADD", keys.mailbox(session.actor), "*", "m",
                                        chunk.encode())  # fmt: skip
-        self.audio_stores += 1
         session.last_seq = seq
         session.audio_s += size / (SAMPLE_WIDTHS[session.fmt.encoding] * session.fmt.sample_rate)
         session.storing.append(stored)
