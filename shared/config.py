@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 ENGINES = ("mock", "whisper", "sphinx")
 BACKENDS = ("process", "docker")
 LOG_FORMATS = ("text", "json")
+# More than this would hold every result back as long (HARK_BATCH_WAIT).
+MAX_BATCH_WAIT_S = 0.1
 # Audio encodings clients may send, and their bytes per sample.
 SAMPLE_WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
 ENCODINGS = tuple(SAMPLE_WIDTHS)
@@ -122,6 +124,10 @@ class Settings:
     # stored in Redis. A gateway short of CPU falls behind here; past it, no new sessions
     # (HTTP 503); past twice it, the sessions sending the most are closed with `session_shed`.
     max_store_lag: float = field(default=0.25, metadata=_env("HARK_MAX_STORE_LAG"))
+    # How long (seconds) a transcriber lets its mailbox fill after a read that found less
+    # than a full batch, before it sends that round's results and reads again: fewer,
+    # fuller round trips to Redis, for at most this much more latency. 0: at once.
+    batch_wait: float = field(default=0.002, metadata=_env("HARK_BATCH_WAIT"))
     audit_maxlen: int = field(default=100_000, metadata=_env("HARK_AUDIT_MAXLEN"))
     results_maxlen: int = field(default=1000, metadata=_env("HARK_RESULTS_MAXLEN"))
     results_ttl: int = field(default=3600, metadata=_env("HARK_RESULTS_TTL"))
@@ -149,6 +155,9 @@ class Settings:
         if self.limit_bytes_per_s is not None and self.limit_bytes_per_s < self.max_chunk_bytes:
             raise SettingsError("HARK_LIMIT_BYTES_PER_S must be at least HARK_MAX_CHUNK_BYTES "
                                 "(a largest frame could never pass)")  # fmt: skip
+        if not 0 <= self.batch_wait <= MAX_BATCH_WAIT_S:
+            raise SettingsError(f"{_var('batch_wait')}={self.batch_wait}: 0 to "
+                                f"{MAX_BATCH_WAIT_S:g} s")  # fmt: skip
         if self.restart_intensity < 0:
             raise SettingsError(f"{_var('restart_intensity')}: must be >= 0")
         for name, allowed in (("engine", ENGINES), ("backend", BACKENDS),

@@ -271,8 +271,11 @@ class Gateway:
     def _websocket(self, protocols: tuple[str, ...]) -> web.WebSocketResponse:
         # Frames past twice the chunk limit are refused by aiohttp before they are
         # buffered (close 1009); smaller oversize frames get an error and the session goes on.
+        # permessage-deflate is declined: browsers offer it, and its state costs about
+        # 100 KB a connection for replies of a hundred bytes (and audio hardly shrinks).
         return web.WebSocketResponse(max_msg_size=2 * self.settings.max_chunk_bytes,
-                                     heartbeat=30, protocols=protocols)  # fmt: skip
+                                     heartbeat=30, protocols=protocols,
+                                     compress=False)  # fmt: skip
 
     def _enter(self, request: web.Request) -> Lease:
         """Count a connection against its key's and its address's session limit (HTTP 429
@@ -338,7 +341,7 @@ class Gateway:
         session_id = secrets.token_hex(16)
         logs.SESSION.set(session_id)  # this connection's task: each line from here names it
         session = kind(
-            ws, session_id=session_id, client_id=secrets.token_hex(16),
+            ws, transport=request.transport, session_id=session_id, client_id=secrets.token_hex(16),
             resume_token=secrets.token_urlsafe(32), actor=actor, fmt=fmt,
             queue_limit=self.settings.session_queue, metrics=self.metrics,
         )  # fmt: skip
@@ -420,7 +423,7 @@ class Gateway:
             await old.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"resumed elsewhere")
             await asyncio.wait_for(old.ended.wait(), CLOSE_FLUSH_TIMEOUT_S)
         session = Session(
-            ws, session_id=found.session_id, client_id=found.client_id,
+            ws, transport=request.transport, session_id=found.session_id, client_id=found.client_id,
             resume_token=query["resume_token"], actor=found.actor, fmt=found.fmt,
             queue_limit=self.settings.session_queue, metrics=self.metrics,
         )  # fmt: skip

@@ -21,6 +21,8 @@ from shared.tasks import Event
 log = logging.getLogger(__name__)
 
 STALLED_CLOSE_S = 2.0
+# Replies longer than this (a long final with its words) go through the writer task.
+WRITE_NOW_MAX = 16 * 1024
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Session:
         self,
         ws: web.WebSocketResponse,
         *,
+        transport: asyncio.Transport | None,
         session_id: str,
         client_id: str,
         resume_token: str,
@@ -56,6 +59,7 @@ class Session:
         metrics: GatewayMetrics,
     ) -> None:
         self.ws = ws
+        self.transport = transport
         self.session_id = session_id
         self.client_id = client_id
         self.resume_token = resume_token
@@ -86,18 +90,25 @@ class Session:
         # costs 760 bytes against a list's 56, on each of ten thousand idle sessions.
         self.storing: list[asyncio.Future[Any]] = []  # chunks queued for Redis, in order
         self._progress = Event()  # set at each final delivered
-        self._out: list[str] = []
-        self._wakeup = Event()
-        self._idle = Event()
+        self._out: list[str] = []  # replies waiting for the client's socket (see send_text)
+        self._writer: asyncio.Task[None] | None = None  # writes _out while it is not empty
         self._warned = False
         self._overflowed = False
-        self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{session_id}")
+        self._silent = False  # nothing more is written (stopped, overflowed, or gone)
 
     # -- outgoing -------------------------------------------------------------------
 
     def send(self, reply: dict[str, Any]) -> None:
-        """Queue a reply; never blocks. Overflow closes the session (see class doc)."""
-        if self._overflowed or self._writer.done():
+        """Send a reply, or queue it; never blocks. Overflow closes the session (see
+        class doc)."""
+        if not self._silent:
+            self.send_text(json.dumps(reply))
+
+    def send_text(self, text: str) -> None:
+        """`send` for a reply already in JSON."""
+        if self._silent:
+            return
+        if not self._out and self._write_now(text):
             return
         if len(self._out) >= self.queue_limit:
             self._overflow()
@@ -105,23 +116,57 @@ class Session:
         if not self._warned and len(self._out) >= self.queue_limit * 3 // 4:
             self._warned = True
             self.metrics.errors.labels("slow_consumer").inc()
-            self._out.append(json.dumps(error_reply(
+            # Ahead of the replies queued here (it answers none of them), so a client
+            # closed for overflow still finds it before the close.
+            self._write_frame(json.dumps(error_reply(
                 "slow_consumer",
                 f"replies are piling up ({len(self._out)} waiting); read faster or be closed",
             )))  # fmt: skip
-        self._out.append(json.dumps(reply))
-        self._idle.clear()
-        self._wakeup.set()
+        self._out.append(text)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.session_id}")
+
+    def _write_now(self, text: str) -> bool:
+        """Write the frame at once where aiohttp would not wait to: nothing waits in the
+        transport's buffer (so its writing is not paused) and the frame is small. Most
+        replies go this way, without a switch to a writer task; True when it was written
+        (or the connection is gone, and it never will be)."""
+        transport = self.transport
+        if (transport is None or transport.is_closing() or transport.get_write_buffer_size()
+                or len(text) > WRITE_NOW_MAX):  # fmt: skip
+            return False
+        self._write_frame(text)
+        return True
+
+    def _write_frame(self, text: str) -> None:
+        """Put a frame into the transport now, whatever waits there."""
+        # send_str writes the frame, then awaits a drain only where the transport's buffer
+        # is past its high-water mark (never for a small frame into an empty buffer):
+        # driven one step, the coroutine has written the frame. A drain it would wait
+        # for is dropped; the writer task waits for it before the next queued frame.
+        step = self.ws.send_str(text)
+        try:
+            step.send(None)
+        except StopIteration:
+            return
+        except ConnectionError:  # closing: the frame can never go
+            self._silent = True
+            return
+        step.close()  # written, and waiting for a drain the writer task waits for anyway
 
     async def _write(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+        """Write the queued replies in order (a frame waits while the client's socket is
+        full); ends when the queue is empty."""
+        try:
             while self._out:
                 await self.ws.send_str(self._out.pop(0))
-            self._idle.set()
-            if self._warned and len(self._out) < self.queue_limit // 4:
-                self._warned = False
+                if self._warned and len(self._out) < self.queue_limit // 4:
+                    self._warned = False
+        except ConnectionError:
+            self._silent = True
+            self._out.clear()
+        finally:
+            self._writer = None
 
     def _overflow(self) -> None:
         self._overflowed = True
@@ -129,10 +174,16 @@ class Session:
         self.close_reason = "slow_consumer"
         log.warning("session %s: outgoing queue full (%d), closing", self.session_id,
                     len(self._out))  # fmt: skip
-        self._out.clear()
-        self._writer.cancel()
+        self._stop_writing()
         task = asyncio.create_task(self._close_stalled(), name=f"close-{self.session_id}")
         task.add_done_callback(_log_failure)
+
+    def _stop_writing(self) -> None:
+        """Write nothing more: drop what is queued and stop the writer task."""
+        self._silent = True
+        self._out.clear()
+        if self._writer is not None:
+            self._writer.cancel()
 
     async def _close_stalled(self) -> None:
         # The close frame waits behind what the client has not read; past the grace
@@ -145,9 +196,8 @@ class Session:
 
     async def drain(self, grace: float) -> None:
         """Wait until the queued replies are written (or `grace` seconds pass), then stop."""
-        if self._out and not self._writer.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
+        if self._writer is not None:
+            await asyncio.wait([self._writer], timeout=grace)
         await self.stop_writer()
 
     async def say_and_close(self, reply: dict[str, Any], code: int, reason: bytes) -> None:
@@ -157,13 +207,15 @@ class Session:
         await self.ws.close(code=code, message=reason)
 
     def abandon(self) -> None:
-        """Stop the writer of a session that never opened (nothing was sent to wait for)."""
-        self._writer.cancel()
+        """Stop writing for a session that never opened (nothing was sent to wait for)."""
+        self._stop_writing()
 
     async def stop_writer(self) -> None:
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
-            await self._writer
+        writer = self._writer
+        self._stop_writing()
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await writer
 
     async def stored(self) -> None:
         """Until every chunk queued for Redis has its answer (they finish in order)."""

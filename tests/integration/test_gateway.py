@@ -36,6 +36,18 @@ async def test_greeting_comes_first_with_server_issued_ids_and_settings(
 
 
 @pytest.mark.usefixtures("transcriber")
+async def test_permessage_deflate_is_declined(gateway: TestClient[Any, Any]) -> None:
+    # Browsers offer it; its state costs ~100 KB a connection (bench/RESULTS.md), for
+    # replies of a hundred bytes. Declined, the session goes on uncompressed.
+    ws = await gateway.ws_connect("/ws", compress=15)
+    assert ws.compress == 0
+    assert (await receive(ws))["status"] == "ready"
+    await ws.send_bytes(b"\x01" * 320)
+    assert (await receive(ws))["status"] == "received"
+    await ws.close()
+
+
+@pytest.mark.usefixtures("transcriber")
 async def test_each_chunk_gets_one_ack_then_one_final_in_order(
     gateway: TestClient[Any, Any],
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -13,7 +14,7 @@ from services.transcriber.actor import Transcriber
 from services.transcriber.engines import Result
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
-from shared.config import Settings
+from shared.config import MAX_BATCH_WAIT_S, Settings
 from shared.messages import (
     AudioChunk,
     Flushed,
@@ -227,3 +228,34 @@ async def test_results_created_after_the_session_began_expire_too(
         stop.set()
         await asyncio.wait_for(task, 5)
         await client.aclose()
+
+
+async def test_after_a_short_batch_the_mailbox_fills_a_moment_before_the_next_read(
+    redis: Redis, redis_url: str
+) -> None:
+    # HARK_BATCH_WAIT: chunks that come one by one while the actor waits are read
+    # together (with HARK_BATCH_WAIT=0 each of these is a round of its own: checked).
+    settings = Settings(redis_url=redis_url, batch_wait=MAX_BATCH_WAIT_S)
+    client = Redis.from_url(redis_url)
+    transcriber = Transcriber(settings, MockEngine(), client, NAME)
+    batches: list[int] = []
+    handle = transcriber._handle
+
+    async def spy(entries: list[Any]) -> Any:
+        if entries:
+            batches.append(len(entries))
+        return await handle(entries)
+
+    transcriber._handle = spy  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(transcriber.run(stop))
+    await transcriber.ready.wait()
+    async with Channel(redis, "c1") as channel:
+        for seq in range(1, 7):  # each awaited: a round trip apart
+            await redis.xadd(keys.mailbox(NAME), {"m": chunk(seq)})
+        got = [await channel.next() for _ in range(6)]
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    await client.aclose()
+    assert [m.seq for m in got if isinstance(m, Transcript)] == [1, 2, 3, 4, 5, 6]
+    assert sum(batches) == 6 and len(batches) <= 2, batches
