@@ -223,13 +223,15 @@ class Coalescer:
         # Each command with its future and the loop time it was submitted at.
         self._queue: list[tuple[Sequence[Any], asyncio.Future[Any], float]] = []
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first submit
         self._sent_since: float | None = None  # the oldest command of the pipeline on the wire
         self.submitted = 0  # commands, since start
         self.answered = 0
 
     def submit(self, *args: Any) -> asyncio.Future[Any]:
         """Queue a command; its future holds the reply (or the error)."""
-        loop = asyncio.get_running_loop()
+        # The loop is looked up once (on Python 3.11 each lookup makes a getpid() call).
+        loop = self._loop or self._bind()
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append((args, fut, loop.time()))
         self.submitted += 1
@@ -237,6 +239,10 @@ class Coalescer:
             self._task = asyncio.create_task(self._flush(), name="redis-coalescer")
             self._task.add_done_callback(self._flush_done)
         return fut
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def execute(self, *args: Any) -> Any:
         return await self.submit(*args)

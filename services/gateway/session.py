@@ -238,7 +238,7 @@ class Session:
 
     def ack_reply(self, seq: int, size: int) -> None:
         """The client's ack of an accepted chunk (a protocol adapter may differ)."""
-        self.send({"status": "received", "size": size, "seq": seq})
+        self.send_text(f'{{"status": "received", "size": {size}, "seq": {seq}}}')
 
     @property
     def replaying(self) -> bool:
