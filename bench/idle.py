@@ -4,9 +4,9 @@ still answer after a while.
     python -m bench.idle --connections 10000 --hold 60
 
 Starts `hark up --engine mock` (embedded Redis, HARK_MAX_SESSIONS set above the
-count), opens `--connections` WebSocket sessions from `--procs` client processes,
-holds them idle for `--hold` seconds, then has every one send a chunk, wait for
-its ack and transcript, and close. Prints one JSON line: the gateway's and Redis's
+count), opens `--connections` WebSocket sessions from `--procs` client processes
+(each offering permessage-deflate, as a browser does), holds them idle for `--hold`
+seconds, then has every one send a chunk, wait for its ack and transcript, and close. Prints one JSON line: the gateway's and Redis's
 RSS before and after connecting, the gateway's KB per connection, how many answered,
 and through that last burst (every client sending, then closing, at once) the
 slowest answer of the gateway's `/stats` polled every 100 ms and whether the
@@ -44,7 +44,8 @@ async def _hold(url: str, count: int, connected: Any, go: Event, results: Any) -
         async def connect() -> None:
             async with gate:
                 try:
-                    ws = await http.ws_connect(url, heartbeat=None)
+                    # Offering permessage-deflate, as browsers do (hark declines it).
+                    ws = await http.ws_connect(url, heartbeat=None, compress=15)
                     hello = await ws.receive_json(timeout=60)
                 except Exception as exc:  # counted, not raised: the figure is the count
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1

@@ -13,7 +13,7 @@ RECANCEL_S = 0.1
 
 class Event(asyncio.Event):
     """An asyncio.Event that keeps its waiters in a list (56 bytes empty), not a deque
-    (760): a gateway holds five per session, on ten thousand mostly idle sessions, and
+    (760): a gateway holds three per session, on ten thousand mostly idle sessions, and
     an event rarely has more than one waiter. Every Event method works on either."""
 
     def __init__(self) -> None:
