@@ -6,11 +6,12 @@ still answer after a while.
 Starts `hark up --engine mock` (embedded Redis, HARK_MAX_SESSIONS set above the
 count), opens `--connections` WebSocket sessions from `--procs` client processes
 (each offering permessage-deflate, as a browser does), holds them idle for `--hold`
-seconds, then has every one send a chunk, wait for its ack and transcript, and close. Prints one JSON line: the gateway's and Redis's
-RSS before and after connecting, the gateway's KB per connection, how many answered,
-and through that last burst (every client sending, then closing, at once) the
-slowest answer of the gateway's `/stats` polled every 100 ms and whether the
-supervisor restarted the gateway (a loop blocked for 3 heartbeats looks hung).
+seconds, then has every one send a chunk, wait for its ack and transcript, and close.
+Prints one JSON line: the gateway's and Redis's RSS before and after connecting, the
+gateway's KB per connection, how many answered, and through that last burst (every
+client sending, then closing, at once) the slowest answer of the gateway's `/stats`
+polled every 100 ms and whether the supervisor restarted the gateway (a loop blocked
+for 3 heartbeats looks hung).
 """
 
 from __future__ import annotations
