@@ -105,6 +105,7 @@ class Gateway:
         await self.drain()
         for session in list(self.sessions.values()):
             session.close_reason = "shutdown"
+            session.flush()  # the replies of this very iteration, before the close frame
             with contextlib.suppress(Exception):
                 await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
         await cancel_and_wait(self._beat_task)
@@ -420,6 +421,7 @@ class Gateway:
             raise ClientError("bad_resume", "the session was closed; open a new one")
         old = self.sessions.get(found.session_id)
         if old is not None:  # its connection is still open here: this one takes over
+            old.flush()
             await old.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"resumed elsewhere")
             await asyncio.wait_for(old.ended.wait(), CLOSE_FLUSH_TIMEOUT_S)
         session = Session(

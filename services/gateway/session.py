@@ -8,9 +8,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http import WebSocketWriter
 
 from services.gateway.limits import Lease
 from services.gateway.metrics import GatewayMetrics
@@ -21,8 +22,49 @@ from shared.tasks import Event
 log = logging.getLogger(__name__)
 
 STALLED_CLOSE_S = 2.0
-# Replies longer than this (a long final with its words) go through the writer task.
-WRITE_NOW_MAX = 16 * 1024
+
+
+class _Collected:
+    """Where a framer's writer writes: a list of bytes, taken out by `take`."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+class _NeverPaused:
+    _paused = False
+
+
+class Framer:
+    """WebSocket text frames (server side: unmasked, uncompressed) as bytes, framed by
+    aiohttp's own writer, so several can go to a connection in one write."""
+
+    def __init__(self) -> None:
+        self._out = _Collected()
+        self._writer = WebSocketWriter(cast(Any, _NeverPaused()), cast(Any, self._out))
+
+    def text(self, texts: list[str]) -> bytes:
+        for text in texts:
+            # send_frame writes the frame, then waits only for a paused protocol's
+            # drain, which this one never is: one step runs it to its end.
+            step = self._writer.send_frame(text.encode(), WSMsgType.TEXT)
+            with contextlib.suppress(StopIteration):
+                step.send(None)
+                raise RuntimeError("aiohttp's frame writer waited")
+        return self._out.take()
+
+
+FRAMES = Framer()
 
 
 @dataclass
@@ -90,7 +132,9 @@ class Session:
         # costs 760 bytes against a list's 56, on each of ten thousand idle sessions.
         self.storing: list[asyncio.Future[Any]] = []  # chunks queued for Redis, in order
         self._progress = Event()  # set at each final delivered
-        self._out: list[str] = []  # replies waiting for the client's socket (see send_text)
+        self._loop = asyncio.get_running_loop()
+        self._batch: list[str] = []  # replies of this loop iteration (see send_text)
+        self._out: list[str] = []  # replies waiting for the client's socket
         self._writer: asyncio.Task[None] | None = None  # writes _out while it is not empty
         self._warned = False
         self._overflowed = False
@@ -108,8 +152,37 @@ class Session:
         """`send` for a reply already in JSON."""
         if self._silent:
             return
-        if not self._out and self._write_now(text):
+        if self._out:  # the client's socket is full: behind what waits
+            self._queue(text)
             return
+        # Replies of one loop iteration (a pipeline's acks, a read's results) leave
+        # together: one write, one system call, for all of them.
+        self._batch.append(text)
+        if len(self._batch) == 1:
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the batch at once where nothing waits in the transport's buffer (most
+        of the time: no writer task, no wait); else queue it for the writer task."""
+        batch, self._batch = self._batch, []
+        if not batch or self._silent:
+            return
+        if not self._out and self._writable(empty=True):
+            self.transport.write(FRAMES.text(batch))  # type: ignore[union-attr]
+            return
+        for text in batch:
+            if not self._silent:
+                self._queue(text)
+
+    def _writable(self, empty: bool) -> bool:
+        """The connection takes frames (`empty`: and none wait in its buffer)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.ws.closed:
+            self._silent = True  # gone or closing: nothing more can go
+            return False
+        return not (empty and transport.get_write_buffer_size())
+
+    def _queue(self, text: str) -> None:
         if len(self._out) >= self.queue_limit:
             self._overflow()
             return
@@ -118,41 +191,15 @@ class Session:
             self.metrics.errors.labels("slow_consumer").inc()
             # Ahead of the replies queued here (it answers none of them), so a client
             # closed for overflow still finds it before the close.
-            self._write_frame(json.dumps(error_reply(
+            warning = json.dumps(error_reply(
                 "slow_consumer",
                 f"replies are piling up ({len(self._out)} waiting); read faster or be closed",
-            )))  # fmt: skip
+            ))  # fmt: skip
+            if self._writable(empty=False):
+                self.transport.write(FRAMES.text([warning]))  # type: ignore[union-attr]
         self._out.append(text)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.session_id}")
-
-    def _write_now(self, text: str) -> bool:
-        """Write the frame at once where aiohttp would not wait to: nothing waits in the
-        transport's buffer (so its writing is not paused) and the frame is small. Most
-        replies go this way, without a switch to a writer task; True when it was written
-        (or the connection is gone, and it never will be)."""
-        transport = self.transport
-        if (transport is None or transport.is_closing() or transport.get_write_buffer_size()
-                or len(text) > WRITE_NOW_MAX):  # fmt: skip
-            return False
-        self._write_frame(text)
-        return True
-
-    def _write_frame(self, text: str) -> None:
-        """Put a frame into the transport now, whatever waits there."""
-        # send_str writes the frame, then awaits a drain only where the transport's buffer
-        # is past its high-water mark (never for a small frame into an empty buffer):
-        # driven one step, the coroutine has written the frame. A drain it would wait
-        # for is dropped; the writer task waits for it before the next queued frame.
-        step = self.ws.send_str(text)
-        try:
-            step.send(None)
-        except StopIteration:
-            return
-        except ConnectionError:  # closing: the frame can never go
-            self._silent = True
-            return
-        step.close()  # written, and waiting for a drain the writer task waits for anyway
 
     async def _write(self) -> None:
         """Write the queued replies in order (a frame waits while the client's socket is
@@ -181,6 +228,7 @@ class Session:
     def _stop_writing(self) -> None:
         """Write nothing more: drop what is queued and stop the writer task."""
         self._silent = True
+        self._batch.clear()
         self._out.clear()
         if self._writer is not None:
             self._writer.cancel()
@@ -196,6 +244,7 @@ class Session:
 
     async def drain(self, grace: float) -> None:
         """Wait until the queued replies are written (or `grace` seconds pass), then stop."""
+        self.flush()
         if self._writer is not None:
             await asyncio.wait([self._writer], timeout=grace)
         await self.stop_writer()
