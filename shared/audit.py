@@ -46,6 +46,11 @@ class Audit:
                 out[key] = str(value)
         return out
 
+    def command(self, event: str, session: str | None = None, **fields: Any) -> tuple[Any, ...]:
+        """The entry's XADD, as a `Wire` or the coalescer sends it."""
+        flat = [part for pair in self.entry(event, session, **fields).items() for part in pair]
+        return ("XADD", keys.AUDIT, "MAXLEN", "~", self.maxlen, "*", *flat)
+
     def add_to(self, pipe: Pipeline, event: str, session: str | None = None, **fields: Any) -> None:
         """Queue the entry on a pipeline the caller executes anyway."""
         pipe.xadd(keys.AUDIT, self.entry(event, session, **fields),  # type: ignore[arg-type]
@@ -53,14 +58,11 @@ class Audit:
 
     async def log(self, event: str, session: str | None = None, **fields: Any) -> None:
         try:
-            entry = self.entry(event, session, **fields)
             if self._coalescer is None:
-                await self._redis.xadd(keys.AUDIT, entry,  # type: ignore[arg-type]
+                await self._redis.xadd(keys.AUDIT, self.entry(event, session, **fields),  # type: ignore[arg-type]
                                        maxlen=self.maxlen, approximate=True)  # fmt: skip
             else:
-                flat = [part for pair in entry.items() for part in pair]
-                await self._coalescer.execute("XADD", keys.AUDIT, "MAXLEN", "~", self.maxlen,
-                                              "*", *flat)  # fmt: skip
+                await self._coalescer.execute(*self.command(event, session, **fields))
         except Exception:
             # Losing an audit line must not take a session or a restart down with it.
             log.warning("audit write failed: %s session=%s", event, session, exc_info=True)

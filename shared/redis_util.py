@@ -81,6 +81,10 @@ def _packing_in_c(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     return _PACKING[cls]
 
 
+# A Redis command as it goes on the wire: its name, then its arguments (str, bytes, int).
+Command = tuple[Any, ...]
+
+
 def pack(args: Sequence[Any]) -> bytes:
     """One command in the Redis protocol, packed by hiredis."""
     packed: bytes

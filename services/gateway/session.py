@@ -167,20 +167,22 @@ class Session:
         batch, self._batch = self._batch, []
         if not batch or self._silent:
             return
-        if not self._out and self._writable(empty=True):
-            self.transport.write(FRAMES.text(batch))  # type: ignore[union-attr]
+        transport = self._open()
+        if transport is not None and not self._out and not transport.get_write_buffer_size():
+            transport.write(FRAMES.text(batch))
             return
         for text in batch:
             if not self._silent:
                 self._queue(text)
 
-    def _writable(self, empty: bool) -> bool:
-        """The connection takes frames (`empty`: and none wait in its buffer)."""
+    def _open(self) -> asyncio.Transport | None:
+        """The connection's transport, while it takes frames (None, and silent, once
+        it is gone or closing: nothing more can go)."""
         transport = self.transport
         if transport is None or transport.is_closing() or self.ws.closed:
-            self._silent = True  # gone or closing: nothing more can go
-            return False
-        return not (empty and transport.get_write_buffer_size())
+            self._silent = True
+            return None
+        return transport
 
     def _queue(self, text: str) -> None:
         if len(self._out) >= self.queue_limit:
@@ -195,8 +197,8 @@ class Session:
                 "slow_consumer",
                 f"replies are piling up ({len(self._out)} waiting); read faster or be closed",
             ))  # fmt: skip
-            if self._writable(empty=False):
-                self.transport.write(FRAMES.text([warning]))  # type: ignore[union-attr]
+            if (transport := self._open()) is not None:
+                transport.write(FRAMES.text([warning]))
         self._out.append(text)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.session_id}")

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from services.transcriber.engines import BadInput, Engine, EngineSession, Result
@@ -36,7 +35,7 @@ from shared.messages import (
     Transcript,
     decode,
 )
-from shared.redis_util import Entry, Wire, raw_stream_entries
+from shared.redis_util import Command, Entry, Wire, raw_stream_entries
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class Transcriber:
         # The writes of one round (results, acks, heartbeat) travel in the same pipeline
         # as the read of the next: one round trip per round. Redis runs them in order, so
         # the results are published and the entries acknowledged before the read blocks.
-        pipe = self.redis.pipeline(transaction=False)
+        pipe: list[Command] = []
         while not stop.is_set():
             try:
                 entries = await self._read(pipe, ">", block_ms)
@@ -126,7 +125,7 @@ class Transcriber:
                     await asyncio.sleep(self.settings.batch_wait)
                 backoff = REDIS_BACKOFF_MIN_S
             except (RedisError, OSError) as exc:
-                pipe = self.redis.pipeline(transaction=False)  # its writes come again
+                pipe = []  # its writes come again
                 log.warning("%s: Redis: %s; starting over in %.1f s", self.name, exc, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
@@ -152,7 +151,7 @@ class Transcriber:
         """Handle this consumer's pending entries again (a read from id 0 gives them),
         each batch's writes sent with the next read, as in the message loop."""
         last = b"0"
-        pipe = self.redis.pipeline(transaction=False)
+        pipe: list[Command] = []
         while entries := await self._read(pipe, last):
             last = entries[-1][0]
             entries = await self._drop_poison(entries)
@@ -160,18 +159,18 @@ class Transcriber:
             pipe = await self._handle(entries)
 
     async def _read(
-        self, pipe: Pipeline, after: bytes | str, block_ms: int | None = None
+        self, pipe: list[Command], after: bytes | str, block_ms: int | None = None
     ) -> list[Entry]:
         """Send `pipe`'s writes and then a read of the mailbox past `after` (">": entries
         never delivered); the entries read."""
-        pipe.xreadgroup(keys.GROUP, self.name, {self.mailbox: after}, count=READ_COUNT,
-                        block=block_ms)  # fmt: skip
+        block = () if block_ms is None else ("BLOCK", block_ms)
+        pipe.append(("XREADGROUP", "GROUP", keys.GROUP, self.name, "COUNT", READ_COUNT, *block,
+                     "STREAMS", self.mailbox, after))  # fmt: skip
         return _entries((await self._execute(pipe))[-1])
 
-    async def _execute(self, pipe: Pipeline) -> list[Any]:
-        """Run the commands queued on `pipe` on the wire; the first error reply raised."""
-        commands = [args for args, _ in pipe.command_stack]
-        return await self.wire.execute(commands, raise_on_error=True)
+    async def _execute(self, pipe: list[Command]) -> list[Any]:
+        """Run the commands of `pipe` on the wire; the first error reply raised."""
+        return await self.wire.execute(pipe, raise_on_error=True)
 
     async def _drop_poison(self, entries: list[Entry]) -> list[Entry]:
         """Move the entries read more than HARK_MAX_DELIVERIES times (each incarnation
@@ -186,30 +185,31 @@ class Transcriber:
         poison = [e for e in entries if times.get(e[0], 0) > self.settings.max_deliveries]
         if not poison:
             return entries
-        pipe = self.redis.pipeline(transaction=False)
+        pipe: list[Command] = []
         for entry_id, fields in poison:
             self._dead_letter(pipe, entry_id, fields, f"read {times[entry_id]} times, "
                               "never committed")  # fmt: skip
-        pipe.xack(self.mailbox, keys.GROUP, *(entry_id for entry_id, _ in poison))
+        pipe.append(("XACK", self.mailbox, keys.GROUP, *(entry_id for entry_id, _ in poison)))
         await self._execute(pipe)
         dropped = {entry_id for entry_id, _ in poison}
         return [e for e in entries if e[0] not in dropped]
 
     def _dead_letter(
-        self, pipe: Pipeline, entry_id: bytes, fields: dict[bytes, bytes] | None, why: str
+        self, pipe: list[Command], entry_id: bytes, fields: dict[bytes, bytes] | None, why: str
     ) -> None:
         """Queue the move of a mailbox entry to the dead-letter stream, and its report."""
         log.warning("%s: mailbox entry %s to %s: %s", self.name, entry_id.decode(),
                     keys.DEAD_LETTER, why)  # fmt: skip
-        pipe.xadd(keys.DEAD_LETTER, {
-            "mailbox": self.mailbox, "entry": entry_id, "reason": why,
-            "payload": (fields or {}).get(b"m", b""),
-        }, maxlen=self.settings.audit_maxlen, approximate=True)  # fmt: skip
-        self.audit.add_to(pipe, "dead_letter", entry=entry_id.decode(), reason=why)
+        pipe.append((
+            "XADD", keys.DEAD_LETTER, "MAXLEN", "~", self.settings.audit_maxlen, "*",
+            "mailbox", self.mailbox, "entry", entry_id, "reason", why,
+            "payload", (fields or {}).get(b"m", b""),
+        ))  # fmt: skip
+        pipe.append(self.audit.command("dead_letter", entry=entry_id.decode(), reason=why))
 
-    async def _handle(self, entries: list[Entry]) -> Pipeline:
-        """Apply entries; the writes they call for, on a pipeline the caller executes."""
-        pipe = self.redis.pipeline(transaction=False)
+    async def _handle(self, entries: list[Entry]) -> list[Command]:
+        """Apply entries; the writes they call for, for the caller to send."""
+        pipe: list[Command] = []
         acks: list[bytes] = []
         touched: dict[str, _Session] = {}
         for entry_id, fields in entries:
@@ -235,19 +235,19 @@ class Transcriber:
             # not on every round.
             if now - sess.refreshed_at > self.settings.results_ttl / 10:
                 sess.refreshed_at = now
-                pipe.expire(keys.results(sess.session_id), self.settings.results_ttl)
-                pipe.expire(keys.session(sess.session_id), self.settings.results_ttl)
+                pipe.append(("EXPIRE", keys.results(sess.session_id), self.settings.results_ttl))
+                pipe.append(("EXPIRE", keys.session(sess.session_id), self.settings.results_ttl))
         self._commit(pipe, acks)
         if self.runtime.beat_due():
             key, value, ttl = self.runtime.heartbeat("running", len(self.sessions), self._lag())
-            pipe.set(key, value, px=ttl)
-            pipe.sadd(keys.ACTORS, self.name)  # again each beat: Redis may have lost it
+            pipe.append(("SET", key, value, "PX", ttl))
+            pipe.append(("SADD", keys.ACTORS, self.name))  # again each beat: Redis may lose it
         self._sweep(pipe)
         return pipe
 
     async def _apply(
         self,
-        pipe: Pipeline,
+        pipe: list[Command],
         entry_id: bytes,
         msg: Message,
         acks: list[bytes],
@@ -263,7 +263,7 @@ class Transcriber:
                 results = await self._engine(sess.engine.feed, msg.seq, msg.data, msg.start_s)
             except BadInput as exc:  # tell the client; the chunk is done with
                 error = ActorError(msg.session_id, msg.client_id, msg.seq, exc.code, str(exc))
-                pipe.publish(keys.transcripts(msg.client_id), error.encode())
+                pipe.append(("PUBLISH", keys.transcripts(msg.client_id), error.encode()))
                 acks.append(entry_id)
                 return
             self._publish(pipe, sess, results)
@@ -280,7 +280,7 @@ class Transcriber:
                     gone.pending.clear()
                 return
             flushed = Flushed(msg.session_id, msg.client_id, msg.seq, msg.op).encode()
-            pipe.publish(keys.transcripts(msg.client_id), flushed)
+            pipe.append(("PUBLISH", keys.transcripts(msg.client_id), flushed))
         else:
             raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
 
@@ -289,11 +289,11 @@ class Transcriber:
         lag, self.lag_ms = self.lag_ms, 0
         return lag
 
-    def _commit(self, pipe: Pipeline, entries: list[bytes]) -> None:
+    def _commit(self, pipe: list[Command], entries: list[bytes]) -> None:
         """Acknowledge entries and delete them: a mailbox holds only uncommitted audio."""
         if entries:
-            pipe.xack(self.mailbox, keys.GROUP, *entries)
-            pipe.xdel(self.mailbox, *entries)
+            pipe.append(("XACK", self.mailbox, keys.GROUP, *entries))
+            pipe.append(("XDEL", self.mailbox, *entries))
 
     async def _engine(self, call: Callable[..., list[Result]], *args: Any) -> list[Result]:
         """Run an engine call; a blocking engine's off the loop, beating while it works."""
@@ -315,7 +315,7 @@ class Transcriber:
             self.sessions[session_id] = sess
         return sess
 
-    def _publish(self, pipe: Pipeline, sess: _Session, results: list[Result]) -> None:
+    def _publish(self, pipe: list[Command], sess: _Session, results: list[Result]) -> None:
         for result in results:
             payload = Transcript(
                 session_id=sess.session_id, client_id=sess.client_id, seq=result.seq,
@@ -326,15 +326,15 @@ class Transcriber:
             if result.final:
                 # Stored before published and before the XACK that follows in this pipeline,
                 # so a final the client may have missed is always there to replay.
-                pipe.xadd(keys.results(sess.session_id), {"m": payload},
-                          maxlen=self.settings.results_maxlen, approximate=True)  # fmt: skip
+                pipe.append(("XADD", keys.results(sess.session_id), "MAXLEN", "~",
+                             self.settings.results_maxlen, "*", "m", payload))  # fmt: skip
                 if not sess.has_results:  # the stream is new: give it its TTL this round
                     sess.has_results, sess.refreshed_at = True, float("-inf")
-                self.audit.add_to(pipe, "transcript", sess.session_id,
-                                  seq=result.seq, text=result.text)  # fmt: skip
-            pipe.publish(keys.transcripts(sess.client_id), payload)
+                pipe.append(self.audit.command("transcript", sess.session_id,
+                                               seq=result.seq, text=result.text))  # fmt: skip
+            pipe.append(("PUBLISH", keys.transcripts(sess.client_id), payload))
 
-    def _sweep(self, pipe: Pipeline) -> None:
+    def _sweep(self, pipe: list[Command]) -> None:
         now = time.monotonic()
         if now - self._last_sweep < IDLE_SESSION_S / 10:
             return
@@ -342,7 +342,7 @@ class Transcriber:
         for sid in [s for s, v in self.sessions.items() if now - v.last_seen > IDLE_SESSION_S]:
             sess = self.sessions.pop(sid)
             self._publish(pipe, sess, sess.engine.flush())
-            pipe.expire(keys.results(sid), self.settings.results_ttl)
+            pipe.append(("EXPIRE", keys.results(sid), self.settings.results_ttl))
             self._commit(pipe, [entry for _, entry in sess.pending])
             log.info("%s: session %s idle for %.0f s, dropped", self.name, sid, IDLE_SESSION_S)
 
