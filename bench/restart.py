@@ -24,12 +24,15 @@ import urllib.request
 from typing import Any
 
 from bench.load import Hark, arg_parser, percentiles
+from shared.auth import read_admin_token
 
 VICTIM = "transcriber-0"
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as resp:
+def _get(url: str, token: str | None = None) -> Any:
+    """A supervisor endpoint's JSON; with the admin token where one is given (`/audit`)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as resp:
         return json.load(resp)
 
 
@@ -41,7 +44,9 @@ def _pid(status_url: str) -> int:
 def kill_once(status_url: str) -> dict[str, float]:
     """Kill the victim once; ms from the signal to the exit noticed and to RUNNING again."""
     pid = _pid(status_url)
-    last = _get(f"{status_url}/audit?count=1")["last_id"]
+    # The audit log is the operator's: the token `hark up` made up, as `hark audit` reads it.
+    token = read_admin_token(status_url)
+    last = _get(f"{status_url}/audit?count=1", token)["last_id"]
     t0 = time.time()
     os.kill(pid, signal.SIGKILL)
     seen: dict[str, float] = {}
@@ -49,7 +54,7 @@ def kill_once(status_url: str) -> dict[str, float]:
     while "ready" not in seen:
         if time.time() > deadline:
             raise RuntimeError(f"{VICTIM} was not RUNNING again within 30 s")
-        page = _get(f"{status_url}/audit?after={last}&block_ms=5000&count=100")
+        page = _get(f"{status_url}/audit?after={last}&block_ms=5000&count=100", token)
         last = page["last_id"]
         for entry in page["entries"]:
             if entry.get("child") != VICTIM:

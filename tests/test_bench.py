@@ -1,4 +1,4 @@
-"""A tiny run of the load generator, so the harness keeps working (no timing asserted)."""
+"""Tiny runs of the benchmarks, so the harness keeps working (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,13 @@ def test_the_load_generator_runs_against_echo_and_hark_and_counts_every_chunk(mo
     assert hark["acked"] == hark["sent"] and hark["refused"] == 0 and hark["errors"] == {}
     assert set(hark["processes"]) == {"redis", "gateway", "transcriber-0"}
     assert hark["ratio_to_echo"] > 0
+
+
+def test_the_restart_benchmark_kills_and_times_a_transcriber() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.restart", "--kills", "2", "--interval", "0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    (line,) = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    assert line["kills"] == 2 and line["kill_to_running_ms"]["max"] > 0
