@@ -120,8 +120,8 @@ class Transcriber:
                 pipe = await self._handle(entries)
                 if 0 < len(entries) < READ_COUNT and self.settings.batch_wait:
                     # A short batch: let the mailbox fill a moment, so the next round
-                    # trip carries more (one per chunk costs a transcriber and Redis
-                    # about half their CPU at a thousand real-time streams).
+                    # trip carries more (at 800 real-time streams a transcriber spent
+                    # 31 µs a chunk without the wait, 23 with it: bench/RESULTS.md).
                     await asyncio.sleep(self.settings.batch_wait)
                 backoff = REDIS_BACKOFF_MIN_S
             except (RedisError, OSError) as exc:
