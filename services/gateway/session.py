@@ -80,9 +80,11 @@ class Session:
 
     Replies leave in a fixed order: a chunk's ack before any result for it, finals in
     seq order and each once (a result redelivered after a transcriber restart has a
-    seq already delivered and is dropped). The outgoing queue is bounded: at three
-    quarters full the client gets a warning, when full the connection is closed with
-    1013, so a client that stops reading cannot grow the gateway's memory.
+    seq already delivered and is dropped). The replies of one loop iteration go to the
+    socket in one write. Replies wait in a queue only while the client's socket is
+    full, and the queue is bounded: at three quarters full the client gets a warning,
+    when full the connection is closed with 1013, so a client that stops reading
+    cannot grow the gateway's memory.
     """
 
     PROTOCOL = "ws"
