@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.config import Settings
 from shared.messages import Heartbeat
+from shared.redis_util import Command
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +52,27 @@ class ActorRuntime:
         self._last_beat = 0.0
         self._ttl_ms = int(settings.heartbeat_interval * (settings.heartbeat_misses + 1) * 1000)
 
-    def heartbeat(self, state: str, load: int, lag_ms: int = 0) -> tuple[str, bytes, int]:
-        """The key, value and TTL (ms) of a heartbeat, for the caller's SET ... PX."""
+    def heartbeat(self, state: str, load: int, lag_ms: int = 0) -> list[Command]:
+        """The commands of a heartbeat, for a caller that sends them with its own."""
         self._last_beat = time.monotonic()
         beat = Heartbeat(
             name=self.name, pid=os.getpid(), role=self.role, state=state, load=load,
             version=VERSION, ts=time.time(), started_at=self.started_at, instance=self.instance,
             lag_ms=lag_ms,
         )  # fmt: skip
-        return keys.actor(self.name), beat.encode(), self._ttl_ms
+        return [
+            ("SET", keys.actor(self.name), beat.encode(), "PX", self._ttl_ms),
+            ("SADD", keys.ACTORS, self.name),  # again each beat: Redis may have lost it
+        ]
 
     def beat_due(self) -> bool:
         # Twice per interval, so one late beat is never read as a miss.
         return time.monotonic() - self._last_beat >= self.settings.heartbeat_interval / 2
 
     async def beat(self, state: str, load: int, lag_ms: int = 0) -> None:
-        key, value, ttl = self.heartbeat(state, load, lag_ms)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(key, value, px=ttl)
-        pipe.sadd(keys.ACTORS, self.name)  # again each beat: Redis may have lost it
+        for command in self.heartbeat(state, load, lag_ms):
+            pipe.execute_command(*command)
         await pipe.execute()
 
     async def register(self) -> None:

@@ -239,9 +239,7 @@ class Transcriber:
                 pipe.append(("EXPIRE", keys.session(sess.session_id), self.settings.results_ttl))
         self._commit(pipe, acks)
         if self.runtime.beat_due():
-            key, value, ttl = self.runtime.heartbeat("running", len(self.sessions), self._lag())
-            pipe.append(("SET", key, value, "PX", ttl))
-            pipe.append(("SADD", keys.ACTORS, self.name))  # again each beat: Redis may lose it
+            pipe += self.runtime.heartbeat("running", len(self.sessions), self._lag())
         self._sweep(pipe)
         return pipe
 

@@ -25,6 +25,7 @@ from shared.messages import (
     decode,
     decode_as,
 )
+from shared.redis_util import Command
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -156,7 +157,7 @@ async def test_heartbeat_reports_how_long_mailbox_entries_waited(
     lagging, caught_up = asyncio.Event(), asyncio.Event()
     beat = actor.runtime.heartbeat
 
-    def spy(state: str, load: int, lag_ms: int = 0) -> tuple[str, bytes, int]:
+    def spy(state: str, load: int, lag_ms: int = 0) -> list[Command]:
         lags.append(lag_ms)
         if lag_ms:
             lagging.set()
