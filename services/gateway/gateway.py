@@ -105,9 +105,8 @@ class Gateway:
         await self.drain()
         for session in list(self.sessions.values()):
             session.close_reason = "shutdown"
-            session.flush()  # the replies of this very iteration, before the close frame
             with contextlib.suppress(Exception):
-                await session.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+                await session.close(WSCloseCode.GOING_AWAY, b"server shutting down")
         await cancel_and_wait(self._beat_task)
         await cancel_and_wait(self._shed_task)
         if self._jobs:  # the closed sessions' endings (their audit entries) among them
@@ -421,8 +420,7 @@ class Gateway:
             raise ClientError("bad_resume", "the session was closed; open a new one")
         old = self.sessions.get(found.session_id)
         if old is not None:  # its connection is still open here: this one takes over
-            old.flush()
-            await old.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"resumed elsewhere")
+            await old.close(WSCloseCode.POLICY_VIOLATION, b"resumed elsewhere")
             await asyncio.wait_for(old.ended.wait(), CLOSE_FLUSH_TIMEOUT_S)
         session = Session(
             ws, transport=request.transport, session_id=found.session_id, client_id=found.client_id,
@@ -629,7 +627,7 @@ class Gateway:
             await self.control(session, "end")
         await session.drain(grace=2.0)
         if not session.ws.closed:
-            await session.ws.close()
+            await session.close()
         s = session.stats
         await self.audit.log("session_close", session.session_id, chunks=s.chunks, bytes=s.bytes,
                              finals=s.finals, errors=s.errors,

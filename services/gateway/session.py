@@ -257,6 +257,12 @@ class Session:
         """Send a last reply, give the client a moment to get it, then close."""
         self.send(reply)
         await self.drain(grace=1.0)
+        await self.close(code, reason)
+
+    async def close(self, code: int = WSCloseCode.OK, reason: bytes = b"") -> None:
+        """Close the connection, the replies of this loop iteration written first (a
+        close frame ends what the connection takes)."""
+        self.flush()
         await self.ws.close(code=code, message=reason)
 
     def abandon(self) -> None:
