@@ -20,24 +20,16 @@ import os
 import signal
 import sys
 import time
-import urllib.request
-from typing import Any
 
 from bench.load import Hark, arg_parser, percentiles
+from services.supervisor.commands import call_api
 from shared.auth import read_admin_token
 
 VICTIM = "transcriber-0"
 
 
-def _get(url: str, token: str | None = None) -> Any:
-    """A supervisor endpoint's JSON; with the admin token where one is given (`/audit`)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as resp:
-        return json.load(resp)
-
-
 def _pid(status_url: str) -> int:
-    actors = _get(f"{status_url}/status")["actors"]
+    actors = call_api(status_url, "/status", timeout=30)["actors"]
     return int(next(a["pid"] for a in actors if a["name"] == VICTIM and a["state"] == "RUNNING"))
 
 
@@ -46,7 +38,7 @@ def kill_once(status_url: str) -> dict[str, float]:
     pid = _pid(status_url)
     # The audit log is the operator's: the token `hark up` made up, as `hark audit` reads it.
     token = read_admin_token(status_url)
-    last = _get(f"{status_url}/audit?count=1", token)["last_id"]
+    last = call_api(status_url, "/audit", token=token, params={"count": "1"})["last_id"]
     t0 = time.time()
     os.kill(pid, signal.SIGKILL)
     seen: dict[str, float] = {}
@@ -54,7 +46,8 @@ def kill_once(status_url: str) -> dict[str, float]:
     while "ready" not in seen:
         if time.time() > deadline:
             raise RuntimeError(f"{VICTIM} was not RUNNING again within 30 s")
-        page = _get(f"{status_url}/audit?after={last}&block_ms=5000&count=100", token)
+        page = call_api(status_url, "/audit", token=token, timeout=30,
+                        params={"after": last, "block_ms": "5000", "count": "100"})  # fmt: skip
         last = page["last_id"]
         for entry in page["entries"]:
             if entry.get("child") != VICTIM:

@@ -23,7 +23,7 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def _call(
+def call_api(
     base: str,
     path: str,
     *,
@@ -58,7 +58,7 @@ class SupervisorUnreachable(Exception):
 
 def status(base: str, as_json: bool) -> int:
     try:
-        report: dict[str, Any] = _call(base, "/status")
+        report: dict[str, Any] = call_api(base, "/status")
     except SupervisorUnreachable as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -75,7 +75,7 @@ def watch(base: str, interval: float = 1.0) -> int:
     try:
         while True:
             try:
-                text = format_status(_call(base, "/status"))
+                text = format_status(call_api(base, "/status"))
             except SupervisorUnreachable as exc:
                 text = str(exc)
             print(f"{clear}{time.strftime('%H:%M:%S')}  {base}\n{text}\n", flush=True)
@@ -100,7 +100,7 @@ def operate(base: str, token: str | None, args: argparse.Namespace) -> int:
         method = "DELETE" if getattr(args, "off", False) else "POST"
         path, body = f"/actors/{urllib.parse.quote(args.actor)}/{args.command}", None
     try:
-        answer = _call(base, path, token=token, method=method, body=body, timeout=120)
+        answer = call_api(base, path, token=token, method=method, body=body, timeout=120)
     except urllib.error.HTTPError as exc:
         print(f"hark {args.command}: {_error_text(exc)}", file=sys.stderr)
         return 1
@@ -131,7 +131,7 @@ def audit(
     if session:
         params["session"] = session
     try:
-        page = _call(base, "/audit", token=token, params=params)
+        page = call_api(base, "/audit", token=token, params=params)
         while True:
             for entry in page["entries"]:
                 entry_id = entry.pop("id")
@@ -141,7 +141,7 @@ def audit(
                 return 0
             follow_params = {**params, "after": page["last_id"], "block_ms": "5000",
                              "count": "1000"}  # fmt: skip
-            page = _call(base, "/audit", token=token, params=follow_params, timeout=15)
+            page = call_api(base, "/audit", token=token, params=follow_params, timeout=15)
     except urllib.error.HTTPError as exc:
         print(f"hark audit: {_error_text(exc)}", file=sys.stderr)
         return 1
