@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys
-from shared.redis_util import Coalescer
+from shared.redis_util import Coalescer, Command
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Audit:
                 out[key] = str(value)
         return out
 
-    def command(self, event: str, session: str | None = None, **fields: Any) -> tuple[Any, ...]:
+    def command(self, event: str, session: str | None = None, **fields: Any) -> Command:
         """The entry's XADD, as a `Wire` or the coalescer sends it."""
         flat = [part for pair in self.entry(event, session, **fields).items() for part in pair]
         return ("XADD", keys.AUDIT, "MAXLEN", "~", self.maxlen, "*", *flat)
