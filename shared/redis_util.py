@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import hiredis
 from redis.asyncio import Redis
@@ -42,6 +43,9 @@ def connect(url: str, *, name: str | None = None) -> Redis:
     which actor holds which connection.
     """
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8)
+    # TCP keepalive is an option of TCP connections only: redis-py's Unix socket
+    # connections refuse it (a TypeError at the first command).
+    tcp = {} if urlsplit(url).scheme == "unix" else {"socket_keepalive": True}
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
@@ -52,8 +56,8 @@ def connect(url: str, *, name: str | None = None) -> Redis:
         health_check_interval=30,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=5.0,
-        socket_keepalive=True,
         client_name=name,
+        **tcp,
     )
     pool.connection_class = _packing_in_c(pool.connection_class)
     return Redis.from_pool(pool)

@@ -310,7 +310,7 @@ def _loopback_host(host: str) -> bool:
 def _banner(
     settings: Settings, redis_url: str, token_file: Path | None, keyring: ApiKeys | None
 ) -> None:
-    where = "embedded, loopback only" if settings.redis_url is None else "external"
+    where = "embedded, this machine only" if settings.redis_url is None else "external"
     access = ("OPEN: no API keys (set HARK_API_KEYS)" if keyring is None
               else f"API key or token required ({len(keyring)} key(s))")  # fmt: skip
     lines = [

@@ -41,20 +41,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def embedded_redis(workdir: Path) -> tuple[ChildSpec, str]:
-    """A redis-server on loopback with a random password, and the URL to reach it.
+# What a Unix socket's path may hold (sun_path less its final NUL; 103 on macOS).
+MAX_SOCKET_PATH = 103
 
-    Nothing is persisted: the embedded Redis lives as long as `hark up`.
+
+def embedded_redis(workdir: Path) -> tuple[ChildSpec, str]:
+    """A redis-server with a random password on a Unix socket in `workdir` (only this
+    user can open it), and the URL to reach it; on a free loopback port where the
+    socket's path would be too long.
+
+    A Unix socket costs Redis and every actor less per round trip than loopback TCP
+    (bench/RESULTS.md), and no port is picked before the server binds it. Nothing is
+    persisted: the embedded Redis lives as long as `hark up`.
     """
-    port = free_port()
     password = secrets.token_urlsafe(24)
+    sock = workdir / "redis.sock"
+    if len(str(sock).encode()) <= MAX_SOCKET_PATH:
+        listen: tuple[str, ...] = ("--port", "0", "--unixsocket", str(sock),
+                                   "--unixsocketperm", "700")  # fmt: skip
+        url = f"unix://:{password}@{sock}?db=0"
+    else:
+        port = free_port()
+        listen = ("--bind", "127.0.0.1", "--port", str(port))
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
     argv = (
-        redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port),
+        redis_server_binary(), *listen,
         "--requirepass", password, "--save", "", "--appendonly", "no",
         "--dir", str(workdir), "--loglevel", "warning", "--protected-mode", "yes",
     )  # fmt: skip
     spec = ChildSpec(name="redis", role="redis", argv=argv, notify=False)
-    return spec, f"redis://:{password}@127.0.0.1:{port}/0"
+    return spec, url
 
 
 def actor_env(settings: Settings, redis_url: str) -> dict[str, str]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import stat
+from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from services.supervisor.tree import embedded_redis
 from shared.redis_util import MAX_CONNECTIONS, Coalescer, Wire, connect, raw_stream_entries
 
 pytestmark = pytest.mark.timeout(30)
@@ -115,3 +118,35 @@ async def test_the_wire_reads_raw_replies_in_order_and_never_mixes_up_a_broken_r
     finally:
         await wire.close()
         await client.aclose()
+
+
+async def test_the_embedded_redis_listens_on_a_unix_socket_every_connection_kind_reaches(
+    tmp_path: Path,
+) -> None:
+    # HARK_REDIS_URL=unix://... passed the settings' check, then failed at the first
+    # command: redis-py's Unix socket connections refuse the TCP keepalive option.
+    spec, url = embedded_redis(tmp_path)
+    assert url.startswith("unix://") and "--requirepass" in spec.argv
+    assert not any(a == "--bind" for a in spec.argv)  # no TCP port
+    # The last --loglevel wins: "notice" makes the server say when it is ready.
+    proc = await asyncio.create_subprocess_exec(*spec.argv, "--loglevel", "notice",
+                                                stdout=asyncio.subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        # 6.2 says "... now ready to accept connections at PATH".
+        while b"ready to accept connections" not in (line := await proc.stdout.readline()).lower():
+            assert line, f"redis-server exited with {await proc.wait()}"
+        assert stat.S_IMODE((tmp_path / "redis.sock").stat().st_mode) == 0o700
+        client = connect(url, name="unix-test")
+        wire, coalescer = Wire(client), Coalescer(client)
+        try:
+            assert await client.ping()
+            assert await wire.execute([("SET", "k", "v"), ("GET", "k")]) == [b"OK", b"v"]
+            assert await coalescer.execute("GET", "k") == b"v"
+        finally:
+            await coalescer.close()
+            await wire.close()
+            await client.aclose()
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import trustme
 
-from services.supervisor.tree import embedded_redis
+from services.supervisor.tree import MAX_SOCKET_PATH, embedded_redis
 from tests.conftest import TreeFactory, redis_process
 from tests.link import Link
 
@@ -68,17 +68,26 @@ async def test_an_acl_user_over_tls_works_and_its_password_shows_nowhere(
     assert "hark:***@127.0.0.1" in "\n".join(tree.banner)
 
 
-def test_the_embedded_redis_listens_on_loopback_with_a_new_random_password(
+def test_the_embedded_redis_is_reachable_by_this_user_only_with_a_new_random_password(
     tmp_path: Path,
 ) -> None:
     passwords = set()
     for _ in range(2):
         spec, url = embedded_redis(tmp_path)
         argv = list(spec.argv)
-        assert argv[argv.index("--bind") + 1] == "127.0.0.1"
+        # A Unix socket only its owner may open, and no TCP port at all.
+        sock = argv[argv.index("--unixsocket") + 1]
+        assert argv[argv.index("--unixsocketperm") + 1] == "700"
+        assert argv[argv.index("--port") + 1] == "0" and "--bind" not in argv
         assert argv[argv.index("--protected-mode") + 1] == "yes"
         password = argv[argv.index("--requirepass") + 1]
         assert len(password) >= 32  # 24 random bytes, URL-safe
-        assert url.startswith(f"redis://:{password}@127.0.0.1:")
+        assert url == f"unix://:{password}@{sock}?db=0"
         passwords.add(password)
     assert len(passwords) == 2
+    # Where the socket's path would be too long for one: a loopback port instead.
+    deep = tmp_path / ("d" * (MAX_SOCKET_PATH - len(str(tmp_path))))
+    spec, url = embedded_redis(deep)
+    argv = list(spec.argv)
+    assert "--unixsocket" not in argv and argv[argv.index("--bind") + 1] == "127.0.0.1"
+    assert url.startswith(f"redis://:{argv[argv.index('--requirepass') + 1]}@127.0.0.1:")
