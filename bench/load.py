@@ -9,8 +9,12 @@ Modes: `realtime` (each client 10 chunks/s: 100 ms of 16 kHz 16-bit audio each),
 `rate` (open loop, `--rate` chunks/s over all clients), `max` (closed loop, each
 client keeps `--window` chunks in flight). Without `--url` it starts `hark up
 --engine mock` on free loopback ports (embedded Redis) and stops it at the end.
-Clients run in `--procs` processes, so the client is not the bottleneck. Every run
-is bounded: `--seconds` of sending, then at most `--drain` seconds for the rest.
+Clients run in `--procs` processes, so the client is not the bottleneck, and are
+picows's (Cython) WebSocket clients, driven by callbacks: on the same machine as the
+server, aiohttp's clients cost a quarter more CPU a chunk and ran their event loop up
+to 29 ms late, which the latency figures then counted as the server's (RESULTS.md,
+seventh round). Every run is bounded: `--seconds` of sending, then at most `--drain`
+seconds for the rest.
 
 Prints one JSON line per target: chunks/s acked and transcribed, latency
 percentiles (send -> ack, send -> transcript), lost / duplicated / misrouted results
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -35,7 +40,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSInvalidStatusError,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
 
 from services.supervisor.tree import free_port
 
@@ -43,6 +57,7 @@ CHUNK = 3200  # 100 ms of 16 kHz 16-bit mono
 REALTIME_HZ = 10
 CONNECTS_AT_ONCE = 50
 LOOP_TICK_S = 0.05
+CLOSE_WAIT_S = 5.0  # for the server's end of a close, before the socket is dropped
 # Errors that answer a chunk in place of its ack: the chunk was not stored.
 CHUNK_REFUSALS = frozenset({"overloaded", "unavailable", "shutting_down", "session_closing"})
 
@@ -92,129 +107,210 @@ class Plan:
     start_at: float  # wall clock: every process starts sending together
 
 
-async def _client(plan: Plan, index: int, http: aiohttp.ClientSession, tally: Tally,
-                  gate: asyncio.Semaphore) -> None:  # fmt: skip
+class _Client(WSListener):
+    """One streaming client. It sends from a coroutine (`stream`) and reads in picows's
+    frame callback, as each frame arrives: no task to wake, no await per reply, so the
+    generator spends its time sending and reading rather than scheduling (its own
+    lateness is measured with the server's latency: see Tally)."""
+
+    def __init__(self, plan: Plan, tally: Tally) -> None:
+        self.plan, self.tally = plan, tally
+        self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.client_id: str | None = None
+        self.sent_at: dict[int, float] = {}
+        # The server numbers the chunks it stores; a refused one gets no number. Replies
+        # to chunks come in order, so each ack or refusal answers the oldest unanswered.
+        self.unanswered: deque[int] = deque()
+        self.ours: dict[int, int] = {}  # server seq -> our seq
+        self.finals: set[int] = set()
+        self.loop = asyncio.get_running_loop()
+        self.transport: WSTransport | None = None  # while sending
+        # Chunks it may send now: a tick of its clock adds one (realtime, rate), an
+        # answered chunk gives its place in the window back (max).
+        self.credits = plan.window if plan.mode == "max" else 0
+        self.seq = 0
+        self.paused = False  # the socket's buffer is full: it waits, as a real client does
+        self.sending_done = self.loop.create_future()
+        self.all_done = asyncio.Event()
+        self.gone = False  # the connection is closed
+        self.sending_over = False
+        self.shed = False  # the server closed the session for overload
+
+    # -- picows's callbacks -----------------------------------------------------------
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        now = time.perf_counter()
+        kind = frame.msg_type
+        if not frame.fin:  # neither hark nor the echo server fragments its replies
+            self.tally.errors["fragmented reply"] += 1
+        elif kind == WSMsgType.BINARY:  # echo: the payload starts with our seq
+            if self.unanswered:
+                self.unanswered.popleft()
+            self.tally.acked += 1
+            self._final(int.from_bytes(frame.get_payload_as_memoryview()[:8], "big"), now)
+        elif kind == WSMsgType.TEXT:
+            reply = json.loads(frame.get_payload_as_bytes())
+            if not self.plan.echo and not self.hello.done():
+                self.hello.set_result(reply)
+            else:
+                self._reply(reply, now)
+        elif kind == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.gone = True
+        self._stop_sending()
+        self.all_done.set()
+        if not self.plan.echo and not self.hello.done():
+            self.hello.set_exception(ConnectionError("closed before its greeting"))
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    # -- replies ------------------------------------------------------------------------
+
+    def _reply(self, reply: dict[str, Any], now: float) -> None:
+        status, code = reply.get("status"), reply.get("code", "error")
+        if status == "received" and self.unanswered:
+            seq = self.ours[reply["seq"]] = self.unanswered.popleft()
+            self.tally.acked += 1
+            self.tally.ack_ms.append((now - self.sent_at[seq]) * 1000)
+        elif status == "transcript" and reply.get("final", True):
+            if reply.get("client_id") != self.client_id:
+                self.tally.misrouted += 1
+            self._final(self.ours.get(reply.get("seq", -1), -1), now)
+        elif status == "error":
+            self.tally.errors[code] += 1
+            if code in CHUNK_REFUSALS and self.unanswered:
+                self._refused(self.unanswered.popleft())
+            elif code == "session_shed":
+                self.shed = True
+
+    def _refused(self, seq: int) -> None:
+        del self.sent_at[seq]  # not stored: no final is owed for it
+        self.tally.refused += 1
+        if self.plan.mode == "max":
+            self._credit()
+        self._settled()
+
+    def _final(self, seq: int, now: float) -> None:
+        if seq in self.finals:
+            self.tally.duplicated += 1
+            return
+        if seq in self.sent_at:
+            self.finals.add(seq)
+            self.tally.transcribed += 1
+            self.tally.final_ms.append((now - self.sent_at[seq]) * 1000)
+            if self.plan.mode == "max":
+                self._credit()
+        self._settled()
+
+    def _settled(self) -> None:
+        if self.sending_over and len(self.finals) >= len(self.sent_at):
+            self.all_done.set()
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def stream(self, transport: WSTransport, index: int) -> None:
+        """Send chunks for the plan's seconds, wait (bounded) for what is owed, close.
+
+        Sending is driven by callbacks, not a coroutine: a timer per chunk in the paced
+        modes, each answer in `max`; a chunk that falls due while the socket is full
+        goes out when it drains (so a client that fell behind catches up at once, as
+        a microphone's does)."""
+        plan = self.plan
+        self.payload = bytearray(CHUNK)
+        self.interval = {"realtime": 1 / REALTIME_HZ,
+                         "rate": plan.clients / plan.rate if plan.rate else 0,
+                         "max": 0.0}[plan.mode]  # fmt: skip
+        # Spread the clients over one interval, so they do not all send at the same instant.
+        offset = self.interval * index / max(1, plan.clients)
+        await asyncio.sleep(max(0.0, plan.start_at - time.time()) + offset)
+        self.transport, self.t0 = transport, time.perf_counter()
+        end = self.loop.call_later(plan.seconds, self._stop_sending)
+        if plan.mode == "max":
+            self._pump()
+        else:
+            self._tick()
+        try:
+            await self.sending_done
+            self._settled()
+            await asyncio.wait_for(self.all_done.wait(), plan.drain)
+        except TimeoutError:
+            pass
+        finally:
+            end.cancel()
+            self._stop_sending()
+            if not self.gone:
+                transport.send_close(WSCloseCode.OK)
+                with contextlib.suppress(TimeoutError):  # the server closes its end
+                    await asyncio.wait_for(transport.wait_disconnected(), CLOSE_WAIT_S)
+                transport.disconnect()
+            if self.shed:  # a resume would tell which of them were stored: not lost, not counted
+                self.tally.shed += len(self.sent_at) - len(self.finals)
+
+    def _tick(self) -> None:
+        """The paced modes' clock: one more chunk due, and the next tick set."""
+        if self.sending_over:
+            return
+        self._credit()
+        due = self.t0 + (self.seq + self.credits) * self.interval - time.perf_counter()
+        self.loop.call_at(self.loop.time() + due, self._tick)
+
+    def _credit(self) -> None:
+        self.credits += 1
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send what is due, unless sending is over or the socket is full."""
+        transport = self.transport
+        while self.credits and not self.paused and not self.sending_over and transport:
+            self.credits -= 1
+            self.seq += 1
+            self.payload[:8] = self.seq.to_bytes(8, "big")
+            self.sent_at[self.seq] = time.perf_counter()
+            self.unanswered.append(self.seq)
+            transport.send(WSMsgType.BINARY, self.payload)
+            self.tally.sent += 1
+
+    def _stop_sending(self) -> None:
+        self.sending_over = True
+        if not self.sending_done.done():
+            self.sending_done.set_result(None)
+
+
+async def _client(plan: Plan, index: int, tally: Tally, gate: asyncio.Semaphore) -> None:
     async with gate:
         try:
-            ws = await http.ws_connect(plan.url, max_msg_size=1 << 20)
-        except aiohttp.WSServerHandshakeError as exc:
-            tally.errors[f"connect: HTTP {exc.status}"] += 1
+            transport, client = await ws_connect(lambda: _Client(plan, tally), plan.url,
+                                                 max_frame_size=1 << 20)  # fmt: skip
+        except WSInvalidStatusError as exc:
+            tally.errors[f"connect: HTTP {exc.response.status}"] += 1
             return
-        except (aiohttp.ClientError, OSError) as exc:
+        except (WSError, OSError, TimeoutError) as exc:
             tally.errors[f"connect: {type(exc).__name__}"] += 1
             return
-        client_id = None
+        assert isinstance(client, _Client)
         if not plan.echo:
-            hello = await ws.receive_json(timeout=30)
+            try:
+                hello = await asyncio.wait_for(client.hello, 30)
+            except (TimeoutError, ConnectionError):
+                tally.errors["connect: no greeting"] += 1
+                transport.disconnect()
+                return
             if hello.get("status") == "error":
                 tally.errors[hello.get("code", "refused")] += 1
-                await ws.close()
+                transport.send_close(WSCloseCode.OK)
+                transport.disconnect()
                 return
-            client_id = hello["client_id"]
+            client.client_id = hello["client_id"]
     tally.connected += 1
-    sent_at: dict[int, float] = {}
-    # The server numbers the chunks it stores; a refused one gets no number. Replies to
-    # chunks come in order, so each ack or refusal answers the oldest unanswered chunk.
-    unanswered: deque[int] = deque()
-    ours: dict[int, int] = {}  # server seq -> our seq
-    finals: set[int] = set()
-    window = asyncio.Semaphore(plan.window)
-    all_done = asyncio.Event()
-    sending_over = False
-    shed = False  # the server closed the session for overload
-
-    def settled() -> None:
-        if sending_over and len(finals) >= len(sent_at):
-            all_done.set()
-
-    async def read() -> None:
-        nonlocal shed
-        async for msg in ws:
-            now = time.perf_counter()
-            if msg.type == aiohttp.WSMsgType.BINARY:  # echo
-                seq = int.from_bytes(msg.data[:8], "big")
-                if unanswered:
-                    unanswered.popleft()
-                tally.acked += 1
-                _final(seq, now)
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                reply = json.loads(msg.data)
-                status, code = reply.get("status"), reply.get("code", "error")
-                if status == "received" and unanswered:
-                    seq = ours[reply["seq"]] = unanswered.popleft()
-                    tally.acked += 1
-                    tally.ack_ms.append((now - sent_at[seq]) * 1000)
-                elif status == "transcript" and reply.get("final", True):
-                    if reply.get("client_id") != client_id:
-                        tally.misrouted += 1
-                    _final(ours.get(reply.get("seq", -1), -1), now)
-                elif status == "error":
-                    tally.errors[code] += 1
-                    if code in CHUNK_REFUSALS and unanswered:
-                        _refused(unanswered.popleft())
-                    elif code == "session_shed":
-                        shed = True
-            else:
-                return
-
-    def _refused(seq: int) -> None:
-        del sent_at[seq]  # not stored: no final is owed for it
-        tally.refused += 1
-        if plan.mode == "max":
-            window.release()
-        settled()
-
-    def _final(seq: int, now: float) -> None:
-        if seq in finals:
-            tally.duplicated += 1
-            return
-        if seq in sent_at:
-            finals.add(seq)
-            tally.transcribed += 1
-            tally.final_ms.append((now - sent_at[seq]) * 1000)
-            if plan.mode == "max":
-                window.release()
-        settled()
-
-    reader = asyncio.create_task(read())
-    payload = bytearray(CHUNK)
-    interval = {"realtime": 1 / REALTIME_HZ, "rate": plan.clients / plan.rate if plan.rate else 0,
-                "max": 0.0}[plan.mode]  # fmt: skip
-    # Spread the clients over one interval, so they do not all send at the same instant.
-    offset = interval * index / max(1, plan.clients)
-    await asyncio.sleep(max(0.0, plan.start_at - time.time()) + offset)
-    t0 = time.perf_counter()
-    seq = 0
-    try:
-        while time.perf_counter() - t0 < plan.seconds:
-            if plan.mode == "max":
-                await window.acquire()
-            else:
-                delay = t0 + seq * interval - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            seq += 1
-            payload[:8] = seq.to_bytes(8, "big")
-            sent_at[seq] = time.perf_counter()
-            unanswered.append(seq)
-            try:
-                await ws.send_bytes(bytes(payload))
-            except BaseException:
-                del sent_at[seq]  # never went out
-                raise
-            tally.sent += 1
-        sending_over = True
-        settled()
-        await asyncio.wait_for(all_done.wait(), plan.drain)
-    except (TimeoutError, ConnectionError, aiohttp.ClientError):
-        pass
-    finally:
-        sending_over = True
-        await ws.close()
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        if shed:  # a resume would tell which of them were stored: not lost, not counted
-            tally.shed += len(sent_at) - len(finals)
+    await client.stream(transport, index)
 
 
 async def _sample_loop(late_ms: list[float]) -> None:
@@ -229,12 +325,9 @@ def _run_clients(plan: Plan, first: int, count: int) -> Tally:
     async def run() -> Tally:
         tally = Tally(clients=count)
         gate = asyncio.Semaphore(CONNECTS_AT_ONCE)
-        connector = aiohttp.TCPConnector(limit=0)
         cpu0 = time.process_time()
         sampler = asyncio.create_task(_sample_loop(tally.loop_late_ms))
-        async with aiohttp.ClientSession(connector=connector) as http:
-            await asyncio.gather(*(_client(plan, first + i, http, tally, gate)
-                                   for i in range(count)))  # fmt: skip
+        await asyncio.gather(*(_client(plan, first + i, tally, gate) for i in range(count)))
         sampler.cancel()
         tally.cpu_s = time.process_time() - cpu0
         return tally

@@ -31,7 +31,8 @@ def test_the_load_generator_runs_against_echo_and_hark_and_counts_every_chunk(mo
         assert line["lost"] == line["duplicated"] == line["misrouted"] == 0
     assert hark["acked"] == hark["sent"] and hark["refused"] == 0 and hark["errors"] == {}
     assert set(hark["processes"]) == {"redis", "gateway", "transcriber-0"}
-    assert hark["ratio_to_echo"] > 0
+    ratio = hark["transcribed_per_s"] / echo["transcribed_per_s"]
+    assert abs(hark["ratio_to_echo"] - ratio) <= 0.0005  # rounded to 3 places
 
 
 def test_the_restart_benchmark_kills_and_times_a_transcriber() -> None:
