@@ -355,9 +355,9 @@ class Session:
             self.stats.finals += 1
             if not replayed:
                 self.metrics.latency.observe(max(0.0, time.time() - t.received_at))
-            self.metrics.results.labels("final").inc()
+            self.metrics.finals.inc()
         else:
-            self.metrics.results.labels("partial").inc()
+            self.metrics.partials.inc()
         self.transcript_reply(t, replayed)
 
     def transcript_reply(self, t: Transcript, replayed: bool) -> None:

@@ -47,7 +47,8 @@ async def test_sessions_lists_each_open_session_with_its_counts_and_no_secret(
     async with gateway.get("/stats") as resp:
         stats = await resp.json()
     assert (stats["sessions"], stats["chunks"], stats["audio_bytes"]) == (1, 3, 960)
-    assert stats["results"] == {"final": 3} and stats["live_transcribers"] == ["transcriber-0"]
+    assert stats["results"] == {"final": 3, "partial": 0}
+    assert stats["live_transcribers"] == ["transcriber-0"]
     await ws.close()
 
 
