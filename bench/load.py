@@ -108,14 +108,15 @@ class Plan:
 
 
 class _Client(WSListener):
-    """One streaming client. It sends from a coroutine (`stream`) and reads in picows's
-    frame callback, as each frame arrives: no task to wake, no await per reply, so the
-    generator spends its time sending and reading rather than scheduling (its own
-    lateness is measured with the server's latency: see Tally)."""
+    """One streaming client. It reads in picows's frame callback as each frame arrives
+    and sends from timer and reply callbacks (see `stream`): no task to wake, no await
+    per chunk or reply, so the generator spends its time sending and reading rather
+    than scheduling (its own lateness is measured with the server's latency: see Tally)."""
 
     def __init__(self, plan: Plan, tally: Tally) -> None:
         self.plan, self.tally = plan, tally
-        self.hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.hello: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.client_id: str | None = None
         self.sent_at: dict[int, float] = {}
         # The server numbers the chunks it stores; a refused one gets no number. Replies
@@ -123,8 +124,12 @@ class _Client(WSListener):
         self.unanswered: deque[int] = deque()
         self.ours: dict[int, int] = {}  # server seq -> our seq
         self.finals: set[int] = set()
-        self.loop = asyncio.get_running_loop()
+        self.payload = bytearray(CHUNK)
+        self.interval = {"realtime": 1 / REALTIME_HZ,
+                         "rate": plan.clients / plan.rate if plan.rate else 0,
+                         "max": 0.0}[plan.mode]  # fmt: skip
         self.transport: WSTransport | None = None  # while sending
+        self.t0 = 0.0  # when it started sending (perf_counter)
         # Chunks it may send now: a tick of its clock adds one (realtime, rate), an
         # answered chunk gives its place in the window back (max).
         self.credits = plan.window if plan.mode == "max" else 0
@@ -224,10 +229,6 @@ class _Client(WSListener):
         goes out when it drains (so a client that fell behind catches up at once, as
         a microphone's does)."""
         plan = self.plan
-        self.payload = bytearray(CHUNK)
-        self.interval = {"realtime": 1 / REALTIME_HZ,
-                         "rate": plan.clients / plan.rate if plan.rate else 0,
-                         "max": 0.0}[plan.mode]  # fmt: skip
         # Spread the clients over one interval, so they do not all send at the same instant.
         offset = self.interval * index / max(1, plan.clients)
         await asyncio.sleep(max(0.0, plan.start_at - time.time()) + offset)
