@@ -85,7 +85,8 @@ PATHS: dict[str, Any] = {
                              "the transcribers now"),
             "400": oa.error("not one role and an integer count"),
             **oa.ADMIN_ERRORS,
-            "409": oa.error("that role does not scale, or the count is out of range"),
+            "409": oa.error("that role does not scale, the count is out of range, or a new "
+                            "transcriber did not start (the pool then stays as it was)"),
         },
     }},
 }  # fmt: skip

@@ -222,7 +222,14 @@ class Supervisor:
                 self.children[child.name] = child
                 self._launch(child)
                 added.append(child)
-            await self._await_ready(added)
+            try:
+                await self._await_ready(added)
+            except StartupError as exc:
+                # A pool half grown helps nobody: the new ones go, the others stay.
+                for child in added:
+                    await self._remove(child)
+                log.error("scaling to %d transcribers failed: %s", count, exc)
+                raise OperationError(f"{exc}; still {len(current)} transcriber(s)") from None
             for child in current[count:]:
                 await self._remove(child)
             if len(current) != count:
@@ -231,8 +238,12 @@ class Supervisor:
         return [c.name for c in self.children.values() if c.spec.role == "transcriber"]
 
     async def _remove(self, child: Child) -> None:
-        await self.terminate(child)
-        await asyncio.gather(self._runners.pop(child.name), return_exceptions=True)
+        runner = self._runners.pop(child.name)
+        if child.state in (State.BACKOFF, State.FATAL, State.EXITED):
+            runner.cancel()  # waiting to start it again, or done: no process to stop
+        else:
+            await self.terminate(child)
+        await asyncio.gather(runner, return_exceptions=True)
         del self.children[child.name]
         self._handles.pop(child.name, None)
         self._exited.pop(child.name, None)

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.supervisor.child import ChildSpec, Restart, State
-from services.supervisor.supervisor import StartupError, Supervisor
+from services.supervisor.supervisor import OperationError, StartupError, Supervisor
 from shared import keys
 from shared.config import Settings
 
@@ -215,4 +215,45 @@ async def test_stop_terminates_with_sigterm_and_nothing_is_restarted(
     await sup.stop()
     assert handle.signals == [signal.SIGTERM]
     assert sup.children["transcriber-0"].state == State.STOPPED
+    assert backend.spawned.empty()
+
+
+def transcriber(name: str) -> ChildSpec:
+    return ChildSpec(name=name, role="transcriber", argv=("x",), restart=Restart.PERMANENT)
+
+
+async def test_a_scale_up_whose_new_transcriber_cannot_start_leaves_the_pool_as_it_was(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend
+) -> None:
+    # The API answered such a scale with HTTP 500, and left a FATAL child in the tree.
+    assert settings.redis_url is not None
+    sup = Supervisor(settings, backend, [spec()], settings.redis_url, transcriber)
+    make.append(sup)
+    await sup.start()
+    await backend.next()
+    backend.ready_at_once = False
+    scaling = asyncio.create_task(sup.scale("transcriber", 2))
+    for _ in range(settings.restart_intensity + 1):  # it dies before it is ready, each time
+        (await backend.next()).crash(1)
+    with pytest.raises(OperationError, match="transcriber-1 did not start: exit 1; still 1"):
+        await scaling
+    assert list(sup.children) == ["transcriber-0"]
+    assert sup.status()["healthy"] is True
+
+
+async def test_a_scale_down_stops_a_transcriber_waiting_out_its_restart_backoff(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend
+) -> None:
+    # It waited for the backoff to end, then for the exit of the incarnation it started.
+    settings = replace(settings, backoff_min=60.0, backoff_max=60.0)
+    assert settings.redis_url is not None
+    sup = Supervisor(settings, backend, [spec(), transcriber("transcriber-1")],
+                     settings.redis_url, transcriber)  # fmt: skip
+    make.append(sup)
+    await sup.start()
+    handles = {h.spec.name: h for h in [await backend.next(), await backend.next()]}
+    handles["transcriber-1"].crash()
+    (await backend.next()).crash()  # the first restart is at once, the second waits
+    await asyncio.wait_for(sup.children["transcriber-1"].reach(State.BACKOFF), 10)
+    assert await asyncio.wait_for(sup.scale("transcriber", 1), 10) == ["transcriber-0"]
     assert backend.spawned.empty()
