@@ -8,6 +8,7 @@ import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 from services.supervisor.child import ChildSpec, Restart
 from shared.config import Settings
@@ -59,7 +60,7 @@ def embedded_redis(workdir: Path) -> tuple[ChildSpec, str]:
     if len(str(sock).encode()) <= MAX_SOCKET_PATH:
         listen: tuple[str, ...] = ("--port", "0", "--unixsocket", str(sock),
                                    "--unixsocketperm", "700")  # fmt: skip
-        url = f"unix://:{password}@{sock}?db=0"
+        url = f"unix://:{password}@{quote(str(sock))}?db=0"  # a folder may hold '#' or '?'
     else:
         port = free_port()
         listen = ("--bind", "127.0.0.1", "--port", str(port))

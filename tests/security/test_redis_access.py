@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import trustme
+from redis.asyncio.connection import parse_url
 
 from services.supervisor.tree import MAX_SOCKET_PATH, embedded_redis
 from tests.conftest import TreeFactory, redis_process
@@ -85,6 +86,8 @@ def test_the_embedded_redis_is_reachable_by_this_user_only_with_a_new_random_pas
         assert url == f"unix://:{password}@{sock}?db=0"
         passwords.add(password)
     assert len(passwords) == 2
+    odd = tmp_path / "a folder #1?"  # the socket's path is quoted in the URL
+    assert parse_url(embedded_redis(odd)[1])["path"] == str(odd / "redis.sock")
     # Where the socket's path would be too long for one: a loopback port instead.
     deep = tmp_path / ("d" * (MAX_SOCKET_PATH - len(str(tmp_path))))
     spec, url = embedded_redis(deep)
