@@ -139,7 +139,6 @@ class Session:
         self._out: list[str] = []  # replies waiting for the client's socket
         self._writer: asyncio.Task[None] | None = None  # writes _out while it is not empty
         self._warned = False
-        self._overflowed = False
         self._silent = False  # nothing more is written (stopped, overflowed, or gone)
 
     # -- outgoing -------------------------------------------------------------------
@@ -220,7 +219,6 @@ class Session:
             self._writer = None
 
     def _overflow(self) -> None:
-        self._overflowed = True
         self.closing = True  # no more audio is taken from it
         self.close_reason = "slow_consumer"
         log.warning("session %s: outgoing queue full (%d), closing", self.session_id,
