@@ -47,22 +47,22 @@ class Audit:
         return out
 
     def command(self, event: str, session: str | None = None, **fields: Any) -> Command:
-        """The entry's XADD, as a `Wire` or the coalescer sends it."""
+        """The entry's XADD, as every writer here sends it (a `Wire`, the coalescer, a
+        redis-py client or pipeline)."""
         flat = [part for pair in self.entry(event, session, **fields).items() for part in pair]
         return ("XADD", keys.AUDIT, "MAXLEN", "~", self.maxlen, "*", *flat)
 
     def add_to(self, pipe: Pipeline, event: str, session: str | None = None, **fields: Any) -> None:
         """Queue the entry on a pipeline the caller executes anyway."""
-        pipe.xadd(keys.AUDIT, self.entry(event, session, **fields),  # type: ignore[arg-type]
-                  maxlen=self.maxlen, approximate=True)  # fmt: skip
+        pipe.execute_command(*self.command(event, session, **fields))
 
     async def log(self, event: str, session: str | None = None, **fields: Any) -> None:
         try:
+            command = self.command(event, session, **fields)
             if self._coalescer is None:
-                await self._redis.xadd(keys.AUDIT, self.entry(event, session, **fields),  # type: ignore[arg-type]
-                                       maxlen=self.maxlen, approximate=True)  # fmt: skip
+                await self._redis.execute_command(*command)  # type: ignore[no-untyped-call]
             else:
-                await self._coalescer.execute(*self.command(event, session, **fields))
+                await self._coalescer.execute(*command)
         except Exception:
             # Losing an audit line must not take a session or a restart down with it.
             log.warning("audit write failed: %s session=%s", event, session, exc_info=True)
