@@ -58,7 +58,7 @@ class Settings:
     status_port: int = field(default=8001, metadata=_env("HARK_STATUS_PORT"))
     transcribers: int = field(default=2, metadata=_env("HARK_TRANSCRIBERS"))
     engine: str = field(default="whisper", metadata=_env("HARK_ENGINE"))
-    # None: `hark up` starts an embedded redis-server on loopback.
+    # None: `hark up` starts an embedded redis-server on a Unix socket of its own.
     redis_url: str | None = field(default=None, metadata=_env("HARK_REDIS_URL", "REDIS_URL"))
     max_chunk_bytes: int = field(
         default=1024 * 1024, metadata=_env("HARK_MAX_CHUNK_BYTES", "MAX_AUDIO_SIZE")
@@ -177,7 +177,7 @@ class Settings:
         if self.backend == "docker" and self.redis_url is None:
             raise SettingsError(
                 "HARK_BACKEND=docker needs HARK_REDIS_URL: a Redis the actor containers "
-                "can reach (the embedded one is on loopback)"
+                "can reach (the embedded one listens on a Unix socket on this machine)"
             )
         if self.redis_url is not None:
             scheme = urlsplit(self.redis_url).scheme
