@@ -20,6 +20,8 @@ BACKENDS = ("process", "docker")
 LOG_FORMATS = ("text", "json")
 # More than this would hold every result back as long (HARK_BATCH_WAIT).
 MAX_BATCH_WAIT_S = 0.1
+# More than this would hold back the acks a client paces its audio by (HARK_ACK_WAIT).
+MAX_ACK_WAIT_S = 0.1
 # Audio encodings clients may send, and their bytes per sample.
 SAMPLE_WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
 ENCODINGS = tuple(SAMPLE_WIDTHS)
@@ -128,6 +130,9 @@ class Settings:
     # than a full batch, before it sends that round's results and reads again: fewer,
     # fuller round trips to Redis, for at most this much more latency. 0: at once.
     batch_wait: float = field(default=0.002, metadata=_env("HARK_BATCH_WAIT"))
+    # How long (seconds) the gateway lets a chunk's ack wait for the session's next
+    # reply (its transcript, most often), so both go out in one write. 0: at once.
+    ack_wait: float = field(default=0.02, metadata=_env("HARK_ACK_WAIT"))
     audit_maxlen: int = field(default=100_000, metadata=_env("HARK_AUDIT_MAXLEN"))
     results_maxlen: int = field(default=1000, metadata=_env("HARK_RESULTS_MAXLEN"))
     results_ttl: int = field(default=3600, metadata=_env("HARK_RESULTS_TTL"))
@@ -158,6 +163,9 @@ class Settings:
         if not 0 <= self.batch_wait <= MAX_BATCH_WAIT_S:
             raise SettingsError(f"{_var('batch_wait')}={self.batch_wait}: 0 to "
                                 f"{MAX_BATCH_WAIT_S:g} s")  # fmt: skip
+        if not 0 <= self.ack_wait <= MAX_ACK_WAIT_S:
+            raise SettingsError(f"{_var('ack_wait')}={self.ack_wait}: 0 to "
+                                f"{MAX_ACK_WAIT_S:g} s")  # fmt: skip
         if self.restart_intensity < 0:
             raise SettingsError(f"{_var('restart_intensity')}: must be >= 0")
         for name, allowed in (("engine", ENGINES), ("backend", BACKENDS),

@@ -24,7 +24,7 @@ from services.gateway.limits import Lease, LimitExceeded, Limits
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
-from services.gateway.session import Session
+from services.gateway.session import AckWait, Session
 from shared import keys, logs
 from shared.actor import ActorRuntime
 from shared.audit import Audit
@@ -82,6 +82,7 @@ class Gateway:
         self._jobs: set[asyncio.Task[None]] = set()
         self.sessions: dict[str, Session] = {}
         self.metrics = GatewayMetrics(lambda: len(self.sessions))
+        self.ack_wait = AckWait(settings.ack_wait) if settings.ack_wait else None
         self.accepting = True  # False from the start of drain() on
         self._beat_task: asyncio.Task[None] | None = None
         self._shed_task: asyncio.Task[None] | None = None
@@ -344,6 +345,7 @@ class Gateway:
             ws, transport=request.transport, session_id=session_id, client_id=secrets.token_hex(16),
             resume_token=secrets.token_urlsafe(32), actor=actor, fmt=fmt,
             queue_limit=self.settings.session_queue, metrics=self.metrics,
+            ack_wait=self.ack_wait,
         )  # fmt: skip
         try:
             await self._register(session, request, fmt)
@@ -426,6 +428,7 @@ class Gateway:
             ws, transport=request.transport, session_id=found.session_id, client_id=found.client_id,
             resume_token=query["resume_token"], actor=found.actor, fmt=found.fmt,
             queue_limit=self.settings.session_queue, metrics=self.metrics,
+            ack_wait=self.ack_wait,
         )  # fmt: skip
         self.router.claim(session.actor)
         try:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -67,6 +68,40 @@ class Framer:
 FRAMES = Framer()
 
 
+class AckWait:
+    """Acks that wait a moment for another reply to go out with (HARK_ACK_WAIT).
+
+    A chunk's ack is ready when Redis has stored the chunk; its transcript follows a
+    few milliseconds later. Sent apart they cost the gateway two writes and the client
+    two reads a chunk, the largest share of either's CPU at real-time pace. So an ack
+    waits, at most `wait` seconds, for the session's next reply of any other kind,
+    and leaves in the same write, ahead of it; with none, it leaves alone at the end
+    of its wait. The waits share one timer: they all last the same, so they end in
+    the order they began.
+    """
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self._due: deque[tuple[float, Session]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def hold(self, session: Session) -> None:
+        """Flush `session` at the end of the wait, unless something flushes it sooner."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + self.wait
+        self._due.append((when, session))
+        if self._timer is None:
+            self._timer = loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now, due = loop.time(), self._due
+        while due and due[0][0] <= now:
+            # A session flushed meanwhile, and holding again since, leaves a little early.
+            due.popleft()[1].flush()
+        self._timer = loop.call_at(due[0][0], self._expire) if due else None
+
+
 @dataclass
 class SessionStats:
     chunks: int = 0
@@ -81,10 +116,10 @@ class Session:
     Replies leave in a fixed order: a chunk's ack before any result for it, finals in
     seq order and each once (a result redelivered after a transcriber restart has a
     seq already delivered and is dropped). The replies of one loop iteration go to the
-    socket in one write. Replies wait in a queue only while the client's socket is
-    full, and the queue is bounded: at three quarters full the client gets a warning,
-    when full the connection is closed with 1013, so a client that stops reading
-    cannot grow the gateway's memory.
+    socket in one write, with any acks that waited for them (AckWait). Replies wait
+    in a queue only while the client's socket is full, and the queue is bounded: at
+    three quarters full the client gets a warning, when full the connection is closed
+    with 1013, so a client that stops reading cannot grow the gateway's memory.
     """
 
     PROTOCOL = "ws"
@@ -101,6 +136,7 @@ class Session:
         fmt: AudioFormat,
         queue_limit: int,
         metrics: GatewayMetrics,
+        ack_wait: AckWait | None = None,
     ) -> None:
         self.ws = ws
         self.transport = transport
@@ -136,6 +172,9 @@ class Session:
         self._progress = Event()  # set at each final delivered
         self._loop = asyncio.get_running_loop()
         self._batch: list[str] = []  # replies of this loop iteration (see send_text)
+        self._ack_wait = ack_wait  # None: acks leave with the loop iteration's batch
+        self._flush_soon = False  # a flush of _batch is due at the end of this iteration
+        self._holding = False  # _batch holds acks waiting in _ack_wait
         self._out: list[str] = []  # replies waiting for the client's socket
         self._writer: asyncio.Task[None] | None = None  # writes _out while it is not empty
         self._warned = False
@@ -149,8 +188,8 @@ class Session:
         if not self._silent:
             self.send_text(json.dumps(reply))
 
-    def send_text(self, text: str) -> None:
-        """`send` for a reply already in JSON."""
+    def send_text(self, text: str, *, ack: bool = False) -> None:
+        """`send` for a reply already in JSON; an `ack` may wait for company (AckWait)."""
         if self._silent:
             return
         if self._out:  # the client's socket is full: behind what waits
@@ -159,13 +198,21 @@ class Session:
         # Replies of one loop iteration (a pipeline's acks, a read's results) leave
         # together: one write, one system call, for all of them.
         self._batch.append(text)
-        if len(self._batch) == 1:
-            self._loop.call_soon(self.flush)
+        if self._flush_soon:
+            return
+        if ack and self._ack_wait is not None:
+            if not self._holding:
+                self._holding = True
+                self._ack_wait.hold(self)
+            return
+        self._flush_soon = True
+        self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write the batch at once where nothing waits in the transport's buffer (most
         of the time: no writer task, no wait); else queue it for the writer task."""
         batch, self._batch = self._batch, []
+        self._flush_soon = self._holding = False
         if not batch or self._silent:
             return
         transport = self._open()
@@ -295,7 +342,7 @@ class Session:
 
     def ack_reply(self, seq: int, size: int) -> None:
         """The client's ack of an accepted chunk (a protocol adapter may differ)."""
-        self.send_text(f'{{"status": "received", "size": {size}, "seq": {seq}}}')
+        self.send_text(f'{{"status": "received", "size": {size}, "seq": {seq}}}', ack=True)
 
     @property
     def replaying(self) -> bool:

@@ -46,6 +46,8 @@ def test_hark_variable_wins_over_the_alias() -> None:
         ({"HARK_BACKOFF_MIN": "5", "HARK_BACKOFF_MAX": "1"}, "HARK_BACKOFF_MIN"),
         ({"HARK_BATCH_WAIT": "-0.001"}, "HARK_BATCH_WAIT"),
         ({"HARK_BATCH_WAIT": "2"}, "HARK_BATCH_WAIT"),
+        ({"HARK_ACK_WAIT": "-0.001"}, "HARK_ACK_WAIT"),
+        ({"HARK_ACK_WAIT": "0.5"}, "HARK_ACK_WAIT"),
     ],
 )
 def test_bad_setting_is_refused_naming_the_variable(env: dict[str, str], named: str) -> None:
