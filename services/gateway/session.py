@@ -84,17 +84,21 @@ class AckWait:
         self.wait = wait
         self._due: deque[tuple[float, Session]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        # The loop of the first hold, looked up once: on Python 3.11 each lookup makes a
+        # getpid() call (at 1,000 streams, 10,000 a second of them).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def hold(self, session: Session) -> None:
         """Flush `session` at the end of the wait, unless something flushes it sooner."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = self._loop or asyncio.get_running_loop()
         when = loop.time() + self.wait
         self._due.append((when, session))
         if self._timer is None:
             self._timer = loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # set by the hold that set the timer
         now, due = loop.time(), self._due
         while due and due[0][0] <= now:
             # A session flushed meanwhile, and holding again since, leaves a little early.
