@@ -322,7 +322,10 @@ class Gateway:
                 WSCloseCode.POLICY_VIOLATION)  # fmt: skip
             return await refuse(ws, exc.reply(), code)
         try:
-            await self._serve(session)
+            if session.closing:  # a closed session, resumed to read what it missed
+                await self._finish_close(session)
+            else:
+                await self._serve(session)
         finally:
             # Ending runs to its end even when this handler is cancelled (aiohttp cancels
             # the handlers of lost connections where handler_cancellation is on).
@@ -418,10 +421,10 @@ class Gateway:
                                   query.get("resume_token", ""),
                                   principal.key if principal else "")  # fmt: skip
         logs.SESSION.set(found.session_id)
-        if found.closed:
-            raise ClientError("bad_resume", "the session was closed; open a new one")
         old = self.sessions.get(found.session_id)
         if old is not None:  # its connection is still open here: this one takes over
+            # A close it is waiting on goes on here (its results come to this session now).
+            old.close_flushed.set()
             await old.close(WSCloseCode.POLICY_VIOLATION, b"resumed elsewhere")
             await asyncio.wait_for(old.ended.wait(), CLOSE_FLUSH_TIMEOUT_S)
         session = Session(
@@ -430,6 +433,10 @@ class Gateway:
             queue_limit=self.settings.session_queue, metrics=self.metrics,
             ack_wait=self.ack_wait,
         )  # fmt: skip
+        # A closed session can still be resumed (while its record lives) by a client
+        # that lost its connection before the end of the close: it takes no more audio,
+        # and gets the finals it missed, then the close's summary (see _finish_close).
+        session.closing = found.closed
         self.router.claim(session.actor)
         try:
             finals = await self._bring_back(session, request, found, int(after))
@@ -438,7 +445,10 @@ class Gateway:
             raise
         log.info("session %s resumed at seq %d, %d finals replayed", session.session_id,
                  session.last_seq, len(finals))  # fmt: skip
-        session.send(session.resumed(len(finals)))
+        greeting = session.resumed(len(finals))
+        if found.closed:
+            greeting["closed"] = True
+        session.send(greeting)
         session.replay(finals)
         return session
 
@@ -583,10 +593,15 @@ class Gateway:
 
     async def close_flushed(self, session: Session) -> bool:
         """Take no more audio, have the transcriber flush, and wait (bounded) for its
-        finals. Whether they all came. The session can no longer be resumed."""
+        finals. Whether they all came. A resume of the session from here on only reads
+        what the client missed (see _finish_close)."""
         session.closing = True
         await self.control(session, "close")
         await self.redis.hset(keys.session(session.session_id), "closed", "1")
+        return await self._flushed(session)
+
+    async def _flushed(self, session: Session) -> bool:
+        """Wait (bounded) for the transcriber's answer to the session's close."""
         try:
             await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
         except TimeoutError:
@@ -594,6 +609,21 @@ class Gateway:
                         session.session_id, CLOSE_FLUSH_TIMEOUT_S)  # fmt: skip
             return False
         return True
+
+    async def _finish_close(self, session: Session) -> None:
+        """The rest of a close for a closed session resumed: its stored finals are
+        replayed already; while its close is still in the transcriber's mailbox (the
+        connection dropped during the flush), the flush's finals are waited for as the
+        close waits for them. Then the summary, and the connection closes (1000)."""
+        session.close_reason = "closed_by_client"
+        try:
+            if await resume.has_entries(self.redis, session.actor, session.session_id):
+                complete = await self._flushed(session)
+            else:
+                complete = True  # flushed and committed: every final is in the replay
+        except RedisError:
+            complete = False
+        await session.say_and_close(session.summary(complete), WSCloseCode.OK, b"session closed")
 
     async def end_session(
         self, session_id: str, reason: str = "ended_by_operator"

@@ -10,9 +10,10 @@ nothing extra per chunk for resume's sake.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -86,7 +87,7 @@ async def last_accepted(redis: Redis, actor: str, session_id: str) -> tuple[int,
 
 async def session_entries(
     redis: Redis, actor: str, session_id: str
-) -> AsyncIterator[tuple[bytes, bytes, AudioChunk | SessionControl]]:
+) -> AsyncGenerator[tuple[bytes, bytes, AudioChunk | SessionControl], None]:
     """(entry id, payload, message) of the session's entries in `actor`'s mailbox, in order.
 
     The mailbox holds only uncommitted entries, so this reads little.
@@ -107,6 +108,14 @@ async def session_entries(
         if len(entries) < SCAN_BATCH:
             return
         start = "(" + entries[-1][0].decode()
+
+
+async def has_entries(redis: Redis, actor: str, session_id: str) -> bool:
+    """Whether `actor`'s mailbox still holds entries of the session (not committed)."""
+    async with contextlib.aclosing(session_entries(redis, actor, session_id)) as entries:
+        async for _ in entries:
+            return True
+    return False
 
 
 async def stored_finals(redis: Redis, session_id: str, after: int) -> list[Transcript]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -14,6 +16,7 @@ from redis.asyncio import Redis
 
 from services.gateway.app import GATEWAY
 from services.transcriber.actor import Transcriber
+from services.transcriber.engines import Result
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import Settings
@@ -248,15 +251,111 @@ async def test_resume_is_refused_alike_for_a_wrong_token_and_an_unknown_session(
 
 
 @pytest.mark.usefixtures("transcriber")
-async def test_a_session_closed_by_its_client_cannot_be_resumed(
+async def test_a_closed_session_resumed_replays_what_was_missed_then_its_summary(
     gateway: TestClient[Any, Any],
 ) -> None:
+    # The client closed and got its summary, but says it has only the first final (as
+    # one whose connection dropped while they came would): it gets the others, the
+    # summary again, and the connection closes normally. No audio is taken any more.
     ws, hello = await open_session(gateway)
+    for _ in range(3):
+        await ws.send_bytes(b"\x00" * 10)
     await ws.send_str('{"type": "close"}')
-    async for _ in ws:
-        pass
-    ws, reply = await open_session(gateway, _resume_query(hello, 0))
-    assert reply["code"] == "bad_resume" and "closed" in reply["error"]
+    assert [r["status"] async for r in _replies(ws)][-1] == "closed"
+    ws, back = await open_session(gateway, _resume_query(hello, last_final=1))
+    assert (back["status"], back["closed"], back["last_seq"], back["replayed"]) == (
+        "resumed", True, 3, 2)  # fmt: skip
+    replies = [r async for r in _replies(ws)]
+    assert [(r["status"], r.get("seq")) for r in replies] == [
+        ("transcript", 2), ("transcript", 3), ("closed", None)]  # fmt: skip
+    assert replies[-1]["complete"] and replies[-1]["last_seq"] == 3
+    assert ws.close_code == aiohttp.WSCloseCode.OK
+
+
+class _HeldSession:
+    """Audio makes no final until the flush, which waits for `release` (as a model's
+    last utterance does while it is decoded)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.committed_seq = 0
+        self.last = 0
+
+    def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
+        self.last = seq
+        return []
+
+    def flush(self) -> list[Result]:
+        self.release.wait(10)
+        self.committed_seq = self.last
+        return [Result(self.last, "the last utterance", True)] if self.last else []
+
+
+class _HeldEngine:
+    name = "held"
+    blocking = True  # its calls run in a thread: the flush may wait there
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> _HeldSession:
+        return _HeldSession(self.release)
+
+
+async def test_a_close_cut_off_during_its_flush_is_carried_on_by_the_resume(
+    settings: Settings, gateway: TestClient[Any, Any], redis: Redis
+) -> None:
+    # The client's connection is lost (the gateway has not noticed) while the close
+    # waits for the transcriber's flush; the client resumes: the new connection gets
+    # the flush's final and the summary, the old one is closed.
+    assert settings.redis_url is not None
+    engine = _HeldEngine()
+    client = Redis.from_url(settings.redis_url)
+    actor = Transcriber(settings, engine, client, "transcriber-0")
+    stop = asyncio.Event()
+    task = asyncio.create_task(actor.run(stop))
+    await asyncio.wait_for(actor.ready.wait(), 10)
+    pubsub = redis.pubsub()
+    try:
+        old, hello = await open_session(gateway)
+        for _ in range(2):
+            await old.send_bytes(b"\x00" * 10)
+        assert [(await receive(old))["seq"] for _ in range(2)] == [1, 2]  # acks; no finals yet
+        # Redis says when the gateway marks the session closed (a keyspace event).
+        await redis.config_set("notify-keyspace-events", "Kh")
+        await pubsub.subscribe(f"__keyspace@0__:{keys.session(hello['session_id'])}")
+        assert (await pubsub.get_message(timeout=10))["type"] == "subscribe"  # type: ignore[index]
+        await old.send_str('{"type": "close"}')
+        marked = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
+        assert marked is not None and marked["data"] == b"hset"
+        new, back = await open_session(gateway, _resume_query(hello, last_final=0))
+        assert (back["status"], back["closed"], back["last_seq"], back["replayed"]) == (
+            "resumed", True, 2, 0)  # fmt: skip
+        closed = await old.receive(timeout=10)
+        assert (closed.type, closed.data, closed.extra) == (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSCloseCode.POLICY_VIOLATION,
+            "resumed elsewhere",
+        )
+        engine.release.set()
+        replies = [r async for r in _replies(new)]
+        assert [(r["status"], r.get("seq")) for r in replies] == [
+            ("transcript", 2), ("closed", None)]  # fmt: skip
+        assert replies[-1]["complete"] and new.close_code == aiohttp.WSCloseCode.OK
+    finally:
+        engine.release.set()
+        await pubsub.aclose()
+        await redis.config_set("notify-keyspace-events", "")
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await client.aclose()
+
+
+async def _replies(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str, Any]]:
+    """The replies until the server closes the connection."""
+    async for msg in ws:
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        yield json.loads(msg.data)
 
 
 @pytest.mark.usefixtures("transcriber")
