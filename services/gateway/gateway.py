@@ -613,11 +613,11 @@ class Gateway:
     async def _finish_close(self, session: Session) -> None:
         """The rest of a close for a closed session resumed: its stored finals are
         replayed already; while its close is still in the transcriber's mailbox (the
-        connection dropped during the flush), the flush's finals are waited for as the
+        connection dropped during the flush), the flush's finals are waited for as a
         close waits for them. Then the summary, and the connection closes (1000)."""
         session.close_reason = "closed_by_client"
         try:
-            if await resume.has_entries(self.redis, session.actor, session.session_id):
+            if await resume.close_pending(self.redis, session.actor, session.session_id):
                 complete = await self._flushed(session)
             else:
                 complete = True  # flushed and committed: every final is in the replay

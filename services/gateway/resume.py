@@ -110,11 +110,14 @@ async def session_entries(
         start = "(" + entries[-1][0].decode()
 
 
-async def has_entries(redis: Redis, actor: str, session_id: str) -> bool:
-    """Whether `actor`'s mailbox still holds entries of the session (not committed)."""
+async def close_pending(redis: Redis, actor: str, session_id: str) -> bool:
+    """Whether the session's `close` waits in `actor`'s mailbox still: its flush is not
+    done (a transcriber commits a control entry as it answers it). Its `end`, which a
+    gateway sends after the close, does not count: no answer comes for it."""
     async with contextlib.aclosing(session_entries(redis, actor, session_id)) as entries:
-        async for _ in entries:
-            return True
+        async for _, _, msg in entries:
+            if isinstance(msg, SessionControl) and msg.op == "close":
+                return True
     return False
 
 

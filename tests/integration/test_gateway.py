@@ -14,12 +14,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from services.gateway import resume
 from services.gateway.app import GATEWAY
 from services.transcriber.actor import Transcriber
 from services.transcriber.engines import Result
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import Settings
+from shared.messages import SessionControl
 from tests.integration.gateway_fixtures import LIMIT, open_session, receive
 
 pytestmark = pytest.mark.timeout(30)
@@ -472,3 +474,15 @@ async def test_a_session_redis_cannot_record_is_refused_and_leaves_nothing_behin
     ws, hello = await open_session(gateway)  # and the next one opens
     assert hello["status"] == "ready"
     await ws.close()
+
+
+async def test_a_close_is_pending_while_its_entry_waits_and_an_end_is_not(redis: Redis) -> None:
+    # What a resumed closed session waits on (close_pending): the close's entry, not the
+    # end the old connection's gateway sends after it (nothing answers an end: a resume
+    # that waited on it waited the flush timeout and said "complete": false).
+    mailbox = keys.mailbox("transcriber-9")
+    for op in ("end", "close"):
+        control = SessionControl("s1", "c1", 3, op)
+        await redis.xadd(mailbox, {"m": control.encode()})
+        assert await resume.close_pending(redis, "transcriber-9", "s1") == (op == "close")
+    assert not await resume.close_pending(redis, "transcriber-9", "s2")
