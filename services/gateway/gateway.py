@@ -397,8 +397,8 @@ class Gateway:
     def _limit(self, session: Session, request: web.Request) -> None:
         """Put the session under its connection's rate limits and its length limit."""
         session.lease = request.get(LEASE)
-        if self.settings.limit_session_s is None:
-            return
+        if self.settings.limit_session_s is None or session.closing:
+            return  # a closed session resumed only reads what it missed: nothing to end
         left = max(0.0, session.opened_at + self.settings.limit_session_s - time.time())
         session.deadline = asyncio.get_running_loop().call_later(
             left, lambda: self._spawn(self._too_long(session), f"too-long-{session.session_id}")
