@@ -177,8 +177,9 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._batch: list[str] = []  # replies of this loop iteration (see send_text)
         self._ack_wait = ack_wait  # None: acks leave with the loop iteration's batch
-        self._flush_soon = False  # a flush of _batch is due at the end of this iteration
-        self._holding = False  # _batch holds acks waiting in _ack_wait
+        # A flush of _batch is due at the end of this iteration; while not, what _batch
+        # holds is acks waiting in _ack_wait.
+        self._flush_soon = False
         self._out: list[str] = []  # replies waiting for the client's socket
         self._writer: asyncio.Task[None] | None = None  # writes _out while it is not empty
         self._warned = False
@@ -205,8 +206,7 @@ class Session:
         if self._flush_soon:
             return
         if ack and self._ack_wait is not None:
-            if not self._holding:
-                self._holding = True
+            if len(self._batch) == 1:  # the first to wait: the others wait with it
                 self._ack_wait.hold(self)
             return
         self._flush_soon = True
@@ -216,7 +216,7 @@ class Session:
         """Write the batch at once where nothing waits in the transport's buffer (most
         of the time: no writer task, no wait); else queue it for the writer task."""
         batch, self._batch = self._batch, []
-        self._flush_soon = self._holding = False
+        self._flush_soon = False
         if not batch or self._silent:
             return
         transport = self._open()
