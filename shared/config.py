@@ -160,12 +160,10 @@ class Settings:
         if self.limit_bytes_per_s is not None and self.limit_bytes_per_s < self.max_chunk_bytes:
             raise SettingsError("HARK_LIMIT_BYTES_PER_S must be at least HARK_MAX_CHUNK_BYTES "
                                 "(a largest frame could never pass)")  # fmt: skip
-        if not 0 <= self.batch_wait <= MAX_BATCH_WAIT_S:
-            raise SettingsError(f"{_var('batch_wait')}={self.batch_wait}: 0 to "
-                                f"{MAX_BATCH_WAIT_S:g} s")  # fmt: skip
-        if not 0 <= self.ack_wait <= MAX_ACK_WAIT_S:
-            raise SettingsError(f"{_var('ack_wait')}={self.ack_wait}: 0 to "
-                                f"{MAX_ACK_WAIT_S:g} s")  # fmt: skip
+        for name, most in (("batch_wait", MAX_BATCH_WAIT_S), ("ack_wait", MAX_ACK_WAIT_S)):
+            value = getattr(self, name)
+            if not 0 <= value <= most:
+                raise SettingsError(f"{_var(name)}={value}: 0 to {most:g} s")
         if self.restart_intensity < 0:
             raise SettingsError(f"{_var('restart_intensity')}: must be >= 0")
         for name, allowed in (("engine", ENGINES), ("backend", BACKENDS),
