@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from services.gateway import resume
-from services.gateway.app import GATEWAY, create_app
+from services.gateway.app import GATEWAY
 from services.transcriber.actor import Transcriber
 from services.transcriber.engines import Result
 from services.transcriber.engines.mock import MockEngine
@@ -276,41 +276,29 @@ async def test_a_closed_session_resumed_replays_what_was_missed_then_its_summary
     assert ws.close_code == aiohttp.WSCloseCode.OK
 
 
+@pytest.mark.usefixtures("transcriber")
 async def test_a_closed_session_resumed_past_its_length_limit_is_not_ended_again(
-    settings: Settings, aiohttp_client: Any, redis: Redis
+    gateway: TestClient[Any, Any], redis: Redis
 ) -> None:
     # HARK_LIMIT_SESSION_S counts from the session's first opening, resumes included:
     # a closed one resumed past it still gets what it missed and its summary, not a
     # second, overlapping end with session_too_long.
-    assert settings.redis_url is not None
-    limited = replace(settings, limit_session_s=3600)
-    gateway_client = Redis.from_url(settings.redis_url)
-    gateway = await aiohttp_client(create_app(limited, gateway_client))
-    engine_client = Redis.from_url(settings.redis_url)
-    actor = Transcriber(limited, MockEngine(), engine_client, "transcriber-0")
-    stop = asyncio.Event()
-    task = asyncio.create_task(actor.run(stop))
-    try:
-        await asyncio.wait_for(actor.ready.wait(), 10)
-        ws, hello = await open_session(gateway)
-        await ws.send_bytes(b"\x00" * 10)
-        await ws.send_str('{"type": "close"}')
-        assert [r["status"] async for r in _replies(ws)][-1] == "closed"
-        # Opened two hours ago, as far as the record says.
-        await redis.hset(keys.session(hello["session_id"]), "created_at", time.time() - 7200)
-        ws, back = await open_session(gateway, _resume_query(hello, last_final=0))
-        assert (back["status"], back["closed"]) == ("resumed", True)
-        replies = [r async for r in _replies(ws)]
-        assert [(r["status"], r.get("seq")) for r in replies] == [
-            ("transcript", 1),
-            ("closed", None),
-        ]
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await engine_client.aclose()
-        await gateway.close()  # the app stops while its Redis client is still open
-        await gateway_client.aclose()
+    app = gateway.server.app
+    assert app is not None
+    app[GATEWAY].settings = replace(app[GATEWAY].settings, limit_session_s=3600)
+    ws, hello = await open_session(gateway)
+    await ws.send_bytes(b"\x00" * 10)
+    await ws.send_str('{"type": "close"}')
+    assert [r["status"] async for r in _replies(ws)][-1] == "closed"
+    # Opened two hours ago, as far as the record says.
+    await redis.hset(keys.session(hello["session_id"]), "created_at", time.time() - 7200)
+    ws, back = await open_session(gateway, _resume_query(hello, last_final=0))
+    assert (back["status"], back["closed"]) == ("resumed", True)
+    replies = [r async for r in _replies(ws)]
+    assert [(r["status"], r.get("seq")) for r in replies] == [
+        ("transcript", 1),
+        ("closed", None),
+    ]
 
 
 class _HeldSession:
