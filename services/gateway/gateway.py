@@ -617,6 +617,8 @@ class Gateway:
         close waits for them. Then the summary, and the connection closes (1000)."""
         session.close_reason = "closed_by_client"
         try:
+            # Read again, not taken from _bring_back's read: only now is the session
+            # subscribed, so a flush done before is in the replay and one after comes.
             if await resume.close_pending(self.redis, session.actor, session.session_id):
                 complete = await self._flushed(session)
             else:
