@@ -88,3 +88,11 @@ def test_float_fields_accept_integers_from_other_senders() -> None:
     raw = msgpack.unpackb(SAMPLES[0].encode())
     raw["received_at"] = 3
     assert decode_as(AudioChunk, msgpack.packb(raw, use_bin_type=True)).received_at == 3
+
+
+def test_an_encode_that_fails_leaves_nothing_behind_for_the_next() -> None:
+    # Each thread reuses one msgpack packer: a failed pack must not leave half a message in it.
+    bad = Transcript("s1", "c1", 7, "hello", True, "transcriber-0", 1.25, words=[[object()]])
+    with pytest.raises(TypeError):
+        bad.encode()
+    assert decode(SAMPLES[2].encode()) == SAMPLES[2]
