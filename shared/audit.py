@@ -35,21 +35,18 @@ class Audit:
         # at once then costs a few round trips, not one each.
         self._coalescer = coalescer
 
-    def entry(self, event: str, session: str | None = None, **fields: Any) -> dict[str, str]:
-        if RESERVED & fields.keys():
-            raise ValueError(f"audit fields {sorted(RESERVED & fields.keys())} are reserved")
-        out = {"event": event, "actor": self.actor, "ts": f"{time.time():.6f}"}
-        if session is not None:
-            out["session"] = session
-        for key, value in fields.items():
-            if value is not None:
-                out[key] = str(value)
-        return out
-
     def command(self, event: str, session: str | None = None, **fields: Any) -> Command:
         """The entry's XADD, as every writer here sends it (a `Wire`, the coalescer, a
-        redis-py client or pipeline)."""
-        flat = [part for pair in self.entry(event, session, **fields).items() for part in pair]
+        redis-py client or pipeline). Fields whose value is None are left out."""
+        if RESERVED & fields.keys():
+            raise ValueError(f"audit fields {sorted(RESERVED & fields.keys())} are reserved")
+        # Built flat, as the command takes it: a transcriber writes one per final.
+        flat = ["event", event, "actor", self.actor, "ts", f"{time.time():.6f}"]
+        if session is not None:
+            flat += ("session", session)
+        for key, value in fields.items():
+            if value is not None:
+                flat += (key, str(value))
         return ("XADD", keys.AUDIT, "MAXLEN", "~", self.maxlen, "*", *flat)
 
     def add_to(self, pipe: Pipeline, event: str, session: str | None = None, **fields: Any) -> None:

@@ -8,10 +8,8 @@ logged anywhere below carries it without being told.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections.abc import Iterator
 from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
@@ -22,14 +20,22 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(actor)-15s %(session_short)-8s %(na
 JSON_FIELDS = "{asctime}{levelname}{actor}{session}{name}{message}"
 
 
-@contextlib.contextmanager
-def session_context(session_id: str | None) -> Iterator[None]:
-    """Lines logged inside are about this session."""
-    token = SESSION.set(session_id)
-    try:
-        yield
-    finally:
-        SESSION.reset(token)
+class session_context:
+    """Lines logged inside are about this session.
+
+    A class, not a contextlib generator: the transcriber enters one per mailbox entry,
+    and the generator's machinery cost 1.1 µs a time against 0.4."""
+
+    __slots__ = ("_session_id", "_token")
+
+    def __init__(self, session_id: str | None) -> None:
+        self._session_id = session_id
+
+    def __enter__(self) -> None:
+        self._token = SESSION.set(self._session_id)
+
+    def __exit__(self, *exc_info: object) -> None:
+        SESSION.reset(self._token)
 
 
 class _Context(logging.Filter):
