@@ -44,6 +44,8 @@ LEASE = web.RequestKey("lease", Lease)
 QUIET_CODES = frozenset({"overloaded", "rate_limited"})
 # How long `close` waits for the transcriber to flush before closing anyway.
 CLOSE_FLUSH_TIMEOUT_S = 10.0
+# How long a close under way may take: its flush, then its last replies' grace periods.
+CLOSING_S = CLOSE_FLUSH_TIMEOUT_S + 5.0
 # How long `stop` lets the sessions it closed finish ending (each drains for up to 2 s).
 ENDING_TIMEOUT_S = 3.0
 # Audio is refused once its transcriber is this many times HARK_MAX_LAG behind; sessions
@@ -584,6 +586,8 @@ class Gateway:
         elif kind == "finalize":
             await self.control(session, "finalize")
         elif kind == "close":
+            if session.closing:  # an operator's end is under way: its summary comes
+                return False
             complete = await self.close_flushed(session)
             session.send(session.summary(complete))
             session.close_reason = "closed_by_client"
@@ -636,6 +640,13 @@ class Gateway:
         session = self.sessions.get(session_id)
         if session is None:
             return None
+        if session.closing:
+            # On its way out already (its client's close, a closed session resumed, an
+            # earlier end, a client too slow): a second close would send the client a
+            # second summary. The answer is what the one under way came to.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.ended.wait(), CLOSING_S)
+            return {**session.summary(session.covered), "reason": session.close_reason}
         session.close_reason = reason
         try:
             complete = await self.close_flushed(session)

@@ -119,7 +119,9 @@ PATHS: dict[str, Any] = {
         "delete": {
             "summary": "End a session: its audio flushed, the client told, a normal close",
             "security": [{"admin": []}, {}],
-            "responses": {"200": json_body(SUMMARY, "the summary the client was sent"),
+            "responses": {"200": json_body(SUMMARY, "the summary the client was sent (of a "
+                                           "session closing already: of that close, once "
+                                           "done, with its reason)"),
                           **ADMIN_ERRORS, "404": error("no such session open here")},
         },
     },

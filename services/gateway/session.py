@@ -433,9 +433,15 @@ class Session:
             text += ", " + json.dumps(extra)[1:-1]
         self.send_text(text + "}")
 
+    @property
+    def covered(self) -> bool:
+        """Whether every accepted chunk is covered by a final sent to the client (or by
+        a flush that found it silent)."""
+        return max(self.delivered_seq, self.covered_seq) >= self.last_seq
+
     async def settled(self) -> None:
-        """Until every accepted chunk is covered by a final sent to the client."""
-        while max(self.delivered_seq, self.covered_seq) < self.last_seq:
+        """Until every accepted chunk is covered (see `covered`)."""
+        while not self.covered:
             self._progress.clear()
             await self._progress.wait()
 

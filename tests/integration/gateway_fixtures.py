@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,7 +16,9 @@ from redis.asyncio import Redis
 
 from services.gateway.app import create_app
 from services.transcriber.actor import Transcriber
+from services.transcriber.engines import Result
 from services.transcriber.engines.mock import MockEngine
+from shared import keys
 from shared.config import Settings
 
 LIMIT = 4000  # max_chunk_bytes in these tests
@@ -26,20 +30,93 @@ def settings(redis_url: str) -> Settings:
     return Settings(redis_url=redis_url, max_chunk_bytes=LIMIT, heartbeat_interval=0.5)
 
 
-@pytest.fixture
-async def transcriber(settings: Settings) -> AsyncIterator[None]:
+@contextlib.asynccontextmanager
+async def _running(settings: Settings, engine: Any) -> AsyncIterator[None]:
+    """transcriber-0 with `engine`, running beside the test."""
     assert settings.redis_url is not None
     client = Redis.from_url(settings.redis_url)
-    actor = Transcriber(settings, MockEngine(), client, "transcriber-0")
+    actor = Transcriber(settings, engine, client, "transcriber-0")
     stop = asyncio.Event()
     task = asyncio.create_task(actor.run(stop))
     # Live before the gateway looks: its own "running" heartbeat, not one written here,
     # which its "starting" one could overwrite.
     await asyncio.wait_for(actor.ready.wait(), 10)
-    yield
-    stop.set()
-    await asyncio.wait_for(task, 5)
-    await client.aclose()
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await client.aclose()
+
+
+@pytest.fixture
+async def transcriber(settings: Settings) -> AsyncIterator[None]:
+    async with _running(settings, MockEngine()):
+        yield
+
+
+class HeldSession:
+    """Audio makes no final until the flush, which waits for `release` (as a model's
+    last utterance does while it is decoded)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.committed_seq = 0
+        self.last = 0
+
+    def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
+        self.last = seq
+        return []
+
+    def flush(self) -> list[Result]:
+        self.release.wait(10)
+        self.committed_seq = self.last
+        return [Result(self.last, "the last utterance", True)] if self.last else []
+
+
+class HeldEngine:
+    name = "held"
+    blocking = True  # its calls run in a thread: the flush may wait there
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> HeldSession:
+        return HeldSession(self.release)
+
+
+@pytest.fixture
+async def held_engine(settings: Settings) -> AsyncIterator[HeldEngine]:
+    """transcriber-0 (in place of `transcriber`) with an engine whose flushes wait for
+    the test to set `release`."""
+    engine = HeldEngine()
+    try:
+        async with _running(settings, engine):
+            yield engine
+    finally:
+        engine.release.set()  # a flush still waiting lets the transcriber stop
+
+
+@contextlib.asynccontextmanager
+async def closed_mark(
+    redis: Redis, session_id: str
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Redis says when the gateway marks a session closed (a keyspace event): the
+    function yielded waits for the next HSET of the session's record."""
+    pubsub = redis.pubsub()
+    await redis.config_set("notify-keyspace-events", "Kh")
+    try:
+        await pubsub.subscribe(f"__keyspace@0__:{keys.session(session_id)}")
+        assert (await pubsub.get_message(timeout=10))["type"] == "subscribe"  # type: ignore[index]
+
+        async def marked() -> None:
+            event = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
+            assert event is not None and event["data"] == b"hset"
+
+        yield marked
+    finally:
+        await pubsub.aclose()
+        await redis.config_set("notify-keyspace-events", "")
 
 
 @pytest.fixture

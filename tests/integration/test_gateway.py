@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -19,12 +18,18 @@ from redis.asyncio import Redis
 from services.gateway import resume
 from services.gateway.app import GATEWAY
 from services.transcriber.actor import Transcriber
-from services.transcriber.engines import Result
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import Settings
 from shared.messages import SessionControl
-from tests.integration.gateway_fixtures import LIMIT, open_session, receive
+from shared.tasks import Event
+from tests.integration.gateway_fixtures import (
+    LIMIT,
+    HeldEngine,
+    closed_mark,
+    open_session,
+    receive,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -301,83 +306,34 @@ async def test_a_closed_session_resumed_past_its_length_limit_is_not_ended_again
     ]
 
 
-class _HeldSession:
-    """Audio makes no final until the flush, which waits for `release` (as a model's
-    last utterance does while it is decoded)."""
-
-    def __init__(self, release: threading.Event) -> None:
-        self.release = release
-        self.committed_seq = 0
-        self.last = 0
-
-    def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
-        self.last = seq
-        return []
-
-    def flush(self) -> list[Result]:
-        self.release.wait(10)
-        self.committed_seq = self.last
-        return [Result(self.last, "the last utterance", True)] if self.last else []
-
-
-class _HeldEngine:
-    name = "held"
-    blocking = True  # its calls run in a thread: the flush may wait there
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> _HeldSession:
-        return _HeldSession(self.release)
-
-
 async def test_a_close_cut_off_during_its_flush_is_carried_on_by_the_resume(
-    settings: Settings, gateway: TestClient[Any, Any], redis: Redis
+    gateway: TestClient[Any, Any], held_engine: HeldEngine, redis: Redis
 ) -> None:
     # The client's connection is lost (the gateway has not noticed) while the close
     # waits for the transcriber's flush; the client resumes: the new connection gets
     # the flush's final and the summary, the old one is closed.
-    assert settings.redis_url is not None
-    engine = _HeldEngine()
-    client = Redis.from_url(settings.redis_url)
-    actor = Transcriber(settings, engine, client, "transcriber-0")
-    stop = asyncio.Event()
-    task = asyncio.create_task(actor.run(stop))
-    await asyncio.wait_for(actor.ready.wait(), 10)
-    pubsub = redis.pubsub()
-    try:
-        old, hello = await open_session(gateway)
-        for _ in range(2):
-            await old.send_bytes(b"\x00" * 10)
-        assert [(await receive(old))["seq"] for _ in range(2)] == [1, 2]  # acks; no finals yet
-        # Redis says when the gateway marks the session closed (a keyspace event).
-        await redis.config_set("notify-keyspace-events", "Kh")
-        await pubsub.subscribe(f"__keyspace@0__:{keys.session(hello['session_id'])}")
-        assert (await pubsub.get_message(timeout=10))["type"] == "subscribe"  # type: ignore[index]
+    engine = held_engine
+    old, hello = await open_session(gateway)
+    for _ in range(2):
+        await old.send_bytes(b"\x00" * 10)
+    assert [(await receive(old))["seq"] for _ in range(2)] == [1, 2]  # acks; no finals yet
+    async with closed_mark(redis, hello["session_id"]) as marked:
         await old.send_str('{"type": "close"}')
-        marked = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
-        assert marked is not None and marked["data"] == b"hset"
-        new, back = await open_session(gateway, _resume_query(hello, last_final=0))
-        assert (back["status"], back["closed"], back["last_seq"], back["replayed"]) == (
-            "resumed", True, 2, 0)  # fmt: skip
-        closed = await old.receive(timeout=10)
-        assert (closed.type, closed.data, closed.extra) == (
-            aiohttp.WSMsgType.CLOSE,
-            aiohttp.WSCloseCode.POLICY_VIOLATION,
-            "resumed elsewhere",
-        )
-        engine.release.set()
-        replies = [r async for r in _replies(new)]
-        assert [(r["status"], r.get("seq")) for r in replies] == [
-            ("transcript", 2), ("closed", None)]  # fmt: skip
-        assert replies[-1]["complete"] and new.close_code == aiohttp.WSCloseCode.OK
-    finally:
-        engine.release.set()
-        await pubsub.aclose()
-        await redis.config_set("notify-keyspace-events", "")
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await client.aclose()
+        await marked()
+    new, back = await open_session(gateway, _resume_query(hello, last_final=0))
+    assert (back["status"], back["closed"], back["last_seq"], back["replayed"]) == (
+        "resumed", True, 2, 0)  # fmt: skip
+    closed = await old.receive(timeout=10)
+    assert (closed.type, closed.data, closed.extra) == (
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSCloseCode.POLICY_VIOLATION,
+        "resumed elsewhere",
+    )
+    engine.release.set()
+    replies = [r async for r in _replies(new)]
+    assert [(r["status"], r.get("seq")) for r in replies] == [
+        ("transcript", 2), ("closed", None)]  # fmt: skip
+    assert replies[-1]["complete"] and new.close_code == aiohttp.WSCloseCode.OK
 
 
 async def _replies(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str, Any]]:
@@ -513,3 +469,68 @@ async def test_a_close_is_pending_while_its_entry_waits_and_an_end_is_not(redis:
         await redis.xadd(mailbox, {"m": control.encode()})
         assert await resume.close_pending(redis, "transcriber-9", "s1") == (op == "close")
     assert not await resume.close_pending(redis, "transcriber-9", "s2")
+
+
+class _Watched(Event):
+    """An Event that says when something begins to wait on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = asyncio.Event()
+
+    async def wait(self) -> Literal[True]:
+        self.waited.set()
+        return await super().wait()
+
+
+async def _end_by_operator(gateway: TestClient[Any, Any], session_id: str) -> dict[str, Any]:
+    async with gateway.delete(f"/sessions/{session_id}") as resp:
+        assert resp.status == 200
+        summary: dict[str, Any] = await resp.json()
+        return summary
+
+
+async def test_an_operator_end_during_the_clients_close_sends_no_second_summary(
+    gateway: TestClient[Any, Any], held_engine: HeldEngine, redis: Redis
+) -> None:
+    ws, hello = await open_session(gateway)
+    sid = hello["session_id"]
+    ended = gateway.server.app[GATEWAY].sessions[sid].ended = _Watched()
+    for _ in range(2):
+        await ws.send_bytes(b"\x00" * 10)
+    assert [(await receive(ws))["seq"] for _ in range(2)] == [1, 2]
+    async with closed_mark(redis, sid) as marked:
+        await ws.send_str('{"type": "close"}')
+        await marked()  # the close waits for the held flush
+    ending = asyncio.create_task(_end_by_operator(gateway, sid))
+    await asyncio.wait_for(ended.waited.wait(), 10)  # the end waits for the close's end
+    held_engine.release.set()
+    replies = [r async for r in _replies(ws)]
+    assert [(r["status"], r.get("seq")) for r in replies] == [("transcript", 2), ("closed", None)]
+    assert ws.close_code == aiohttp.WSCloseCode.OK
+    summary = await asyncio.wait_for(ending, 10)
+    assert summary == {**replies[-1], "reason": "closed_by_client"}
+
+
+async def test_a_clients_close_during_an_operator_end_sends_no_second_summary(
+    gateway: TestClient[Any, Any], held_engine: HeldEngine, redis: Redis
+) -> None:
+    ws, hello = await open_session(gateway)
+    sid = hello["session_id"]
+    for _ in range(2):
+        await ws.send_bytes(b"\x00" * 10)
+    assert [(await receive(ws))["seq"] for _ in range(2)] == [1, 2]
+    async with closed_mark(redis, sid) as marked:
+        ending = asyncio.create_task(_end_by_operator(gateway, sid))
+        await marked()  # the end waits for the held flush
+    await ws.send_str('{"type": "close"}')
+    # Frames are read in order: the answer to audio sent after the close says the close
+    # was read and the session goes on closing (it would wait for the flush otherwise).
+    await ws.send_bytes(b"\x00" * 10)
+    assert (await receive(ws))["code"] == "session_closing"
+    held_engine.release.set()
+    replies = [r async for r in _replies(ws)]
+    assert [(r["status"], r.get("seq")) for r in replies] == [("transcript", 2), ("closed", None)]
+    summary = await asyncio.wait_for(ending, 10)
+    assert replies[-1] == summary and summary["reason"] == "ended_by_operator"
+    assert ws.close_code == aiohttp.WSCloseCode.OK
