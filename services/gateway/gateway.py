@@ -586,8 +586,8 @@ class Gateway:
         elif kind == "finalize":
             await self.control(session, "finalize")
         elif kind == "close":
-            if session.closing:  # an operator's end is under way: its summary comes
-                return False
+            if session.closing:  # an operator's end (or a slow client's) is under way,
+                return False  # and that close sends the client what there is to send
             complete = await self.close_flushed(session)
             session.send(session.summary(complete))
             session.close_reason = "closed_by_client"
