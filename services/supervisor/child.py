@@ -62,6 +62,9 @@ class Child:
     instance: str = ""  # the backend's token for the current incarnation
     load: int | None = None  # sessions (transcriber) or connections (gateway), from its beat
     mailbox: int | None = None  # a transcriber's mailbox entries not yet transcribed
+    # A transcriber's queueing delay, from its beat: the longest its audio waited in its
+    # mailbox since its beat before (what the gateways check HARK_MAX_LAG against).
+    lag_ms: int | None = None
     draining: bool = False  # a transcriber given no new sessions
     restart_requested: bool = False  # by an operator: restart now, whatever the exit
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -102,6 +105,7 @@ class Child:
             "heartbeat_age_s": self.heartbeat_age,
             "sessions": self.load,
             "mailbox": self.mailbox,
+            "lag_ms": self.lag_ms,
             "draining": self.draining,
         }
 

@@ -17,6 +17,9 @@ async def render(supervisor: Supervisor) -> bytes:
     restarts = Gauge("hark_actor_restarts", "Restarts of the actor", ["actor"], registry=registry)
     beat = Gauge("hark_actor_heartbeat_age_seconds", "Time since the actor's last heartbeat",
                  ["actor"], registry=registry)  # fmt: skip
+    lag = Gauge("hark_transcriber_lag_seconds",
+                "The longest a transcriber's audio waited in its mailbox between its last "
+                "two heartbeats", ["actor"], registry=registry)  # fmt: skip
     restart_ms = Gauge("hark_actor_last_restart_milliseconds",
                        "From the actor's last exit to its replacement ready", ["actor"],
                        registry=registry)  # fmt: skip
@@ -27,6 +30,8 @@ async def render(supervisor: Supervisor) -> bytes:
         restarts.labels(child.name).set(child.restarts)
         if child.heartbeat_age is not None:
             beat.labels(child.name).set(child.heartbeat_age)
+        if child.lag_ms is not None:
+            lag.labels(child.name).set(child.lag_ms / 1000)
         if child.last_restart_ms is not None:
             restart_ms.labels(child.name).set(child.last_restart_ms)
     healthy.set(1 if supervisor.status()["healthy"] else 0)

@@ -16,7 +16,7 @@ ACTOR = oa.obj(
     last_exit=oa.maybe("string"),
     last_exit_at=oa.maybe("number"), last_restart_ms=oa.maybe("number"),
     heartbeat_age_s=oa.maybe("number"), sessions=oa.maybe("integer"), mailbox=oa.maybe("integer"),
-    draining=BOOL,
+    lag_ms=oa.maybe("integer"), draining=BOOL,
 )  # fmt: skip
 STATUS = oa.obj(
     ["state", "healthy", "redis", "actors"],

@@ -142,6 +142,9 @@ async def test_dashboard_shows_the_tree_live_and_its_buttons_act(
     await expect(victim.locator("td").nth(1)).to_have_text("RUNNING")
     before = await tree.actor("transcriber-0")
     await expect(victim.locator("td").nth(2)).to_have_text(str(before["pid"]))
+    # Its lag, from its heartbeat: none while idle; the gateway has none to report.
+    await expect(victim.locator("td").nth(8)).to_have_text("0 ms", timeout=10_000)
+    await expect(page.locator('tr[data-actor="gateway"] td').nth(8)).to_have_text("-")
     shot_before = await page.locator("#actors").screenshot()
 
     os.kill(before["pid"], signal.SIGKILL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from signal import SIGKILL, SIGTERM
@@ -16,10 +17,14 @@ from signal import SIGKILL, SIGTERM
 import pytest
 from redis.asyncio import Redis
 
+from services.supervisor import metrics
 from services.supervisor.child import ChildSpec, Restart, State
+from services.supervisor.commands import format_rows
+from services.supervisor.monitor import check
 from services.supervisor.supervisor import OperationError, StartupError, Supervisor
 from shared import keys
 from shared.config import Settings
+from shared.messages import Heartbeat
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -257,3 +262,21 @@ async def test_a_scale_down_stops_a_transcriber_waiting_out_its_restart_backoff(
     await asyncio.wait_for(sup.children["transcriber-1"].reach(State.BACKOFF), 10)
     assert await asyncio.wait_for(sup.scale("transcriber", 1), 10) == ["transcriber-0"]
     assert backend.spawned.empty()
+
+
+async def test_status_shows_a_transcribers_sessions_and_lag_from_its_heartbeat(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend, redis: Redis
+) -> None:
+    sup, handle = await started(make, settings, backend, spec())
+    now = time.time()
+    beat = Heartbeat(name="transcriber-0", pid=handle.pid, role="transcriber", state="running",
+                     load=3, version="test", ts=now, started_at=now, instance=handle.instance,
+                     lag_ms=1234)  # fmt: skip
+    await redis.set(keys.actor("transcriber-0"), beat.encode())
+    await check(sup)  # one round of the heartbeat monitor
+    row = next(a for a in sup.status()["actors"] if a["name"] == "transcriber-0")
+    assert (row["sessions"], row["lag_ms"]) == (3, 1234)
+    header, line = format_rows([row]).splitlines()
+    assert line[header.index("LAG MS") :].split() == ["1234"]  # the last column
+    assert "hark_transcriber_lag_seconds{actor=\"transcriber-0\"} 1.234" in (
+        await metrics.render(sup)).decode()  # fmt: skip

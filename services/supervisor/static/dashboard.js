@@ -67,7 +67,9 @@ function row(actor) {
   tr.append(state, cell(actor.pid, "num"), cell(duration(actor.uptime_s), "num"),
             cell(actor.restarts, "num restarts"), cell(actor.last_exit),
             cell(actor.heartbeat_age_s === null ? null : actor.heartbeat_age_s.toFixed(1) + "s", "num"),
-            cell(actor.mailbox, "num"), cell(actor.sessions, "num"));
+            cell(actor.mailbox, "num"),
+            cell(actor.lag_ms == null ? null : `${actor.lag_ms} ms`, "num"),
+            cell(actor.sessions, "num"));
   const actions = document.createElement("td");
   if (actor.role !== "redis") {
     actions.append(button("restart", () =>
