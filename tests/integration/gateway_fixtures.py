@@ -14,7 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from services.gateway.app import create_app
+from services.gateway.app import GATEWAY, create_app
+from services.gateway.gateway import Gateway
 from services.transcriber.actor import Transcriber
 from services.transcriber.engines import Result
 from services.transcriber.engines.mock import MockEngine
@@ -129,6 +130,12 @@ async def gateway(
     yield client
     await client.close()  # the app stops while its Redis client is still open
     await redis.aclose()
+
+
+def gateway_of(client: TestClient[Any, Any]) -> Gateway:
+    """The Gateway behind a test client of the gateway app."""
+    assert client.server.app is not None
+    return client.server.app[GATEWAY]
 
 
 async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from services.gateway import resume
-from services.gateway.app import GATEWAY
 from services.transcriber.actor import Transcriber
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
@@ -27,6 +26,7 @@ from tests.integration.gateway_fixtures import (
     LIMIT,
     HeldEngine,
     closed_mark,
+    gateway_of,
     open_session,
     receive,
 )
@@ -288,9 +288,8 @@ async def test_a_closed_session_resumed_past_its_length_limit_is_not_ended_again
     # HARK_LIMIT_SESSION_S counts from the session's first opening, resumes included:
     # a closed one resumed past it still gets what it missed and its summary, not a
     # second, overlapping end with session_too_long.
-    app = gateway.server.app
-    assert app is not None
-    app[GATEWAY].settings = replace(app[GATEWAY].settings, limit_session_s=3600)
+    gw = gateway_of(gateway)
+    gw.settings = replace(gw.settings, limit_session_s=3600)
     ws, hello = await open_session(gateway)
     await ws.send_bytes(b"\x00" * 10)
     await ws.send_str('{"type": "close"}')
@@ -439,9 +438,7 @@ async def test_finals_published_while_pubsub_reconnects_are_sent_from_the_store(
 async def test_a_session_redis_cannot_record_is_refused_and_leaves_nothing_behind(
     gateway: TestClient[Any, Any], redis: Redis
 ) -> None:
-    app = gateway.server.app
-    assert app is not None
-    gw = app[GATEWAY]
+    gw = gateway_of(gateway)
     await redis.set(keys.AUDIT, "not a stream")  # the session_open entry fails: WRONGTYPE
     ws, reply = await open_session(gateway)
     assert (reply["status"], reply["code"]) == ("error", "unavailable")
@@ -495,7 +492,7 @@ async def test_an_operator_end_during_the_clients_close_sends_no_second_summary(
 ) -> None:
     ws, hello = await open_session(gateway)
     sid = hello["session_id"]
-    ended = gateway.server.app[GATEWAY].sessions[sid].ended = _Watched()
+    ended = gateway_of(gateway).sessions[sid].ended = _Watched()
     for _ in range(2):
         await ws.send_bytes(b"\x00" * 10)
     assert [(await receive(ws))["seq"] for _ in range(2)] == [1, 2]

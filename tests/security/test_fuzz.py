@@ -26,9 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from services.gateway.app import GATEWAY
 from services.gateway.gateway import Gateway
-from tests.integration.gateway_fixtures import LIMIT, receive
+from tests.integration.gateway_fixtures import LIMIT, gateway_of, receive
 from tests.security.conftest import KEY, bearer
 
 # The transcriber first: it is live before the gateway starts looking for one.
@@ -144,11 +143,6 @@ class Probe:
         self.latencies.append(time.perf_counter() - t0)
         assert [(r["status"], r["seq"]) for r in replies] == [
             ("received", self.seq), ("transcript", self.seq)]  # fmt: skip
-
-
-def gateway_of(client: TestClient[Any, Any]) -> Gateway:
-    assert client.server.app is not None
-    return client.server.app[GATEWAY]
 
 
 async def quiet(gw: Gateway, keep: int) -> None:

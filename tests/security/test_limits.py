@@ -11,9 +11,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from services.gateway.app import GATEWAY
 from shared.config import Settings
-from tests.integration.gateway_fixtures import LIMIT, receive
+from tests.integration.gateway_fixtures import LIMIT, gateway_of, receive
 from tests.security.conftest import KEY, OTHER, bearer
 
 # The transcriber first: it is live before the gateway starts looking for one.
@@ -87,9 +86,7 @@ async def test_chunks_and_bytes_a_second_are_limited_and_the_refused_frame_is_no
 async def test_a_session_past_its_length_is_ended_with_a_summary(
     gateway: TestClient[Any, Any],
 ) -> None:
-    app = gateway.server.app
-    assert app is not None
-    gw = app[GATEWAY]
+    gw = gateway_of(gateway)
     gw.settings = dataclasses.replace(gw.settings, limit_session_s=0.5)
     ws = await connect(gateway, KEY)
     await ws.send_bytes(b"\x00" * 10)
