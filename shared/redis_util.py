@@ -4,7 +4,9 @@ command coalescer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +36,12 @@ POOL_WAIT_S = 20.0
 # once the whole pipeline is read, so a burst (ten thousand chunks at once) goes out in
 # steps whose answers flow, not in one pipeline that answers nothing for seconds.
 MAX_PIPELINE = 512
+# Send buffer asked for on a raw connection over a Unix socket (the embedded Redis), where
+# the kernel never grows it (TCP tunes its own): at the default 208 KB a pipeline of audio
+# went out a piece per loop turn of a busy gateway, and the round trips, one at a time,
+# capped its stores (bench/RESULTS.md, tenth round). The kernel caps what is asked at
+# net.core.wmem_max.
+UNIX_SEND_BUFFER = 4 << 20
 
 
 def connect(url: str, *, name: str | None = None) -> Redis:
@@ -135,6 +143,11 @@ class RawConnection:
 
     async def connect(self) -> None:
         await self._conn.connect()  # type: ignore[no-untyped-call]
+        writer = self._conn._writer
+        sock = None if writer is None else writer.transport.get_extra_info("socket")
+        if sock is not None and sock.family == socket.AF_UNIX:
+            with contextlib.suppress(OSError):  # a tuning: the connection works without it
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SEND_BUFFER)
         self._replies = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError,
                                        notEnoughData=_INCOMPLETE)  # fmt: skip
 

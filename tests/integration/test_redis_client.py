@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import stat
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from services.supervisor.tree import embedded_redis
-from shared.redis_util import MAX_CONNECTIONS, Coalescer, Wire, connect, raw_stream_entries
+from shared.redis_util import (
+    MAX_CONNECTIONS,
+    UNIX_SEND_BUFFER,
+    Coalescer,
+    Wire,
+    connect,
+    raw_stream_entries,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -145,6 +153,15 @@ async def test_the_embedded_redis_listens_on_a_unix_socket_every_connection_kind
             assert await client.ping()
             assert await wire.execute([("SET", "k", "v"), ("GET", "k")]) == [b"OK", b"v"]
             assert await coalescer.execute("GET", "k") == b"v"
+            # A raw connection's send buffer is grown: the kernel never grows a Unix
+            # socket's, and at its default a gateway's pipelines of audio crawled out.
+            # Linux keeps twice what is asked, capped at net.core.wmem_max.
+            cap = _wmem_max()
+            for raw in (wire, coalescer._wire):
+                sock = raw._conn._writer.transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= min(
+                    UNIX_SEND_BUFFER, cap
+                )
         finally:
             await coalescer.close()
             await wire.close()
@@ -152,3 +169,7 @@ async def test_the_embedded_redis_listens_on_a_unix_socket_every_connection_kind
     finally:
         proc.terminate()
         await proc.wait()
+
+
+def _wmem_max() -> int:
+    return int(Path("/proc/sys/net/core/wmem_max").read_text())
