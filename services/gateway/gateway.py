@@ -556,8 +556,8 @@ class Gateway:
         session.storing.pop(0)
         if _ok(stored):
             session.acked(seq, size)
-            self.metrics.chunks.inc()
-            self.metrics.bytes.inc(size)
+            self.metrics.chunks += 1
+            self.metrics.audio_bytes += size
             return
         if not stored.cancelled():
             for later in session.storing:

@@ -404,10 +404,10 @@ class Session:
             self._progress.set()
             self.stats.finals += 1
             if not replayed:
-                self.metrics.latency.observe(max(0.0, time.time() - t.received_at))
-            self.metrics.finals.inc()
+                self.metrics.observe_latency(max(0.0, time.time() - t.received_at))
+            self.metrics.finals += 1
         else:
-            self.metrics.partials.inc()
+            self.metrics.partials += 1
         self.transcript_reply(t, replayed)
 
     def transcript_reply(self, t: Transcript, replayed: bool) -> None:
