@@ -33,7 +33,7 @@ from shared.config import SAMPLE_WIDTHS, Settings
 from shared.http_errors import json_error
 from shared.messages import ActorDown, AudioChunk, Message, SessionControl, Transcript
 from shared.redis_util import Coalescer
-from shared.tasks import cancel_and_wait
+from shared.tasks import Event, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -419,9 +419,9 @@ class Gateway:
         if not after.isdigit() or len(after) > 12:
             raise ClientError("bad_setting", "last_final must be a non-negative integer")
         principal = request.get(PRINCIPAL)
-        found = await resume.load(self.redis, query.get("session_id", ""),
-                                  query.get("resume_token", ""),
-                                  principal.key if principal else "")  # fmt: skip
+        asked = (query.get("session_id", ""), query.get("resume_token", ""),
+                 principal.key if principal else "")  # fmt: skip
+        found = await resume.load(self.redis, *asked)
         logs.SESSION.set(found.session_id)
         old = self.sessions.get(found.session_id)
         if old is not None:  # its connection is still open here: this one takes over
@@ -429,6 +429,11 @@ class Gateway:
             old.close_flushed.set()
             await old.close(WSCloseCode.POLICY_VIOLATION, b"resumed elsewhere")
             await asyncio.wait_for(old.ended.wait(), CLOSE_FLUSH_TIMEOUT_S)
+            if old.marking is not None and not found.closed:
+                # Its close (the client's, an operator's end) had begun but not yet marked
+                # the record when it was read: once marked, this is a closed session resumed.
+                await asyncio.wait_for(old.marking.wait(), CLOSE_FLUSH_TIMEOUT_S)
+                found = await resume.load(self.redis, *asked)
         session = Session(
             ws, transport=request.transport, session_id=found.session_id, client_id=found.client_id,
             resume_token=query["resume_token"], actor=found.actor, fmt=found.fmt,
@@ -600,8 +605,12 @@ class Gateway:
         finals. Whether they all came. A resume of the session from here on only reads
         what the client missed (see _finish_close)."""
         session.closing = True
-        await self.control(session, "close")
-        await self.redis.hset(keys.session(session.session_id), "closed", "1")
+        session.marking = marked = Event()
+        try:
+            await self.control(session, "close")
+            await self.redis.hset(keys.session(session.session_id), "closed", "1")
+        finally:
+            marked.set()
         return await self._flushed(session)
 
     async def _flushed(self, session: Session) -> bool:

@@ -164,6 +164,9 @@ class Session:
         self.closing = False
         self.close_reason = "disconnected"  # why the session ended, for the audit log
         self.close_flushed = Event()
+        # Set once a close has marked the session's record closed (or failed to): a resume
+        # that takes over during a close waits for it (see Gateway._resume).
+        self.marking: Event | None = None
         self.opened_at = time.time()
         self._held: list[Transcript] = []
         self._backlog: list[Message] | None = None  # live results held during a replay

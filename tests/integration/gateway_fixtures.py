@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from redis.asyncio import Redis
 
 from services.gateway.app import GATEWAY, create_app
@@ -120,13 +121,23 @@ async def closed_mark(
         await redis.config_set("notify-keyspace-events", "")
 
 
+class AsDeployed(TestServer):
+    """A test server that runs the app's handlers as `hark up` does: aiohttp's test
+    server cancels the handler of a connection it loses, `web.AppRunner` (the gateway's)
+    by default does not, so a close under way finishes there."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
+
+
 @pytest.fixture
 async def gateway(
     settings: Settings, aiohttp_client: ClientFactory
 ) -> AsyncIterator[TestClient[Any, Any]]:
     assert settings.redis_url is not None
     redis = Redis.from_url(settings.redis_url)
-    client = await aiohttp_client(create_app(settings, redis))
+    client = await aiohttp_client(AsDeployed(create_app(settings, redis)))
     yield client
     await client.close()  # the app stops while its Redis client is still open
     await redis.aclose()

@@ -335,6 +335,41 @@ async def test_a_close_cut_off_during_its_flush_is_carried_on_by_the_resume(
     assert replies[-1]["complete"] and new.close_code == aiohttp.WSCloseCode.OK
 
 
+@pytest.mark.usefixtures("transcriber")
+async def test_a_resume_that_lands_before_a_close_marks_the_record_resumes_a_closed_session(
+    gateway: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client's close has begun (no more audio) but not yet reached the transcriber
+    # nor marked the record when the client, its connection lost, resumes: the record it
+    # reads says open. The resume must still come back closed (what it missed, the
+    # summary, a normal close), not as a live session whose record then says closed.
+    gw = gateway_of(gateway)
+    entered, release = asyncio.Event(), asyncio.Event()
+    control = gw.control
+
+    async def held(session: Any, op: str) -> None:
+        if op == "close":
+            entered.set()
+            await release.wait()
+        await control(session, op)
+
+    monkeypatch.setattr(gw, "control", held)
+    old, hello = await open_session(gateway)
+    await old.send_bytes(b"\x00" * 10)
+    assert [(await receive(old))["status"] for _ in range(2)] == ["received", "transcript"]
+    await old.send_str('{"type": "close"}')
+    await entered.wait()
+    resuming = asyncio.create_task(open_session(gateway, _resume_query(hello, last_final=1)))
+    closed = await old.receive(timeout=10)  # taken over: the resume waits for it to end
+    assert (closed.type, closed.extra) == (aiohttp.WSMsgType.CLOSE, "resumed elsewhere")
+    release.set()
+    new, back = await resuming
+    assert (back["status"], back.get("closed"), back["last_seq"]) == ("resumed", True, 1)
+    replies = [r async for r in _replies(new)]
+    assert [(r["status"], r.get("seq")) for r in replies] == [("closed", None)]
+    assert new.close_code == aiohttp.WSCloseCode.OK
+
+
 async def _replies(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str, Any]]:
     """The replies until the server closes the connection."""
     async for msg in ws:
