@@ -78,7 +78,8 @@ class AckWait:
     waits, at most `wait` seconds, for the session's next reply of any other kind,
     and leaves in the same write, ahead of it; with none, it leaves alone at the end
     of its wait. The waits share one timer: they all last the same, so they end in
-    the order they began.
+    the order they began. A wait whose ack has left with another reply ends with
+    nothing to send: it does not send an ack that began waiting after it.
     """
 
     def __init__(self, wait: float) -> None:
@@ -92,7 +93,7 @@ class AckWait:
     def hold(self, session: Session) -> None:
         """Flush `session` at the end of the wait, unless something flushes it sooner."""
         loop = self._loop = self._loop or asyncio.get_running_loop()
-        when = loop.time() + self.wait
+        when = session.ack_due = loop.time() + self.wait
         self._due.append((when, session))
         if self._timer is None:
             self._timer = loop.call_at(when, self._expire)
@@ -102,8 +103,9 @@ class AckWait:
         assert loop is not None  # set by the hold that set the timer
         now, due = loop.time(), self._due
         while due and due[0][0] <= now:
-            # A session flushed meanwhile, and holding again since, leaves a little early.
-            due.popleft()[1].flush()
+            when, session = due.popleft()
+            if session.ack_due == when:  # else a later wait of the session is its own
+                session.flush()
         self._timer = loop.call_at(due[0][0], self._expire) if due else None
 
 
@@ -181,6 +183,7 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._batch: list[str] = []  # replies of this loop iteration (see send_text)
         self._ack_wait = ack_wait  # None: acks leave with the loop iteration's batch
+        self.ack_due = 0.0  # when its latest wait in _ack_wait ends (loop time)
         # A flush of _batch is due at the end of this iteration; while not, what _batch
         # holds is acks waiting in _ack_wait.
         self._flush_soon = False

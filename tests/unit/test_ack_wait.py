@@ -8,6 +8,8 @@ import json
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat
 from services.gateway.session import AckWait, Session
@@ -95,3 +97,28 @@ async def test_any_other_reply_takes_a_waiting_ack_along() -> None:
     s.send({"status": "finalized", "seq": 1})
     await loop_turns()
     assert [[r["status"] for r in w] for w in transport.writes] == [["received", "finalized"]]
+
+
+async def test_a_wait_whose_ack_left_early_does_not_send_the_next_ack_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chunks 100 ms apart with a 100 ms wait: chunk 1's wait ends while chunk 2's ack
+    # waits for its transcript. The loop's clock is the test's, so no timing is involved.
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+    transport = Transport()
+    s = session(transport, AckWait(0.1))
+    s.acked(1, 3200)
+    s.on_message(transcript(1))  # the ack leaves with it; its wait goes on
+    await loop_turns()
+    now[0] += 0.09
+    s.acked(2, 3200)
+    now[0] += 0.02  # chunk 1's wait is over, chunk 2's is not
+    await loop_turns()
+    s.on_message(transcript(2))
+    await loop_turns()
+    assert [[(r["status"], r["seq"]) for r in w] for w in transport.writes] == [
+        [("received", 1), ("transcript", 1)],
+        [("received", 2), ("transcript", 2)],
+    ]
