@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 ENGINES = ("mock", "whisper", "sphinx")
 BACKENDS = ("process", "docker")
 LOG_FORMATS = ("text", "json")
-# More than this would hold every result back as long (HARK_BATCH_WAIT).
+# More than this would hold the audio that comes during the wait back as long (HARK_BATCH_WAIT).
 MAX_BATCH_WAIT_S = 0.1
 # More than this would hold back the acks a client paces its audio by (HARK_ACK_WAIT).
 MAX_ACK_WAIT_S = 0.1

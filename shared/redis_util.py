@@ -197,7 +197,21 @@ class Wire(RawConnection):
     commands, their replies in order, one timeout (SOCKET_TIMEOUT_S) for the whole
     round trip. One that fails or is cancelled drops the connection (its replies could
     no longer be told apart from the next one's); the next opens a new connection.
+
+    Commands that need no reply yet can go ahead with `send`: the next `execute`
+    reads their replies before its own.
     """
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.owed = 0  # replies to commands of `send` that no `execute` has read yet
+
+    def send(self, commands: Sequence[Sequence[Any]]) -> None:
+        """Write `commands` now, without waiting for Redis: the next `execute` reads
+        their replies ahead of its own and raises the first error among them. Raises
+        redis-py's ConnectionError when not connected (nothing is written then)."""
+        self.write(commands)
+        self.owed += len(commands)
 
     async def execute(
         self, commands: Sequence[Sequence[Any]], raise_on_error: bool = False
@@ -205,24 +219,34 @@ class Wire(RawConnection):
         """Send `commands`; their replies, in order. With `raise_on_error`, the first
         error reply is raised once all are read, as redis-py's pipelines do."""
         replies: list[Any] = []
+        owed = self.owed
         try:
             async with asyncio.timeout(SOCKET_TIMEOUT_S):
                 if not self.connected:
                     await self.connect()
                 self.write(commands)
                 await self.drain()
-                while len(replies) < len(commands):
+                while len(replies) < owed + len(commands):
                     replies += await self.replies()
         except BaseException as exc:
             await self.close()
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError(f"no reply from Redis in {SOCKET_TIMEOUT_S} s") from None
             raise
+        self.owed = 0
+        for reply in replies[:owed]:  # nobody else sees these
+            if isinstance(reply, ResponseError):
+                raise reply
+        replies = replies[owed:] if owed else replies
         if raise_on_error:
             for reply in replies:
                 if isinstance(reply, ResponseError):
                     raise reply
         return replies
+
+    async def close(self) -> None:
+        self.owed = 0  # gone with the connection
+        await super().close()
 
 
 class Coalescer:

@@ -110,8 +110,9 @@ class Transcriber:
         block_ms = max(1, int(self.settings.heartbeat_interval * 500))
         backoff = REDIS_BACKOFF_MIN_S
         # The writes of one round (results, acks, heartbeat) travel in the same pipeline
-        # as the read of the next: one round trip per round. Redis runs them in order, so
-        # the results are published and the entries acknowledged before the read blocks.
+        # as the read of the next, or ahead of it (a short batch, below): one round trip
+        # per round. Redis runs them in order, so the results are published and the
+        # entries acknowledged before the read blocks.
         pipe: list[Command] = []
         while not stop.is_set():
             try:
@@ -122,6 +123,10 @@ class Transcriber:
                     # A short batch: let the mailbox fill a moment, so the next round
                     # trip carries more (at 800 real-time streams a transcriber spent
                     # 31 µs a chunk without the wait, 23 with it: bench/RESULTS.md).
+                    # The round's results leave first: the wait delays the next read,
+                    # not them (their replies are read with the read's).
+                    self.wire.send(pipe)
+                    pipe = []
                     await asyncio.sleep(self.settings.batch_wait)
                 backoff = REDIS_BACKOFF_MIN_S
             except (RedisError, OSError) as exc:
@@ -133,7 +138,7 @@ class Transcriber:
                 if not stop.is_set():
                     await self._start_over()
         with contextlib.suppress(RedisError, OSError):  # unacked entries wait for the next run
-            if len(pipe):
+            if pipe or self.wire.owed:
                 await self._execute(pipe)
         await self.wire.close()
         await self.runtime.clear()

@@ -130,6 +130,33 @@ async def test_the_wire_reads_raw_replies_in_order_and_never_mixes_up_a_broken_r
         await client.aclose()
 
 
+async def test_commands_sent_ahead_reach_redis_at_once_and_their_replies_never_mix_in(
+    redis_url: str,
+) -> None:
+    client = connect(redis_url, name="wire-send-test")
+    wire = Wire(client)
+    try:
+        with pytest.raises(RedisConnectionError):  # nothing to send them on yet
+            wire.send([("SET", "early", "1")])
+        await wire.execute([("PING",)])
+        wire.send([("SET", "k", "1"), ("INCR", "k")])
+        # Redis runs them without a round trip of the sender's: another client sees them.
+        while await client.get("k") != b"2":
+            pass
+        assert await wire.execute([("GET", "k")]) == [b"2"]  # its own replies only
+        assert wire.owed == 0
+        # An error reply to a command sent ahead is raised by the next round trip, which
+        # still reads every reply: the one after it is in step.
+        await client.set("not-a-number", "x")
+        wire.send([("INCR", "not-a-number"), ("SET", "n", "x")])
+        with pytest.raises(ResponseError):
+            await wire.execute([("GET", "k")])
+        assert await wire.execute([("GET", "n")]) == [b"x"]
+    finally:
+        await wire.close()
+        await client.aclose()
+
+
 async def test_the_embedded_redis_listens_on_a_unix_socket_every_connection_kind_reaches(
     tmp_path: Path,
 ) -> None:

@@ -260,3 +260,41 @@ async def test_after_a_short_batch_the_mailbox_fills_a_moment_before_the_next_re
     await client.aclose()
     assert [m.seq for m in got if isinstance(m, Transcript)] == [1, 2, 3, 4, 5, 6]
     assert sum(batches) == 6 and len(batches) <= 2, batches
+
+
+async def test_a_rounds_results_leave_before_its_batch_wait_not_after(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wait after a short batch delays the next read only: here it lasts until the
+    # test ends it, and the round's final is published and its chunk acked meanwhile.
+    waiting, over = asyncio.Event(), asyncio.Event()
+    sleep = asyncio.sleep
+
+    async def batch_wait(delay: float, result: Any = None) -> Any:
+        if delay != MAX_BATCH_WAIT_S:
+            return await sleep(delay, result)
+        waiting.set()
+        await over.wait()
+        return result
+
+    monkeypatch.setattr(asyncio, "sleep", batch_wait)
+    settings = Settings(redis_url=redis_url, batch_wait=MAX_BATCH_WAIT_S)
+    client = Redis.from_url(redis_url)
+    transcriber = Transcriber(settings, MockEngine(), client, NAME)
+    stop = asyncio.Event()
+    task = asyncio.create_task(transcriber.run(stop))
+    try:
+        await transcriber.ready.wait()
+        async with Channel(redis, "c1") as channel:
+            await redis.xadd(keys.mailbox(NAME), {"m": chunk(1)})
+            final = await channel.next()
+            assert waiting.is_set() and not over.is_set()
+        assert isinstance(final, Transcript) and final.seq == 1
+        while await pending(redis):
+            pass  # the XACK went with it
+        assert not over.is_set()
+    finally:
+        over.set()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await client.aclose()
