@@ -21,6 +21,9 @@ percentiles (send -> ack, send -> transcript), lost / duplicated / misrouted res
 (must all be 0; chunks refused and chunks of sessions the server shed are counted
 apart), errors by code, the server processes' RSS and CPU, and the generator's own CPU
 and event-loop lateness (a late generator measures itself as much as the server).
+With `--timeline S` the line also holds the run slice by slice, S seconds each: when
+the finals came (seconds after sending began), how many, their latency's p50 and p99;
+a tail made of episodes shows there as the slices it came from.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     ack_ms: list[float] = field(default_factory=list)
     final_ms: list[float] = field(default_factory=list)
+    final_at: list[float] = field(default_factory=list)  # with --timeline: s after start_at
     # The generator's own health: CPU it used, and how late its event loop ran a timer
     # (sampled every LOOP_TICK_S). A late generator reads replies late, and its latency
     # figures then measure itself as much as the server.
@@ -91,6 +95,7 @@ class Tally:
         self.errors.update(other.errors)
         self.ack_ms += other.ack_ms
         self.final_ms += other.final_ms
+        self.final_at += other.final_at
         self.loop_late_ms += other.loop_late_ms
 
 
@@ -105,6 +110,7 @@ class Plan:
     window: int
     drain: float
     start_at: float  # wall clock: every process starts sending together
+    timeline: float = 0.0  # slice of the timeline in seconds (0: none kept)
 
 
 class _Client(WSListener):
@@ -129,6 +135,8 @@ class _Client(WSListener):
                          "rate": plan.clients / plan.rate if plan.rate else 0,
                          "max": 0.0}[plan.mode]  # fmt: skip
         self.transport: WSTransport | None = None  # while sending
+        # perf_counter() + this = seconds since plan.start_at (kept with --timeline)
+        self.since_start = time.time() - time.perf_counter() - plan.start_at
         self.t0 = 0.0  # when it started sending (perf_counter)
         # Chunks it may send now: a tick of its clock adds one (realtime, rate), an
         # answered chunk gives its place in the window back (max).
@@ -211,6 +219,8 @@ class _Client(WSListener):
             self.finals.add(seq)
             self.tally.transcribed += 1
             self.tally.final_ms.append((now - self.sent_at[seq]) * 1000)
+            if self.plan.timeline:
+                self.tally.final_at.append(now + self.since_start)
             if self.plan.mode == "max":
                 self._credit()
         self._settled()
@@ -429,9 +439,23 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
     return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
 
 
+def timeline(tally: Tally, slice_s: float) -> list[list[float | int | None]]:
+    """[start of the slice (s), finals in it, their latency's p50, p99] per slice."""
+    slices: dict[int, list[float]] = {}
+    for at, ms in zip(tally.final_at, tally.final_ms, strict=True):
+        slices.setdefault(int(at // slice_s), []).append(ms)
+    out: list[list[float | int | None]] = []
+    for k, latencies in sorted(slices.items()):
+        q = percentiles(latencies)
+        out.append([round(k * slice_s, 3), len(latencies), q["p50"], q["p99"]])
+    return out
+
+
 def report(
     target: str, plan: Plan, tally: Tally, wall: float, extra: dict[str, Any]
 ) -> dict[str, Any]:
+    if plan.timeline:
+        extra = {**extra, "timeline": timeline(tally, plan.timeline)}
     return {
         "target": target, "mode": plan.mode, "clients": plan.clients,
         "connected": tally.connected, "seconds": plan.seconds,
@@ -482,14 +506,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transcribers", type=int, default=2)
     parser.add_argument("--url", help="a running hark's ws:// URL (default: start one)")
     parser.add_argument("--no-echo", action="store_true", help="skip the echo ceiling")
+    parser.add_argument("--timeline", type=float, default=0.0, metavar="S",
+                        help="also report the finals slice by slice, S seconds each")  # fmt: skip
     args = parser.parse_args(argv)
     if args.mode == "rate" and args.rate <= 0:
         parser.error("--mode rate needs --rate")
+    if args.timeline < 0:
+        parser.error("--timeline takes seconds > 0")
 
     def plan(url: str, echo: bool, mode: str) -> Plan:
         return Plan(url=url, echo=echo, mode=mode, clients=args.clients, seconds=args.seconds,
                     rate=args.rate, window=args.window, drain=args.drain,
-                    start_at=time.time() + 1.0)  # fmt: skip
+                    start_at=time.time() + 1.0, timeline=args.timeline)  # fmt: skip
 
     ceiling = None
     if not args.no_echo:

@@ -33,6 +33,23 @@ def test_the_load_generator_runs_against_echo_and_hark_and_counts_every_chunk(mo
     assert set(hark["processes"]) == {"redis", "gateway", "transcriber-0"}
     ratio = hark["transcribed_per_s"] / echo["transcribed_per_s"]
     assert abs(hark["ratio_to_echo"] - ratio) <= 0.0005  # rounded to 3 places
+    assert "timeline" not in hark
+
+
+def test_the_timeline_holds_every_final_once_slice_by_slice() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--clients", "4", "--seconds", "1.5",
+         "--transcribers", "1", "--drain", "20", "--no-echo", "--timeline", "0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    (hark,) = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    slices = hark["timeline"]
+    starts = [start for start, _, _, _ in slices]
+    assert starts == sorted(set(starts)) and all(start % 0.5 == 0 for start in starts)
+    assert len(slices) >= 3  # 1.5 s of sending, in slices of 0.5 s
+    assert sum(n for _, n, _, _ in slices) == hark["transcribed"] == hark["sent"]
+    assert all(0 < p50 <= p99 for _, _, p50, p99 in slices)
 
 
 def test_the_restart_benchmark_kills_and_times_a_transcriber() -> None:
