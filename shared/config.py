@@ -127,8 +127,8 @@ class Settings:
     # (HTTP 503); past twice it, the sessions sending the most are closed with `session_shed`.
     max_store_lag: float = field(default=0.25, metadata=_env("HARK_MAX_STORE_LAG"))
     # How long (seconds) a transcriber lets its mailbox fill after a read that found less
-    # than a full batch, before it sends that round's results and reads again: fewer,
-    # fuller round trips to Redis, for at most this much more latency. 0: at once.
+    # than a full batch (that round's results already sent), before it reads again:
+    # fewer, fuller round trips to Redis, for at most this much more latency. 0: at once.
     batch_wait: float = field(default=0.002, metadata=_env("HARK_BATCH_WAIT"))
     # How long (seconds) the gateway lets a chunk's ack wait for the session's next
     # reply (its transcript, most often), so both go out in one write. 0: at once.

@@ -234,15 +234,11 @@ class Wire(RawConnection):
                 raise RedisTimeoutError(f"no reply from Redis in {SOCKET_TIMEOUT_S} s") from None
             raise
         self.owed = 0
-        for reply in replies[:owed]:  # nobody else sees these
+        # The replies owed to `send` are checked always: nobody else sees them.
+        for reply in replies if raise_on_error else replies[:owed]:
             if isinstance(reply, ResponseError):
                 raise reply
-        replies = replies[owed:] if owed else replies
-        if raise_on_error:
-            for reply in replies:
-                if isinstance(reply, ResponseError):
-                    raise reply
-        return replies
+        return replies[owed:] if owed else replies
 
     async def close(self) -> None:
         self.owed = 0  # gone with the connection
