@@ -20,6 +20,7 @@ import time
 import wave
 from pathlib import Path
 
+from services.transcriber.engines import Result, drain
 from services.transcriber.engines.model_store import default_cache_dir, packaged_model
 from services.transcriber.engines.sphinx import SphinxEngine
 from services.transcriber.engines.whisper import WhisperEngine
@@ -62,6 +63,10 @@ def main() -> None:
     for seq, start in enumerate(range(0, len(audio), CHUNK), start=1):
         began = time.perf_counter()
         results = session.feed(seq, audio[start : start + CHUNK], start / 2 / RATE)
+        results += drain(session)
+        job = session.partial_job()
+        if job is not None:  # one at a time, as a transcriber with this session alone
+            results += job.finish(job.run())
         took = time.perf_counter() - began
         busy += took
         chunk_end = (start + CHUNK) / 2 / RATE
@@ -71,7 +76,8 @@ def main() -> None:
                 latencies.append(chunk_end - (r.end or chunk_end) + took)
             else:
                 partials += 1
-    finals += [r.text for r in session.flush() if r.final]
+    tail: list[Result] = session.flush() + drain(session)
+    finals += [r.text for r in tail if r.final]
     reference = " ".join(sentences)
     errors = wer.errors(reference, " ".join(finals))
     seconds = len(audio) / 2 / RATE

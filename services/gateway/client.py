@@ -2,6 +2,10 @@
 
     python -m services.gateway.client speech.wav [--url ws://127.0.0.1:8000/ws] [--json]
 
+Exit status: 0 when the server's close summary says the transcript is complete, 3
+when it is not (the chunks without a final and why are printed), 1 when the
+session could not be kept up, 2 for bad arguments.
+
 `Client.run(chunks, on_reply)` streams audio chunks and hands every reply to
 `on_reply`. Until a chunk is acked it stays in memory; when the connection drops
 (a gateway restart, a network blip) the client reconnects with its session id and
@@ -215,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"done: {summary['chunks']} chunks, {summary['finals']} finals, "
           f"{client.resumes} resume(s)", file=sys.stderr)  # fmt: skip
+    if summary.get("complete") is False:
+        # Audio was accepted that no final covers: the transcript is not whole.
+        first, last = (summary.get("missing_seqs") or ["?", "?"])[:2]
+        print(f"hark client: incomplete: no final for chunks {first}-{last} "
+              f"({summary.get('why', 'no reason given')})", file=sys.stderr)  # fmt: skip
+        return 3
     return 0
 
 

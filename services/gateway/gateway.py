@@ -42,10 +42,14 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 LEASE = web.RequestKey("lease", Lease)
 # Errors a client can cause many times a second: not logged or audited one by one.
 QUIET_CODES = frozenset({"overloaded", "rate_limited"})
-# How long `close` waits for the transcriber to flush before closing anyway.
-CLOSE_FLUSH_TIMEOUT_S = 10.0
-# How long a close under way may take: its flush, then its last replies' grace periods.
-CLOSING_S = CLOSE_FLUSH_TIMEOUT_S + 5.0
+# How long `close` waits for the transcriber's answer when nothing comes, beyond as long
+# as the audio still owed a final lasts (Session.flushed).
+CLOSE_FLUSH_GRACE_S = 10.0
+# How long a takeover waits for the old connection's close to end or mark the record.
+CLOSE_FLUSH_TIMEOUT_S = CLOSE_FLUSH_GRACE_S
+# How long a close under way may take, beyond the audio it owes finals for: its flush's
+# grace, then its last replies' grace periods.
+CLOSING_S = CLOSE_FLUSH_GRACE_S + 5.0
 # How long `stop` lets the sessions it closed finish ending (each drains for up to 2 s).
 ENDING_TIMEOUT_S = 3.0
 # Audio is refused once its transcriber is this many times HARK_MAX_LAG behind; sessions
@@ -426,7 +430,7 @@ class Gateway:
         old = self.sessions.get(found.session_id)
         if old is not None:  # its connection is still open here: this one takes over
             # A close it is waiting on goes on here (its results come to this session now).
-            old.close_flushed.set()
+            old.stop_waiting_for_close()
             await old.close(WSCloseCode.POLICY_VIOLATION, b"resumed elsewhere")
             await asyncio.wait_for(old.ended.wait(), CLOSE_FLUSH_TIMEOUT_S)
             if old.marking is not None and not found.closed:
@@ -614,14 +618,21 @@ class Gateway:
         return await self._flushed(session)
 
     async def _flushed(self, session: Session) -> bool:
-        """Wait (bounded) for the transcriber's answer to the session's close."""
-        try:
-            await asyncio.wait_for(session.close_flushed.wait(), CLOSE_FLUSH_TIMEOUT_S)
-        except TimeoutError:
-            log.warning("session %s: transcriber did not flush within %.0f s",
-                        session.session_id, CLOSE_FLUSH_TIMEOUT_S)  # fmt: skip
-            return False
-        return True
+        """Wait for the transcriber's answer to the session's close, as long as it makes
+        progress (Session.answered). When it does not come, the client's summary and an
+        audit entry say which chunks have no final and why."""
+        if await session.answered(session.close_flushed.is_set, CLOSE_FLUSH_GRACE_S):
+            return True
+        session.incomplete = (f"no answer from {session.actor} within "
+                              f"{CLOSE_FLUSH_GRACE_S + session.owed_audio_s:.0f} s of its last "
+                              "final")  # fmt: skip
+        missing = session.missing()
+        log.warning("session %s: close incomplete, no final for seqs %s: %s",
+                    session.session_id, missing["missing_seqs"], missing["why"])  # fmt: skip
+        seqs = "-".join(map(str, missing["missing_seqs"]))
+        await self.audit.log("session_incomplete", session.session_id, missing_seqs=seqs,
+                             why=missing["why"])  # fmt: skip
+        return False
 
     async def _finish_close(self, session: Session) -> None:
         """The rest of a close for a closed session resumed: its stored finals are
@@ -637,7 +648,7 @@ class Gateway:
             else:
                 complete = True  # flushed and committed: every final is in the replay
         except RedisError:
-            complete = False
+            complete, session.incomplete = False, "Redis did not answer"
         await session.say_and_close(session.summary(complete), WSCloseCode.OK, b"session closed")
 
     async def end_session(
@@ -654,7 +665,7 @@ class Gateway:
             # earlier end, a client too slow): a second close would send the client a
             # second summary. The answer is what the one under way came to.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.ended.wait(), CLOSING_S)
+                await asyncio.wait_for(session.ended.wait(), CLOSING_S + session.owed_audio_s)
             return {**session.summary(session.covered), "reason": session.close_reason}
         session.close_reason = reason
         try:
@@ -666,6 +677,12 @@ class Gateway:
                                     reason.replace("_", " ").encode())  # fmt: skip
         log.info("session %s ended: %s", session_id, reason)
         return summary
+
+    async def finalized(self, session: Session) -> bool:
+        """End the utterance in progress and wait (as a close does) for its final."""
+        await self.control(session, "finalize")
+        seq = session.last_seq
+        return await session.answered(lambda: session.covered_seq >= seq, CLOSE_FLUSH_GRACE_S)
 
     async def control(self, session: Session, op: str) -> None:
         control = SessionControl(session.session_id, session.client_id, session.last_seq, op)

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, cast
@@ -163,6 +164,8 @@ class Session:
         self.audio_s = 0.0  # seconds of audio accepted (for chunk timestamps)
         self.delivered_seq = 0  # last final sent to the client
         self.covered_seq = 0  # last chunk a flush confirmed (silence gets no final)
+        self.final_end_s = 0.0  # where the audio of the last final delivered ends
+        self.incomplete: str | None = None  # why a close's flush did not finish
         self.closing = False
         self.close_reason = "disconnected"  # why the session ended, for the audit log
         self.close_flushed = Event()
@@ -386,11 +389,11 @@ class Session:
         elif isinstance(msg, Flushed):
             # Everything up to msg.seq is covered now, silence with no final included.
             self.covered_seq = max(self.covered_seq, msg.seq)
-            self._progress.set()
             if msg.op == "finalize":
                 self.send({"status": "finalized", "seq": msg.seq})
             elif msg.op == "close":
                 self.close_flushed.set()
+            self._progress.set()
         elif isinstance(msg, ActorError):
             self.client_error(msg.code)
             self.send(error_reply(msg.code, msg.error, msg.seq))
@@ -407,6 +410,8 @@ class Session:
             return
         if t.final:
             self.delivered_seq = t.seq
+            if t.end is not None:
+                self.final_end_s = max(self.final_end_s, t.end)
             self._progress.set()
             self.stats.finals += 1
             if not replayed:
@@ -444,6 +449,31 @@ class Session:
         """Whether every accepted chunk is covered by a final sent to the client (or by
         a flush that found it silent)."""
         return max(self.delivered_seq, self.covered_seq) >= self.last_seq
+
+    @property
+    def owed_audio_s(self) -> float:
+        """Seconds of accepted audio that no final delivered covers yet (an engine
+        without times counts all of it)."""
+        return max(0.0, self.audio_s - self.final_end_s)
+
+    async def answered(self, done: Callable[[], bool], grace: float) -> bool:
+        """Until `done()` (a flush answered): True. False once nothing came for `grace`
+        seconds plus the audio still owed a final (a transcriber may need as long as the
+        audio lasts to decode it while others' finals go first): the allowance starts
+        again at each final delivered, so a long stream that makes progress is never
+        cut off by a fixed bound."""
+        while not done():
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), grace + self.owed_audio_s)
+            except TimeoutError:
+                return done()
+        return True
+
+    def stop_waiting_for_close(self) -> None:
+        """End a wait for the close's answer now (another connection takes it over)."""
+        self.close_flushed.set()
+        self._progress.set()
 
     async def settled(self) -> None:
         """Until every accepted chunk is covered (see `covered`)."""
@@ -485,11 +515,22 @@ class Session:
 
     def summary(self, complete: bool) -> dict[str, Any]:
         s = self.stats
-        return {
+        summary = {
             "status": "closed", "session_id": self.session_id, "chunks": s.chunks,
             "bytes": s.bytes, "finals": s.finals, "last_seq": self.last_seq,
             "complete": complete,
         }  # fmt: skip
+        if not complete:
+            summary.update(self.missing())
+        return summary
+
+    def missing(self) -> dict[str, Any]:
+        """What an incomplete close lacks: the chunks no final or flush covers, and why."""
+        first = max(self.delivered_seq, self.covered_seq) + 1
+        return {
+            "missing_seqs": [first, self.last_seq] if first <= self.last_seq else [],
+            "why": self.incomplete or "the transcriber's answer did not come",
+        }
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

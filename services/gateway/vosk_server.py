@@ -11,6 +11,9 @@ from services.gateway.gateway import Gateway, refuse
 from services.gateway.protocol import AudioFormat, ClientError
 from services.gateway.vosk import VoskSession, parse
 
+# vosk-server assumes 8 kHz (its VOSK_SAMPLE_RATE default) until a config says otherwise.
+VOSK_FORMAT = AudioFormat(sample_rate=8000)
+
 
 async def handle_vosk(gateway: Gateway, request: web.Request) -> web.StreamResponse:
     """The vosk-server protocol (see services/gateway/vosk.py) on the same sessions."""
@@ -25,7 +28,7 @@ async def _serve(
     try:
         if not gateway.accepting:
             raise ClientError("shutting_down", "the gateway is shutting down; reconnect")
-        session = await gateway.open_session(ws, request, AudioFormat(), VoskSession)
+        session = await gateway.open_session(ws, request, VOSK_FORMAT, VoskSession)
     except ClientError as exc:
         gateway.metrics.errors.labels(exc.code).inc()
         return await refuse(ws, {"error": exc.message, **exc.reply()},
@@ -45,12 +48,19 @@ async def _serve(
                 frame = parse(msg.data)
                 config = frame.get("config")
                 if isinstance(config, dict) and session.last_seq == 0:
-                    with contextlib.suppress(ClientError):  # vosk ignores what it can't use
-                        rate = {"sample_rate": config["sample_rate"]}
-                        session.fmt = session.fmt.updated(rate if "sample_rate" in config else {})
+                    with contextlib.suppress(ClientError, TypeError, ValueError):
+                        # vosk ignores what it can't use, and takes a rate as a float.
+                        if "sample_rate" in config:
+                            rate = round(float(config["sample_rate"]))
+                            session.fmt = session.fmt.updated({"sample_rate": rate})
                 elif frame.get("eof"):
                     await _eof(gateway, session)
                     break
+                elif frame.get("reset"):
+                    # The utterance so far ends here and is answered; the stream goes on.
+                    with contextlib.suppress(ClientError, RedisError):
+                        await gateway.finalized(session)
+                    session.send(session.final_reply())
             else:
                 break
     finally:

@@ -1,10 +1,19 @@
 """The transcriber actor: reads its mailbox, runs the engine, publishes results.
 
+Two loops share the actor. The message loop reads the mailbox as fast as audio comes
+and takes every chunk into its session at once (decoding, resampling and voice
+activity are cheap); the decode loop spends the engine on what the sessions owe,
+finals first and the oldest first, then a partial of the newest state of an
+utterance, the session that waited longest first. A finalize or close is answered
+(`Flushed`) once the finals owed before it are published, however long that takes.
+
 Reliability rests on the consumer group: an entry stays pending until XACK, and
 XACK happens only once the engine has covered the chunk with a final that is
-already in `hark:results:{session}`. A new incarnation of the same actor (same
-name, same consumer) first re-reads its own pending entries from id 0 and feeds
-them to fresh engine sessions, which rebuilds the state the dead one had.
+already in `hark:results:{session}` (a control entry: once it is answered). A new
+incarnation of the same actor (same name, same consumer) first re-reads its own
+pending entries from id 0 and feeds them to fresh engine sessions, which rebuilds
+the state the dead one had; it is serving again as soon as they are read, and
+decodes the finals they owe, no partials of the replayed audio, as any others.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from services.transcriber.engines import BadInput, Engine, EngineSession, Result
+from services.transcriber.engines import BadInput, Engine, EngineSession, Job, Result
 from shared import keys, logs
 from shared.actor import ActorRuntime, notify_ready
 from shared.audit import Audit
@@ -46,6 +56,15 @@ REDIS_BACKOFF_MAX_S = 2.0
 IDLE_SESSION_S = 600.0
 
 
+@dataclass(slots=True)
+class _Marker:
+    """A control step waiting for the finals owed before it (`finals` cut by then)."""
+
+    finals: int
+    entry_id: bytes | None  # its mailbox entry (None: the idle sweep's own end)
+    control: SessionControl
+
+
 @dataclass
 class _Session:
     session_id: str
@@ -57,6 +76,8 @@ class _Session:
     last_seen: float = field(default_factory=time.monotonic)
     refreshed_at: float = float("-inf")  # when its keys' TTLs were last renewed
     has_results: bool = False  # a final of this incarnation created its results stream
+    markers: deque[_Marker] = field(default_factory=deque)  # controls not yet answered
+    writing: bool = False  # the decode loop's writes for it are on their way to Redis
 
 
 class Transcriber:
@@ -72,6 +93,11 @@ class Transcriber:
         # The message loop's round trips (read, and the writes of the last round) go
         # out on a connection of their own, their replies parsed in bulk.
         self.wire = Wire(redis)
+        # The decode loop's writes (finals, their acks, the answers to flushes) have a
+        # connection of their own: they leave as each decode ends, not with the next read.
+        self.results_wire = Wire(redis)
+        self._work = asyncio.Event()  # set when a session may owe new work
+        self._broken = False  # a write of the decode loop failed: start over from Redis
         self.mailbox = keys.mailbox(name)
         self.sessions: dict[str, _Session] = {}
         self.recovered = 0
@@ -105,6 +131,24 @@ class Transcriber:
         over as a new incarnation would (group ensured, state rebuilt from its pending
         entries), so a Redis restart costs no crash and no restart budget.
         """
+        decoder = asyncio.create_task(self._decode_loop(), name=f"{self.name}-decode")
+        # The decode loop runs for ever: if it ends, an engine call failed, and the
+        # actor ends with that error (its entries are read again by the next run).
+        decoder.add_done_callback(lambda _: stop.set())
+        try:
+            await self._serve(stop)
+        finally:
+            decoder.cancel()
+            await asyncio.wait([decoder])
+            await self.results_wire.close()
+        if not decoder.cancelled() and (failure := decoder.exception()) is not None:
+            raise failure
+        await self.wire.close()
+        await self.runtime.clear()
+        await self.audit.log("actor_stop")
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        """The message loop, until `stop` is set."""
         await self.start()
         notify_ready()
         block_ms = max(1, int(self.settings.heartbeat_interval * 500))
@@ -116,6 +160,8 @@ class Transcriber:
         pipe: list[Command] = []
         while not stop.is_set():
             try:
+                if self._broken:
+                    raise RedisError("a write of the decode loop failed")
                 entries = await self._read(pipe, ">", block_ms)
                 self.lag_ms = max(self.lag_ms, _lag_ms(entries))
                 pipe = await self._handle(entries)
@@ -140,13 +186,11 @@ class Transcriber:
         with contextlib.suppress(RedisError, OSError):  # unacked entries wait for the next run
             if pipe or self.wire.owed:
                 await self._execute(pipe)
-        await self.wire.close()
-        await self.runtime.clear()
-        await self.audit.log("actor_stop")
 
     async def _start_over(self) -> None:
         """Rebuild from Redis after an outage: what is pending there is the truth."""
-        self.sessions.clear()
+        self.sessions.clear()  # a decode under way for one of them is dropped at its end
+        self._broken = False
         try:
             await self.start()
         except (RedisError, OSError) as exc:
@@ -232,9 +276,8 @@ class Transcriber:
                 acks.append(entry_id)
         now = time.monotonic()
         for sess in touched.values():
-            committed = sess.engine.committed_seq
-            while sess.pending and sess.pending[0][0] <= committed:
-                acks.append(sess.pending.pop(0)[1])
+            if not sess.writing:  # else the decode loop settles it once its writes land
+                self._settle(pipe, acks, sess)
             # A live session stays resumable: its record and results live on while it
             # does. Refreshed a few times per TTL (and at its first final, see _publish),
             # not on every round.
@@ -246,7 +289,32 @@ class Transcriber:
         if self.runtime.beat_due():
             pipe += self.runtime.heartbeat("running", len(self.sessions), self._lag())
         self._sweep(pipe)
+        if touched:
+            self._work.set()
         return pipe
+
+    def _settle(self, pipe: list[Command], acks: list[bytes], sess: _Session) -> None:
+        """Commit what the session's finals cover, and answer the controls whose finals
+        are all out: a flush with `Flushed`, an end by dropping the session."""
+        engine = sess.engine
+        committed = engine.committed_seq
+        while sess.pending and sess.pending[0][0] <= committed:
+            acks.append(sess.pending.pop(0)[1])
+        while sess.markers and engine.finals_done >= sess.markers[0].finals:
+            marker = sess.markers.popleft()
+            if marker.entry_id is not None:
+                acks.append(marker.entry_id)
+            control = marker.control
+            if control.op == "end":
+                if self.sessions.get(sess.session_id) is sess:
+                    del self.sessions[sess.session_id]
+                # The client left: nothing of it is waited for any more.
+                acks.extend(entry for _, entry in sess.pending)
+                sess.pending.clear()
+                sess.markers.clear()
+                return
+            flushed = Flushed(control.session_id, control.client_id, control.seq, control.op)
+            pipe.append(("PUBLISH", keys.transcripts(control.client_id), flushed.encode()))
 
     async def _apply(
         self,
@@ -263,7 +331,7 @@ class Transcriber:
                 sess.last_seen = time.monotonic()
                 sess.pending.append((msg.seq, entry_id))
                 touched[sess.session_id] = sess
-                results = await self._engine(sess.engine.feed, msg.seq, msg.data, msg.start_s)
+                results = sess.engine.feed(msg.seq, msg.data, msg.start_s)
             except BadInput as exc:  # tell the client; the chunk is done with
                 error = ActorError(msg.session_id, msg.client_id, msg.seq, exc.code, str(exc))
                 pipe.append(("PUBLISH", keys.transcripts(msg.client_id), error.encode()))
@@ -271,25 +339,27 @@ class Transcriber:
                 return
             self._publish(pipe, sess, results)
         elif isinstance(msg, SessionControl):
-            acks.append(entry_id)
             sess_or_none = self.sessions.get(msg.session_id)
-            if sess_or_none is not None:
-                touched[msg.session_id] = sess_or_none
-                self._publish(pipe, sess_or_none, await self._engine(sess_or_none.engine.flush))
-            if msg.op == "end":
-                gone = self.sessions.pop(msg.session_id, None)
-                if gone is not None:  # the client left: nothing of it is waited for any more
-                    acks.extend(entry for _, entry in gone.pending)
-                    gone.pending.clear()
+            if sess_or_none is None:  # no audio of it here (or all of it done with)
+                acks.append(entry_id)
+                if msg.op != "end":
+                    flushed = Flushed(msg.session_id, msg.client_id, msg.seq, msg.op).encode()
+                    pipe.append(("PUBLISH", keys.transcripts(msg.client_id), flushed))
                 return
-            flushed = Flushed(msg.session_id, msg.client_id, msg.seq, msg.op).encode()
-            pipe.append(("PUBLISH", keys.transcripts(msg.client_id), flushed))
+            touched[msg.session_id] = sess_or_none
+            self._publish(pipe, sess_or_none, sess_or_none.engine.flush())
+            sess_or_none.markers.append(_Marker(sess_or_none.engine.finals_cut, entry_id, msg))
         else:
             raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
 
     def _lag(self) -> int:
-        """The lag for a heartbeat: the worst since the last one, so no spike is missed."""
+        """The lag for a heartbeat: the worst since the last one, so no spike is missed,
+        of a mailbox entry's wait to be read and of the oldest final's wait to be
+        decoded (the engine falling behind: the audio is read at once either way)."""
         lag, self.lag_ms = self.lag_ms, 0
+        owed = [t for s in self.sessions.values() if (t := s.engine.final_since()) is not None]
+        if owed:
+            lag = max(lag, int((time.monotonic() - min(owed)) * 1000))
         return lag
 
     def _commit(self, pipe: list[Command], entries: list[bytes]) -> None:
@@ -298,17 +368,67 @@ class Transcriber:
             pipe.append(("XACK", self.mailbox, keys.GROUP, *entries))
             pipe.append(("XDEL", self.mailbox, *entries))
 
-    async def _engine(self, call: Callable[..., list[Result]], *args: Any) -> list[Result]:
-        """Run an engine call; a blocking engine's off the loop, beating while it works."""
-        if not self.engine.blocking:
-            return call(*args)
-        work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    async def _decode_loop(self) -> None:
+        """Spend the engine on what the sessions owe (see the module doc), for ever."""
         while True:
-            done, _ = await asyncio.wait([work], timeout=self.settings.heartbeat_interval / 2)
-            if done:
-                return work.result()
-            # Long inference is work, not a hang: the loop is alive and says so.
-            await self.runtime.beat("running", len(self.sessions), self._lag())
+            picked = self._next_job()
+            if picked is None:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            sess, job = picked
+            if self.engine.blocking:
+                out = await asyncio.to_thread(job.run)
+            else:
+                out = job.run()
+            if self.sessions.get(sess.session_id) is not sess:
+                continue  # started over, or ended, meanwhile: its audio is read again
+            with logs.session_context(sess.session_id):
+                await self._finish(sess, job.finish(out))
+
+    def _next_job(self) -> tuple[_Session, Job] | None:
+        """The oldest final owed by any session; else the partial waited for longest
+        (none for a session whose flush is on its way: its final makes it worthless)."""
+        sess = self._oldest(lambda s: s.engine.final_since())
+        if sess is not None:
+            job = sess.engine.final_job()
+        else:
+            sess = self._oldest(lambda s: None if s.markers else s.engine.partial_since())
+            job = None if sess is None else sess.engine.partial_job()
+        return None if sess is None or job is None else (sess, job)
+
+    def _oldest(self, since: Callable[[_Session], float | None]) -> _Session | None:
+        """The session for which `since` is least (None: not a candidate)."""
+        best: tuple[float, _Session] | None = None
+        for sess in self.sessions.values():
+            when = since(sess)
+            if when is not None and (best is None or when < best[0]):
+                best = (when, sess)
+        return None if best is None else best[1]
+
+    async def _finish(self, sess: _Session, results: list[Result]) -> None:
+        """Publish a decode's results and settle the session, on the decode loop's own
+        connection; again while settling finds more (controls read during the write)."""
+        while True:
+            pipe: list[Command] = []
+            acks: list[bytes] = []
+            self._publish(pipe, sess, results)
+            results = []
+            self._settle(pipe, acks, sess)
+            self._commit(pipe, acks)
+            if not pipe:
+                return
+            sess.writing = True
+            try:
+                await self.results_wire.execute(pipe, raise_on_error=True)
+            except (RedisError, OSError) as exc:
+                # The results are not stored: the message loop starts over from what
+                # Redis holds (their audio is still pending), which decodes them again.
+                log.warning("%s: Redis: %s; the decode's writes are lost", self.name, exc)
+                self._broken = True
+                return
+            finally:
+                sess.writing = False
 
     def _session(self, session_id: str, client_id: str, encoding: str, rate: int) -> _Session:
         sess = self.sessions.get(session_id)
@@ -342,12 +462,22 @@ class Transcriber:
         if now - self._last_sweep < IDLE_SESSION_S / 10:
             return
         self._last_sweep = now
-        for sid in [s for s, v in self.sessions.items() if now - v.last_seen > IDLE_SESSION_S]:
-            sess = self.sessions.pop(sid)
+        idle = [v for v in self.sessions.values() if now - v.last_seen > IDLE_SESSION_S]
+        for sess in idle:
+            # Its finals are decoded first (its audio may be resumed), then it is dropped.
+            sess.last_seen = now
             self._publish(pipe, sess, sess.engine.flush())
-            pipe.append(("EXPIRE", keys.results(sid), self.settings.results_ttl))
-            self._commit(pipe, [entry for _, entry in sess.pending])
-            log.info("%s: session %s idle for %.0f s, dropped", self.name, sid, IDLE_SESSION_S)
+            end = SessionControl(sess.session_id, sess.client_id, 0, "end")
+            sess.markers.append(_Marker(sess.engine.finals_cut, None, end))
+            pipe.append(("EXPIRE", keys.results(sess.session_id), self.settings.results_ttl))
+            if not sess.writing:
+                acks: list[bytes] = []
+                self._settle(pipe, acks, sess)
+                self._commit(pipe, acks)
+            log.info("%s: session %s idle for %.0f s, dropped", self.name, sess.session_id,
+                     IDLE_SESSION_S)  # fmt: skip
+        if idle:
+            self._work.set()
 
 
 def _entries(reply: Any) -> list[Entry]:

@@ -3,6 +3,7 @@ utterance with times and words, and the tail of the stream kept on close."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import wave
 from pathlib import Path
@@ -16,6 +17,7 @@ import soxr
 from services.supervisor.tree import free_port
 from tests import wer
 from tests.conftest import TreeFactory
+from tests.tree import pace
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,8 +44,12 @@ async def test_engine_streams_partials_then_finals_and_close_keeps_the_tail(
         http.ws_connect(f"{tree.ws_url}?sample_rate={rate}") as ws,
     ):
         assert (await ws.receive_json(timeout=30))["status"] == "ready"
-        for start in range(0, len(audio), step):
+        # At a live speaker's pace (partials are decoded only for audio nothing newer
+        # has overtaken: a burst gets finals alone).
+        began = asyncio.get_running_loop().time()
+        for index, start in enumerate(range(0, len(audio), step)):
             await ws.send_bytes(audio[start : start + step])
+            await pace(began, (index + 1) * 0.1)
         # The stream ends 0.3 s after the second sentence: too soon for the VAD to end
         # it, so only the close can bring its final.
         await ws.send_str('{"type": "close"}')

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from redis.asyncio import Redis
 from services.gateway.app import GATEWAY, create_app
 from services.gateway.gateway import Gateway
 from services.transcriber.actor import Transcriber
-from services.transcriber.engines import Result
+from services.transcriber.engines import Immediate, Job, Result
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import Settings
@@ -57,23 +58,40 @@ async def transcriber(settings: Settings) -> AsyncIterator[None]:
         yield
 
 
-class HeldSession:
-    """Audio makes no final until the flush, which waits for `release` (as a model's
-    last utterance does while it is decoded)."""
+class HeldSession(Immediate):
+    """Audio makes no final until the flush, whose final's decoding waits for `release`
+    (as a model's last utterance does while it is decoded)."""
 
     def __init__(self, release: threading.Event) -> None:
         self.release = release
         self.committed_seq = 0
         self.last = 0
+        self.finals_cut = self.finals_done = 0
+        self._owed: Job | None = None
 
     def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
         self.last = seq
         return []
 
     def flush(self) -> list[Result]:
-        self.release.wait(10)
-        self.committed_seq = self.last
-        return [Result(self.last, "the last utterance", True)] if self.last else []
+        if self.last > self.committed_seq and self._owed is None:
+            self.finals_cut += 1
+            last = self.last
+
+            def finish(_: object) -> list[Result]:
+                self._owed = None
+                self.committed_seq = last
+                self.finals_done += 1
+                return [Result(last, "the last utterance", True)]
+
+            self._owed = Job(True, time.monotonic(), lambda: self.release.wait(10), finish)
+        return []
+
+    def final_since(self) -> float | None:
+        return None if self._owed is None else self._owed.since
+
+    def final_job(self) -> Job | None:
+        return self._owed
 
 
 class HeldEngine:

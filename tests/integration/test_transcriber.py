@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.transcriber.actor import Transcriber
-from services.transcriber.engines import Result
+from services.transcriber.engines import Immediate, Result
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import MAX_BATCH_WAIT_S, Settings
@@ -175,7 +175,7 @@ async def test_heartbeat_reports_how_long_mailbox_entries_waited(
     await asyncio.wait_for(caught_up.wait(), 5)  # the next beats say 0 again
 
 
-class _EveryOther:
+class _EveryOther(Immediate):
     """An engine session whose finals cover two chunks, as a real engine's cover an
     utterance: the first chunk of a session gets no final."""
 

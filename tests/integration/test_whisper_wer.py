@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from services.transcriber.engines import drain
 from services.transcriber.engines.model_store import default_cache_dir, packaged_model
 from services.transcriber.engines.whisper import WhisperEngine
 from tests import wer
@@ -38,7 +39,9 @@ def test_streamed_whisper_base_stays_within_five_percent_word_errors() -> None:
         results = []
         for seq, start in enumerate(range(0, len(audio), step), start=1):
             results += session.feed(seq, audio[start : start + step], start / 2 / rate)
+            results += drain(session)
         results += session.flush()
+        results += drain(session)
         busy_s += time.perf_counter() - started
         audio_s += len(audio) / 2 / rate
         hypothesis = " ".join(r.text for r in results if r.final)

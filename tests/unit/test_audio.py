@@ -77,3 +77,14 @@ def test_f32_garbage_is_refused_with_a_reason(samples: np.ndarray, complaint: st
 def test_unusable_format_is_refused(encoding: str, rate: int) -> None:
     with pytest.raises(AudioError):
         Decoder(encoding, rate)
+
+
+@pytest.mark.parametrize("rate", [8000, 48000])
+def test_audio_after_a_flush_and_a_second_flush_resamples_on(rate: int) -> None:
+    # finalize, more audio, close, then the end that follows: each flush gives the
+    # resampler its last input, and soxr refused any after it ("Input after last input").
+    decoder = Decoder("pcm_s16le", rate)
+    first = np.concatenate([decoder.decode(s16(tone(rate, 0.5))), decoder.flush()])
+    second = np.concatenate([decoder.decode(s16(tone(rate, 0.5))), decoder.flush()])
+    assert len(decoder.flush()) == 0
+    assert abs(len(first) - 8000) <= 2 and abs(len(second) - 8000) <= 2

@@ -1,7 +1,10 @@
 """The engine interface: what a transcriber needs from a speech recogniser.
 
 An engine opens one `EngineSession` per client session. The session takes audio
-chunks in seq order and returns results; `committed_seq` tells the actor which
+chunks in seq order (`feed`, cheap: decoding, resampling, voice activity) and the
+ends of utterances (`flush`); what costs time, the recognition, it owes as `Job`s
+that the actor's scheduler runs when it chooses: the oldest final first, a partial
+only of the newest state of an utterance. `committed_seq` tells the actor which
 chunks are covered by a final already returned, so it can XACK them and no
 earlier. Replaying un-acked chunks into a fresh session after a crash must
 rebuild the same state: engines keep no state outside their sessions.
@@ -11,8 +14,9 @@ Adding an engine is one module here plus a line in `create_engine`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.config import Settings
 
@@ -29,6 +33,19 @@ class Result:
     start: float | None = None
     end: float | None = None
     words: tuple[Word, ...] = ()
+
+
+@dataclass(slots=True)
+class Job:
+    """Recognition a session owes. `run` is the costly part (a blocking engine's runs in
+    a thread, touching no session state); `finish` takes its output back on the event
+    loop and returns the results to publish. `since`: when the work became owed
+    (monotonic seconds), so the oldest is served first and its wait is the lag."""
+
+    final: bool
+    since: float
+    run: Callable[[], Any]
+    finish: Callable[[Any], list[Result]]
 
 
 class BadInput(ValueError):
@@ -50,11 +67,41 @@ class EngineSession(Protocol):
         ...
 
     def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
-        """Chunk `seq`, which starts `start_s` seconds into the stream."""
+        """Chunk `seq`, which starts `start_s` seconds into the stream: cheap. The results
+        ready at once (an engine without a model); recognition is owed as jobs."""
         ...
 
     def flush(self) -> list[Result]:
-        """End the current utterance now and return its final, if any."""
+        """End the current utterance now (cheap): its final is owed as a job, or is
+        among the results when ready at once."""
+        ...
+
+    @property
+    def finals_cut(self) -> int:
+        """Finals owed or returned so far: a flush is answered once `finals_done`
+        reaches what this was when it came."""
+        ...
+
+    @property
+    def finals_done(self) -> int:
+        """Finals returned so far (by `feed`, `flush` or a job's `finish`)."""
+        ...
+
+    def final_since(self) -> float | None:
+        """When the final `final_job` would hand out became owed; None if there is none."""
+        ...
+
+    def final_job(self) -> Job | None:
+        """The oldest final owed, unless one of this session is being decoded already
+        (finals leave in order); None when none is owed."""
+        ...
+
+    def partial_since(self) -> float | None:
+        """When this session last had a partial, if one is due now; else None."""
+        ...
+
+    def partial_job(self) -> Job | None:
+        """A partial of the utterance as it stands now, if one is due; None otherwise."""
         ...
 
 
@@ -65,6 +112,35 @@ class Engine(Protocol):
     blocking: bool  # True: calls take long (model inference) and run off the event loop
 
     def open_session(self, session_id: str, encoding: str, sample_rate: int) -> EngineSession: ...
+
+
+class Immediate:
+    """A base for sessions whose results are all ready at once (no model): they owe no
+    jobs, so every final cut is done."""
+
+    finals_cut = 0
+    finals_done = 0
+
+    def final_since(self) -> float | None:
+        return None
+
+    def final_job(self) -> Job | None:
+        return None
+
+    def partial_since(self) -> float | None:
+        return None
+
+    def partial_job(self) -> Job | None:
+        return None
+
+
+def drain(session: EngineSession) -> list[Result]:
+    """Run every final `session` owes, in order, here and now (tools and tests that
+    drive an engine without an actor)."""
+    results: list[Result] = []
+    while (job := session.final_job()) is not None:
+        results += job.finish(job.run())
+    return results
 
 
 def create_engine(settings: Settings) -> Engine:

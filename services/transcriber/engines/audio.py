@@ -52,7 +52,9 @@ class Decoder:
         return out
 
     def flush(self) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """The resampler's tail at the end of the stream (a stray partial sample is dropped)."""
+        """The resampler's tail at the end of an utterance (finalize, close; a stray
+        partial sample is dropped). Audio may follow: it starts a fresh resampler, as
+        it would in a replay after a crash, where the flushed audio is committed."""
         self._carry = b""
         if self._resampler is None:
             return np.zeros(0, dtype=np.float32)
@@ -60,6 +62,8 @@ class Decoder:
         out: np.ndarray[Any, np.dtype[np.float32]] = self._resampler.resample_chunk(
             empty, last=True
         )
+        # A stream given its last input takes no more ("Input after last input").
+        self._resampler = soxr.ResampleStream(self.sample_rate, TARGET_RATE, 1, dtype="float32")
         return out
 
     def _samples(self, data: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:

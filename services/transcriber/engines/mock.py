@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from services.transcriber.engines import Result
+from services.transcriber.engines import Immediate, Result
 
 
-class MockSession:
+class MockSession(Immediate):
     """Every chunk is its own utterance, final at once."""
 
     def __init__(self) -> None:

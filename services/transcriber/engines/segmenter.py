@@ -59,8 +59,14 @@ class Segmenter:
 
     Speech starts at a window of probability >= `threshold` (with `preroll_s` of the
     audio before it, so the first syllable is whole) and ends after `silence_s` of
-    windows below `threshold - 0.15`, or at `max_s`.
+    windows below `threshold - 0.15`. Speech that goes on for `max_s` without such a
+    pause is cut at its quietest window of the last `CUT_SEARCH_S` (most often a breath
+    between words), at least `CUT_GUARD_S` back, and the rest begins the next utterance:
+    a monologue becomes finals of at most `max_s`, none of them dropped or held.
     """
+
+    CUT_SEARCH_S = 5.0
+    CUT_GUARD_S = 1.0
 
     def __init__(
         self,
@@ -75,12 +81,15 @@ class Segmenter:
         self._off = max(threshold - 0.15, 0.01)
         self._silence_windows = max(1, int(silence_s * RATE / WINDOW))
         self._max_samples = int(max_s * RATE)
-        self._preroll: deque[Audio] = deque(maxlen=max(1, int(preroll_s * RATE / WINDOW)))
+        self._preroll: deque[tuple[Audio, float]] = deque(
+            maxlen=max(1, int(preroll_s * RATE / WINDOW))
+        )
         self._pending = np.zeros(0, dtype=np.float32)  # less than a window, not judged yet
         self._speech: list[Audio] = []  # windows of the utterance in progress
+        self._probs: list[float] = []  # their speech probabilities
         self._start = 0
         self._quiet = 0  # windows of silence at the end of the utterance in progress
-        self.position = 0  # samples judged so far
+        self.position = 0  # samples taken so far (judged, or dropped by a flush)
 
     @property
     def in_speech(self) -> bool:
@@ -104,37 +113,57 @@ class Segmenter:
         self._pending = data[whole:]
         windows = data[:whole].reshape(-1, WINDOW)
         done: list[Utterance] = []
-        for window, prob in zip(windows, self._vad(windows), strict=True):
+        for window, prob in zip(windows, self._vad(windows).tolist(), strict=True):
             self.position += WINDOW
             if not self._speech:
                 if prob >= self._on:
                     self._start = self.position - WINDOW * (len(self._preroll) + 1)
-                    self._speech = [*self._preroll, window]
+                    self._speech = [w for w, _ in self._preroll] + [window]
+                    self._probs = [p for _, p in self._preroll] + [prob]
                     self._preroll.clear()
                     self._quiet = 0
                 else:
-                    self._preroll.append(window)
+                    self._preroll.append((window, prob))
                 continue
             self._speech.append(window)
+            self._probs.append(prob)
             self._quiet = self._quiet + 1 if prob < self._off else 0
-            if self._quiet >= self._silence_windows or (
-                self.position - self._start >= self._max_samples
-            ):
+            if self._quiet >= self._silence_windows:
                 done.append(self._close(trim=max(0, self._quiet - TAIL_WINDOWS)))
+            elif self.position - self._start >= self._max_samples:
+                done.append(self._cut())
         return done
 
     def flush(self) -> Utterance | None:
         """End the utterance in progress now (finalize, close, end of stream)."""
         if len(self._pending) and self._speech:
             self._speech.append(self._pending)
-            self.position += len(self._pending)
+            self._probs.append(0.0)
+        self.position += len(self._pending)  # kept in step with the samples taken
         self._pending = np.zeros(0, dtype=np.float32)
+        # A flush is a cut: what follows starts afresh, as a replay after it would.
+        self._preroll.clear()
         return self._close(trim=max(0, self._quiet - TAIL_WINDOWS)) if self._speech else None
 
     def _close(self, trim: int) -> Utterance:
         keep = self._speech[: len(self._speech) - trim] if trim < len(self._speech) else []
         audio = np.concatenate(keep) if keep else np.zeros(0, dtype=np.float32)
         utterance = Utterance(audio, self._start, self._start + len(audio))
-        self._speech = []
+        self._speech, self._probs = [], []
+        self._quiet = 0
+        return utterance
+
+    def _cut(self) -> Utterance:
+        """End an utterance at `max_s` at its quietest recent window; the windows after
+        that one stay, as the start of the next utterance."""
+        n = len(self._speech)
+        guard = int(self.CUT_GUARD_S * RATE / WINDOW)
+        lo = max(1, n - int(self.CUT_SEARCH_S * RATE / WINDOW))
+        hi = max(lo + 1, n - guard)
+        at = min(range(lo, hi), key=self._probs.__getitem__) + 1  # the quiet window stays
+        audio = np.concatenate(self._speech[:at])
+        utterance = Utterance(audio, self._start, self._start + len(audio))
+        self._speech, self._probs = self._speech[at:], self._probs[at:]
+        self._start += len(audio)
         self._quiet = 0
         return utterance

@@ -1,23 +1,31 @@
 """Utterance engines: voice activity cuts the stream, a recogniser transcribes each cut.
 
-Shared by every engine that recognises whole utterances (whisper, sphinx): while a
-person speaks, a partial every `partial_interval` seconds of new speech; at the
-end of each utterance (0.6 s of silence, `finalize`, `close`) one final with
-start and end times and word timings. A chunk counts as committed only once every
+Shared by every engine that recognises whole utterances (whisper, sphinx). Taking
+audio in is cheap (resampling, voice activity); recognition is owed as jobs that the
+actor's scheduler runs: one final per utterance (cut by `silence_s` of silence, the
+maximum length, `finalize` or `close`), with start and end times and word timings,
+and while a person speaks a partial of the utterance as it stands, at most one per
+`partial_interval` seconds of new speech. A chunk counts as committed only once every
 utterance it belongs to has its final, so a restarted actor replays just the audio
-of the utterance in progress and rebuilds it.
+of the finals still owed and of the utterance in progress, and rebuilds them.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 from faster_whisper.vad import get_vad_model
 
-from services.transcriber.engines import Result, Word
+from services.transcriber.engines import Job, Result, Word
 from services.transcriber.engines.audio import Decoder
 from services.transcriber.engines.segmenter import RATE, Audio, Segmenter, StreamingVad, Utterance
+
+log = logging.getLogger(__name__)
 
 
 class Recognizer(Protocol):
@@ -39,8 +47,18 @@ def open_session(recognizer: Recognizer, vad: Any, encoding: str, rate: int) -> 
     return UtteranceSession(recognizer, Decoder(encoding, rate), Segmenter(StreamingVad(vad)))
 
 
+@dataclass(slots=True)
+class _Owed:
+    """An utterance cut, its final not yet returned."""
+
+    utterance: Utterance
+    seq: int  # the chunk its end lies in: the final's seq
+    since: float  # when it was cut (monotonic)
+
+
 class UtteranceSession:
-    """One client session: audio decoding, segmentation, results, what is committed."""
+    """One client session: audio decoding, segmentation, the finals owed, what is
+    committed."""
 
     def __init__(self, recognizer: Recognizer, decoder: Decoder, segmenter: Segmenter) -> None:
         self._recognizer = recognizer
@@ -50,12 +68,26 @@ class UtteranceSession:
         self._decoded = 0
         self._committed = 0
         self._last_seq = 0
+        self._sealed = 0  # the last chunk a flush ended: no utterance ends in it any more
         self._base_s: float | None = None  # stream time of this engine session's first sample
-        self._partial_at = 0  # segmenter position of the last partial
+        self._partial_at = 0  # segmenter position of the last partial (or final)
+        self._partial_time = time.monotonic()  # when the last partial was handed out
+        self._owed: deque[_Owed] = deque()
+        self._busy = False  # the oldest owed final is being decoded
+        self._cut = 0
+        self._done = 0
 
     @property
     def committed_seq(self) -> int:
         return self._committed
+
+    @property
+    def finals_cut(self) -> int:
+        return self._cut
+
+    @property
+    def finals_done(self) -> int:
+        return self._done
 
     def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
         if self._base_s is None:
@@ -64,45 +96,118 @@ class UtteranceSession:
         samples = self._decoder.decode(audio)
         self._decoded += len(samples)
         self._chunks.append((seq, self._decoded))
-        results = [self._final(u) for u in self._segmenter.feed(samples)]
-        segmenter = self._segmenter
-        interval = int(self._recognizer.partial_interval * RATE)
-        if segmenter.in_speech and segmenter.position - self._partial_at >= interval:
-            self._partial_at = segmenter.position
-            text, _ = self._recognizer.transcribe(segmenter.current(), final=False)
-            if text:
-                results.append(Result(seq, text, False))
-        self._advance(segmenter.speech_start)
-        return [r for r in results if r.text]
+        for utterance in self._segmenter.feed(samples):
+            self._owe(utterance)
+        self._advance()
+        return []
 
     def flush(self) -> list[Result]:
         tail = self._decoder.flush()
-        self._decoded += len(tail)
-        results = [self._final(u) for u in self._segmenter.feed(tail)]
+        if len(tail):
+            self._decoded += len(tail)
+            if self._chunks:  # the resampler's tail is the last chunk's audio
+                self._chunks[-1] = (self._chunks[-1][0], self._decoded)
+        for utterance in self._segmenter.feed(tail):
+            self._owe(utterance)
         last = self._segmenter.flush()
         if last is not None:
-            results.append(self._final(last))
-        self._advance(self._decoded)  # everything fed so far is covered now
-        return [r for r in results if r.text]
+            self._owe(last)
+        self._sealed = self._last_seq
+        self._advance()
+        return []
 
-    def _final(self, utterance: Utterance) -> Result:
+    def final_since(self) -> float | None:
+        if self._busy or not self._owed:
+            return None
+        owed = self._owed[0]
+        if owed.seq >= self._last_seq and owed.seq > self._sealed:
+            # It ends in the newest chunk, which may end another utterance too: the two
+            # must share one final (one seq), so it waits for the next chunk or a flush.
+            return None
+        return owed.since
+
+    def final_job(self) -> Job | None:
+        if self.final_since() is None:
+            return None
+        owed = self._owed[0]
+        self._busy = True
+        audio = owed.utterance.audio
+
+        def run() -> tuple[str, list[Word]]:
+            return self._recognizer.transcribe(audio, final=True)
+
+        return Job(True, owed.since, run, self._finished)
+
+    def partial_since(self) -> float | None:
+        seg = self._segmenter
+        interval = int(self._recognizer.partial_interval * RATE)
+        if not seg.in_speech or min(seg.position - self._partial_at,
+                                    seg.position - seg.speech_start) < interval:  # fmt: skip
+            return None
+        return self._partial_time
+
+    def partial_job(self) -> Job | None:
+        if self.partial_since() is None:
+            return None
+        seg = self._segmenter
+        self._partial_at = seg.position
+        since, self._partial_time = self._partial_time, time.monotonic()
+        audio, seq, start = seg.current(), self._last_seq, seg.speech_start
+
+        def run() -> tuple[str, list[Word]]:
+            return self._recognizer.transcribe(audio, final=False)
+
+        def finish(out: tuple[str, list[Word]]) -> list[Result]:
+            text = out[0]
+            # Worthless once its utterance was cut meanwhile: the final follows.
+            if not text or not seg.in_speech or seg.speech_start != start:
+                return []
+            return [Result(seq, text, False)]
+
+        return Job(False, since, run, finish)
+
+    def _finished(self, out: tuple[str, list[Word]]) -> list[Result]:
+        owed = self._owed.popleft()
+        self._busy = False
+        self._done += 1
+        self._advance()
+        text, words = out
+        if not text:
+            return []
         base = self._base_s or 0.0
-        start = base + utterance.start / RATE
-        text, words = self._recognizer.transcribe(utterance.audio, final=True)
+        start = base + owed.utterance.start / RATE
         timed = tuple((w, round(start + a, 3), round(start + b, 3), p) for w, a, b, p in words)
+        return [Result(owed.seq, text, True, round(start, 3),
+                       round(base + owed.utterance.end / RATE, 3), timed)]  # fmt: skip
+
+    def _owe(self, utterance: Utterance) -> None:
         self._partial_at = self._segmenter.position
-        return Result(self._seq_at(utterance.end), text, True, round(start, 3),
-                      round(base + utterance.end / RATE, 3), timed)  # fmt: skip
+        if len(utterance.audio) == 0:
+            return  # all of it trimmed silence: nothing to say
+        seq = self._seq_at(utterance.end)
+        if self._owed and self._owed[-1].seq >= seq and not (self._busy and len(self._owed) == 1):
+            # Two utterances end in one chunk (a client's chunks can be long): one final.
+            prev = self._owed[-1]
+            audio = np.concatenate([prev.utterance.audio, utterance.audio])
+            self._owed[-1] = _Owed(Utterance(audio, prev.utterance.start, utterance.end),
+                                   prev.seq, prev.since)  # fmt: skip
+            return
+        if self._owed and self._owed[-1].seq >= seq:
+            log.warning("two finals end in chunk %d; the gateway keeps the first", seq)
+        self._owed.append(_Owed(utterance, seq, time.monotonic()))
+        self._cut += 1
 
     def _seq_at(self, sample: int) -> int:
-        """The chunk that holds `sample`. Utterances are at least 0.6 s of silence apart,
-        so each final gets its own seq, as the gateway's duplicate check needs."""
+        """The chunk that holds `sample`."""
         for seq, end in self._chunks:
             if end >= sample:
                 return seq
         return self._last_seq
 
-    def _advance(self, safe_sample: int) -> None:
-        """Commit the chunks whose audio ends before `safe_sample` (nothing there is needed)."""
-        while self._chunks and self._chunks[0][1] <= safe_sample:
+    def _advance(self) -> None:
+        """Commit the chunks whose audio no owed final nor the utterance in progress needs."""
+        safe = self._segmenter.speech_start
+        if self._owed:
+            safe = min(safe, self._owed[0].utterance.start)
+        while self._chunks and self._chunks[0][1] <= safe:
             self._committed = self._chunks.popleft()[0]

@@ -49,9 +49,16 @@ class WhisperEngine:
 
     def transcribe(self, audio: Audio, final: bool) -> tuple[str, list[Word]]:
         """Text of the audio, and for a final its words (times relative to the audio)."""
+        # A partial is disposable: greedy, one temperature, no timestamps. A final gets the
+        # beam and faster-whisper's fallbacks; segments it judges silence (no-speech
+        # probability over 0.6 with a low log-probability) are dropped by it either way.
+        options: dict[str, object] = (
+            {} if final else {"temperature": 0.0, "without_timestamps": True}
+        )
         segments, _ = self.model.transcribe(
             audio, language=self.language, beam_size=self.beam_size if final else 1,
             vad_filter=False, condition_on_previous_text=False, word_timestamps=final,
+            **options,
         )  # fmt: skip
         texts: list[str] = []
         words: list[Word] = []

@@ -1,0 +1,153 @@
+"""What an utterance session owes and when: real speech through the real voice activity
+detector, a recogniser that only records what it is asked to decode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.transcriber.engines import Word, drain
+from services.transcriber.engines.segmenter import RATE, Audio
+from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
+from tests.speech import Speech, monologue, spoken
+
+
+class Recorder:
+    """A recogniser that says how many samples it was given."""
+
+    def __init__(self, partial_interval: float = 1.0) -> None:
+        self.partial_interval = partial_interval
+        self.calls: list[tuple[bool, int]] = []  # (final, samples)
+
+    def transcribe(self, audio: Audio, final: bool) -> tuple[str, list[Word]]:
+        self.calls.append((final, len(audio)))
+        return f"{len(audio)} samples", []
+
+
+@pytest.fixture(scope="module")
+def vad() -> object:
+    return vad_model()
+
+
+def session(vad: object, recorder: Recorder, rate: int = RATE) -> UtteranceSession:
+    return open_session(recorder, vad, "pcm_s16le", rate)
+
+
+def feed_all(sess: UtteranceSession, speech: Speech, ms: int = 100) -> int:
+    """Every chunk of `speech`, no job run; the last seq."""
+    seq = 0
+    for seq, chunk in enumerate(speech.chunks(ms), start=1):
+        sess.feed(seq, chunk, (seq - 1) * ms / 1000)
+    return seq
+
+
+def test_a_monologue_with_no_pause_becomes_finals_of_at_most_25_s_with_nothing_dropped(
+    vad: object,
+) -> None:
+    speech = monologue(60)
+    sess = session(vad, recorder := Recorder())
+    last = feed_all(sess, speech)
+    sess.flush()
+    finals = drain(sess)
+    assert len(finals) >= 3, [(r.start, r.end) for r in finals]
+    for r in finals:
+        assert r.start is not None and r.end is not None
+        assert 0 < r.end - r.start <= 25.0
+    # One run of speech: each final begins where the one before it was cut.
+    for before, after in zip(finals, finals[1:], strict=False):
+        assert after.start == before.end and after.seq > before.seq
+    assert finals[0].start <= 0.3 and finals[-1].end >= speech.seconds - 0.3
+    assert finals[-1].seq == last and sess.committed_seq == last
+    assert all(final for final, _ in recorder.calls)  # nobody asked for a partial
+
+
+def test_a_partial_waits_until_the_utterance_has_lasted_the_interval(vad: object) -> None:
+    # A partial of the first few windows of an utterance is mostly silence and preroll:
+    # whisper makes "Thank you." of such audio. None is due before a second of it.
+    speech = spoken([1, 2, 3], pause_s=1.0)
+    sess = session(vad, recorder := Recorder())
+    for seq, chunk in enumerate(speech.chunks(), start=1):
+        sess.feed(seq, chunk, (seq - 1) / 10)
+        drain(sess)
+        if (job := sess.partial_job()) is not None:
+            job.finish(job.run())
+    partials = [n for final, n in recorder.calls if not final]
+    assert len(partials) >= 3
+    assert min(partials) >= RATE  # partial_interval 1.0 s
+
+
+def test_in_a_burst_only_the_newest_state_of_an_utterance_is_decoded_as_a_partial(
+    vad: object,
+) -> None:
+    speech = monologue(6)
+    sess = session(vad, recorder := Recorder())
+    feed_all(sess, speech)
+    first = sess.partial_job()
+    assert first is not None and sess.partial_job() is None  # one, of all of it so far
+    results = first.finish(first.run())
+    assert [n for _, n in recorder.calls] == [len(sess._segmenter.current())]
+    assert results and not results[0].final
+    assert sess.partial_since() is None  # nothing new to say until more speech comes
+
+
+def test_a_partial_overtaken_by_a_flush_is_dropped(vad: object) -> None:
+    sess = session(vad, Recorder())
+    feed_all(sess, monologue(3))
+    job = sess.partial_job()
+    assert job is not None
+    out = job.run()
+    sess.flush()  # a finalize came while it was decoded
+    assert job.finish(out) == []
+    assert [r.final for r in drain(sess)] == [True]
+
+
+def test_two_utterances_that_end_in_one_chunk_share_one_final(vad: object) -> None:
+    # A client may send seconds in one frame: two sentences, each followed by a pause the
+    # detector cuts at. The gateway keeps one final per seq, so they are one final.
+    speech = spoken([1, 2], pause_s=1.0, tail_s=1.0)
+    sess = session(vad, Recorder())
+    sess.feed(1, speech.pcm.astype("<i2").tobytes(), 0.0)
+    assert sess.final_since() is None  # the next chunk or a flush may end another in it
+    sess.feed(2, np.zeros(1600, dtype="<i2").tobytes(), speech.seconds)
+    finals = drain(sess)
+    assert len(finals) == 1 and finals[0].seq == 1
+    assert finals[0].end is not None and finals[0].end > speech.seconds - 2.0
+
+
+def test_a_replay_of_the_uncommitted_chunks_owes_the_same_finals(vad: object) -> None:
+    # A transcriber killed with finals owed: its replacement is fed the chunks after
+    # committed_seq (still pending in its mailbox) and owes the same finals.
+    speech = spoken([1, 2, 3], pause_s=1.0, tail_s=0.3)
+    chunks = speech.chunks()
+    first = session(vad, Recorder())
+    cut = len(chunks) * 2 // 3
+    for seq, chunk in enumerate(chunks[:cut], start=1):
+        first.feed(seq, chunk, (seq - 1) / 10)
+    owed = first.finals_cut - first.finals_done
+    assert owed >= 1 and first.committed_seq < cut  # nothing decoded: nothing committed
+    replay = session(vad, Recorder())
+    owed_by: list[list[tuple[int, float | None, float | None]]] = []
+    for sess, start in ((first, cut + 1), (replay, first.committed_seq + 1)):
+        for seq in range(start, len(chunks) + 1):
+            sess.feed(seq, chunks[seq - 1], (seq - 1) / 10)
+        sess.flush()
+        owed_by.append([(r.seq, r.start, r.end) for r in drain(sess)])
+    assert owed_by[0] == owed_by[1] and len(owed_by[0]) == 3
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000])
+def test_other_rates_cut_the_same_utterances_and_take_audio_after_a_flush(
+    vad: object, rate: int
+) -> None:
+    speech = spoken([1, 2], pause_s=1.0).at(rate)
+    sess = session(vad, Recorder(), rate)
+    chunks = speech.chunks()
+    half = len(chunks) // 2
+    for seq, chunk in enumerate(chunks, start=1):
+        sess.feed(seq, chunk, (seq - 1) / 10)
+        if seq == half:
+            sess.flush()  # a finalize in the middle
+    sess.flush()
+    sess.flush()  # the close, then the end that follows it
+    finals = drain(sess)
+    assert 2 <= len(finals) <= 3 and sess.committed_seq == len(chunks)
