@@ -587,10 +587,7 @@ class Gateway:
         if kind == "start":
             if session.last_seq > 0:
                 raise ClientError("bad_setting", "start must come before the first audio frame")
-            params = {k: v for k, v in msg.items() if k != "type"}
-            session.fmt = session.fmt.updated(params)
-            await self.redis.hset(keys.session(session.session_id),
-                                  mapping=_strings(session.fmt.public()))  # fmt: skip
+            await self.set_format(session, {k: v for k, v in msg.items() if k != "type"})
             session.send(session.greeting())
         elif kind == "finalize":
             await self.control(session, "finalize")
@@ -677,6 +674,12 @@ class Gateway:
                                     reason.replace("_", " ").encode())  # fmt: skip
         log.info("session %s ended: %s", session_id, reason)
         return summary
+
+    async def set_format(self, session: Session, params: dict[str, Any]) -> None:
+        """Change the format of the audio to come, in the session and its record."""
+        session.fmt = session.fmt.updated(params)
+        await self.redis.hset(keys.session(session.session_id),
+                              mapping=_strings(session.fmt.public()))  # fmt: skip
 
     async def finalized(self, session: Session) -> bool:
         """End the utterance in progress and wait (as a close does) for its final."""

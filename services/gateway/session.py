@@ -390,13 +390,17 @@ class Session:
             # Everything up to msg.seq is covered now, silence with no final included.
             self.covered_seq = max(self.covered_seq, msg.seq)
             if msg.op == "finalize":
-                self.send({"status": "finalized", "seq": msg.seq})
+                self.finalized_reply(msg.seq)
             elif msg.op == "close":
                 self.close_flushed.set()
             self._progress.set()
         elif isinstance(msg, ActorError):
             self.client_error(msg.code)
             self.send(error_reply(msg.code, msg.error, msg.seq))
+
+    def finalized_reply(self, seq: int) -> None:
+        """Tell the client its finalize is done (a protocol adapter may say it otherwise)."""
+        self.send({"status": "finalized", "seq": seq})
 
     def client_error(self, code: str) -> None:
         """Count an error the client is told about: in the session and in the metrics."""

@@ -4,7 +4,9 @@ A client may send `{"config": {"sample_rate": N}}` first (no reply), then audio
 (16-bit PCM) in binary frames, each answered by exactly one JSON reply: the newest
 final not yet sent (`{"result": [words], "text": ...}`) or else the current
 partial (`{"partial": ...}`). `{"eof" : 1}` flushes the utterance in progress and
-is answered by the final result, after which the server closes. Results come
+is answered by the final result, after which the server closes; `{"reset" : 1}`
+does the same but the stream goes on. As vosk-server, the audio is taken to be
+8 kHz until a config says otherwise (a rate may come as a float). Results come
 from the same transcribers as `/ws`; only the replies differ.
 """
 
@@ -33,6 +35,9 @@ class VoskSession(Session):
 
     def ack_reply(self, seq: int, size: int) -> None:
         pass  # vosk acks a frame with its one reply, sent by the handler
+
+    def finalized_reply(self, seq: int) -> None:
+        pass  # a reset is answered with its result, sent by the handler
 
     def transcript_reply(self, t: Transcript, replayed: bool) -> None:
         if t.final:

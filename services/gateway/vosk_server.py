@@ -48,11 +48,11 @@ async def _serve(
                 frame = parse(msg.data)
                 config = frame.get("config")
                 if isinstance(config, dict) and session.last_seq == 0:
-                    with contextlib.suppress(ClientError, TypeError, ValueError):
+                    with contextlib.suppress(ClientError, TypeError, ValueError, RedisError):
                         # vosk ignores what it can't use, and takes a rate as a float.
                         if "sample_rate" in config:
                             rate = round(float(config["sample_rate"]))
-                            session.fmt = session.fmt.updated({"sample_rate": rate})
+                            await gateway.set_format(session, {"sample_rate": rate})
                 elif frame.get("eof"):
                     await _eof(gateway, session)
                     break

@@ -6,8 +6,10 @@ import asyncio
 import json
 import re
 import time
+import wave
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -15,7 +17,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from services.gateway import resume
+from services.gateway import client, resume
+from services.gateway import gateway as gateway_module
 from services.transcriber.actor import Transcriber
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
@@ -566,3 +569,61 @@ async def test_a_clients_close_during_an_operator_end_sends_no_second_summary(
     summary = await asyncio.wait_for(ending, 10)
     assert replies[-1] == summary and summary["reason"] == "ended_by_operator"
     assert ws.close_code == aiohttp.WSCloseCode.OK
+
+
+async def test_a_close_that_cannot_finish_names_the_missing_chunks_and_the_client_exits_3(
+    gateway: TestClient[Any, Any],
+    held_engine: HeldEngine,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The transcriber never answers the close (its last final is held): the summary
+    # says which chunks have no final and why, the audit log records it, and the
+    # Python client says so and exits non-zero instead of 0.
+    monkeypatch.setattr(gateway_module, "CLOSE_FLUSH_GRACE_S", 0.2)
+    speech = tmp_path / "speech.wav"
+    with wave.open(str(speech), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(b"\x00" * 9600)  # 0.3 s: three chunks
+    url = f"ws://127.0.0.1:{gateway.port}/ws"
+    code = await asyncio.to_thread(client.main, [str(speech), "--url", url])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "incomplete: no final for chunks 1-3" in err and "no answer from transcriber-0" in err
+    entries = [{k.decode(): v.decode() for k, v in f.items()}
+               for _, f in await redis.xrange(keys.AUDIT)]  # fmt: skip
+    incomplete = [e for e in entries if e["event"] == "session_incomplete"]
+    assert len(incomplete) == 1 and incomplete[0]["missing_seqs"] == "1-3"
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_vosk_takes_8_khz_until_a_config_says_otherwise_and_answers_reset(
+    gateway: TestClient[Any, Any], redis: Redis
+) -> None:
+    # vosk-server's defaults: 8,000 Hz without a config, a rate given as a float, and
+    # {"reset": 1} answered with the result so far while the stream goes on.
+    rates = []
+    for config in (None, {"sample_rate": 44100.0}):
+        ws = await gateway.ws_connect("/vosk")
+        if config is not None:
+            await ws.send_str(json.dumps({"config": config}))
+        await ws.send_bytes(b"\x00" * 100)
+        await receive(ws)
+        await ws.send_str('{"reset" : 1}')
+        reset = await receive(ws)
+        assert set(reset) == {"result", "text"} and "size: 100 bytes" in reset["text"]
+        await ws.send_bytes(b"\x00" * 200)
+        await receive(ws)
+        await ws.send_str('{"eof" : 1}')
+        last = await receive(ws)
+        assert "size: 100 bytes" not in last["text"]  # said once, at the reset
+        await ws.close()
+        sessions = await redis.keys(keys.session("*"))
+        rates += [await redis.hget(s, "sample_rate") for s in sessions]
+        for s in sessions:
+            await redis.delete(s)
+    assert rates == [b"8000", b"44100"]

@@ -3,6 +3,8 @@ detector, a recogniser that only records what it is asked to decode."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,7 @@ def test_a_monologue_with_no_pause_becomes_finals_of_at_most_25_s_with_nothing_d
         assert r.start is not None and r.end is not None
         assert 0 < r.end - r.start <= 25.0
     # One run of speech: each final begins where the one before it was cut.
-    for before, after in zip(finals, finals[1:], strict=False):
+    for before, after in itertools.pairwise(finals):
         assert after.start == before.end and after.seq > before.seq
     assert finals[0].start <= 0.3 and finals[-1].end >= speech.seconds - 0.3
     assert finals[-1].seq == last and sess.committed_seq == last
