@@ -91,6 +91,8 @@ async def test_page_streams_the_microphone_and_shows_live_transcripts(
     sent = int(await page.inner_text("#sent"))
     assert int(await page.inner_text("#acks")) == sent  # every frame sent was acked
     assert int(await page.inner_text("#finals")) == sent
+    summary = await page.inner_text("#summary")
+    assert summary == f"Closed: {sent} chunks, {sent} finals, transcript complete.", summary
     assert not [line for line in console if line.startswith("error")], console
     if shot_dir := os.environ.get("HARK_SCREENSHOTS"):
         await page.screenshot(path=os.path.join(shot_dir, "web-page.png"), full_page=True)

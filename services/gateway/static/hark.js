@@ -95,8 +95,26 @@ function onReply(event) {
       break;
     case "closed":
       setState("closed");
+      showSummary(msg);
       break;
   }
+}
+
+// The close's summary, where a person sees it: whether every chunk got its final, and
+// if not, which ones did not and why.
+function showSummary(msg) {
+  const box = $("summary");
+  const counts = `${msg.chunks} chunks, ${msg.finals} finals`;
+  if (msg.complete) {
+    box.textContent = `Closed: ${counts}, transcript complete.`;
+    box.className = "summary";
+  } else {
+    const seqs = (msg.missing_seqs || []).join("-") || "?";
+    box.textContent = `Closed, transcript INCOMPLETE: ${counts}; no final for chunks ` +
+      `${seqs} (${msg.why || "no reason given"}).`;
+    box.className = "summary incomplete";
+  }
+  box.hidden = false;
 }
 
 async function start() {
@@ -111,6 +129,7 @@ async function start() {
     await ctx.audioWorklet.addModule(url);
     node = new AudioWorkletNode(ctx, "hark-capture");
     session = null; lastFinal = 0; sentSeq = 0; pending = []; stopping = false;
+    $("summary").hidden = true;
     node.port.onmessage = (e) => {
       pending.push({ seq: ++sentSeq, buf: e.data });
       bump("sent");
