@@ -387,14 +387,17 @@ class Server:
 
 
 class Hark(Server):
-    """`hark up --engine mock` on free loopback ports with its embedded Redis."""
+    """`hark up` (the mock engine unless told) on free loopback ports with its embedded
+    Redis."""
 
-    def __init__(self, transcribers: int = 2, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, transcribers: int = 2, env: dict[str, str] | None = None, engine: str = "mock"
+    ) -> None:
         self.port, status_port = free_port(), free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws"
         self.status_url = f"http://127.0.0.1:{status_port}"
         script = os.path.join(os.path.dirname(sys.executable), "hark")
-        super().__init__([script, "up", "--engine", "mock", "--transcribers", str(transcribers),
+        super().__init__([script, "up", "--engine", engine, "--transcribers", str(transcribers),
                           "--port", str(self.port), "--status-port", str(status_port)],
                          "Ctrl-C", env={"HARK_LOG_LEVEL": "WARNING", **(env or {})})  # fmt: skip
 

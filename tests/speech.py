@@ -4,11 +4,16 @@ reference text that goes with them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 import wave
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import soxr
 
@@ -85,3 +90,43 @@ def monologue(seconds: float) -> Speech:
         indices.append(index)
         total += len(sentence(index, trim=True)) / RATE + 0.1
     return spoken(indices, pause_s=0.1, trim=True)
+
+
+async def send(
+    ws_url: str,
+    speech: Speech,
+    *,
+    speed: float | None = None,
+    finalize_at: int | None = None,
+    on_chunk: Callable[[int], Awaitable[None]] | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Stream `speech` to a gateway's `/ws` in 100 ms chunks, `speed` times real time
+    (None: all at once), with a finalize after chunk `finalize_at` and a close at the
+    end; `on_chunk(n)` runs after chunk n is sent. Every reply, and the seconds from the
+    close to the summary."""
+    replies: list[dict[str, Any]] = []
+    url = f"{ws_url}?sample_rate={speech.rate}"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        assert (await ws.receive_json(timeout=30))["status"] == "ready"
+        began = asyncio.get_running_loop().time()
+        for index, chunk in enumerate(speech.chunks(), start=1):
+            await ws.send_bytes(chunk)
+            if index == finalize_at:
+                await ws.send_str('{"type": "finalize"}')
+            if on_chunk is not None:
+                await on_chunk(index)
+            if speed is not None:
+                await pace(began, index * 0.1 / speed)
+        await ws.send_str('{"type": "close"}')
+        closed = time.monotonic()
+        async for msg in ws:
+            replies.append(json.loads(msg.data))
+    return replies, time.monotonic() - closed
+
+
+async def pace(began: float, at_s: float) -> None:
+    """Hold a sender to a live speaker's pace: until `at_s` seconds after `began` (loop
+    time). The clock of real-time audio, not a wait for something to happen."""
+    delay = began + at_s - asyncio.get_running_loop().time()
+    if delay > 0:
+        await asyncio.sleep(delay)

@@ -215,11 +215,3 @@ async def stall_actor(
         await ws.send_bytes(b"\x00" * size)
     acks = await replies_until(ws, lambda r: count(r, "received") == chunks)
     assert count(acks, "transcript") == 0, "a frozen actor transcribed"
-
-
-async def pace(began: float, at_s: float) -> None:
-    """Hold a sender to a live speaker's pace: until `at_s` seconds after `began` (loop
-    time). The clock of real-time audio, not a wait for something to happen."""
-    delay = began + at_s - asyncio.get_running_loop().time()
-    if delay > 0:
-        await asyncio.sleep(delay)

@@ -97,6 +97,9 @@ class Transcriber:
         # connection of their own: they leave as each decode ends, not with the next read.
         self.results_wire = Wire(redis)
         self._work = asyncio.Event()  # set when a session may owe new work
+        # The sessions that may owe work, so the decode loop looks at those alone: a
+        # mock transcriber holds hundreds of sessions that never owe any.
+        self._due: dict[str, _Session] = {}
         self._broken = False  # a write of the decode loop failed: start over from Redis
         self.mailbox = keys.mailbox(name)
         self.sessions: dict[str, _Session] = {}
@@ -190,6 +193,7 @@ class Transcriber:
     async def _start_over(self) -> None:
         """Rebuild from Redis after an outage: what is pending there is the truth."""
         self.sessions.clear()  # a decode under way for one of them is dropped at its end
+        self._due.clear()
         self._broken = False
         try:
             await self.start()
@@ -278,6 +282,8 @@ class Transcriber:
         for sess in touched.values():
             if not sess.writing:  # else the decode loop settles it once its writes land
                 self._settle(pipe, acks, sess)
+            if _owes(sess):
+                self._due[sess.session_id] = sess
             # A live session stays resumable: its record and results live on while it
             # does. Refreshed a few times per TTL (and at its first final, see _publish),
             # not on every round.
@@ -289,7 +295,7 @@ class Transcriber:
         if self.runtime.beat_due():
             pipe += self.runtime.heartbeat("running", len(self.sessions), self._lag())
         self._sweep(pipe)
-        if touched:
+        if self._due:
             self._work.set()
         return pipe
 
@@ -384,7 +390,10 @@ class Transcriber:
             if self.sessions.get(sess.session_id) is not sess:
                 continue  # started over, or ended, meanwhile: its audio is read again
             with logs.session_context(sess.session_id):
-                await self._finish(sess, job.finish(out))
+                results = job.finish(out)
+                if _owes(sess):
+                    self._due[sess.session_id] = sess
+                await self._finish(sess, results)
 
     def _next_job(self) -> tuple[_Session, Job] | None:
         """The oldest final owed by any session; else the partial waited for longest
@@ -398,9 +407,13 @@ class Transcriber:
         return None if sess is None or job is None else (sess, job)
 
     def _oldest(self, since: Callable[[_Session], float | None]) -> _Session | None:
-        """The session for which `since` is least (None: not a candidate)."""
+        """The session for which `since` is least (None: not a candidate), of those that
+        may owe work; those that owe none are forgotten until their next audio."""
         best: tuple[float, _Session] | None = None
-        for sess in self.sessions.values():
+        for sid, sess in list(self._due.items()):
+            if not _owes(sess) or self.sessions.get(sid) is not sess:
+                del self._due[sid]
+                continue
             when = since(sess)
             if when is not None and (best is None or when < best[0]):
                 best = (when, sess)
@@ -476,8 +489,17 @@ class Transcriber:
                 self._commit(pipe, acks)
             log.info("%s: session %s idle for %.0f s, dropped", self.name, sess.session_id,
                      IDLE_SESSION_S)  # fmt: skip
+        for sess in idle:
+            if _owes(sess):
+                self._due[sess.session_id] = sess
         if idle:
             self._work.set()
+
+
+def _owes(sess: _Session) -> bool:
+    """Whether the session has a final or a partial to decode now."""
+    engine = sess.engine
+    return engine.final_since() is not None or engine.partial_since() is not None
 
 
 def _entries(reply: Any) -> list[Entry]:

@@ -6,57 +6,22 @@ silent. Every close answers complete, every final once, word error rate <= 5 %."
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
 from typing import Any
 
-import aiohttp
 import numpy as np
 import pytest
 
 from tests import wer
 from tests.conftest import TreeFactory
-from tests.speech import RATE, Speech, monologue, spoken
-from tests.tree import Tree, pace
+from tests.speech import RATE, Speech, monologue, send, spoken
 
 pytestmark = pytest.mark.timeout(300)
 
 WHISPER = {"HARK_ENGINE": "whisper"}
 BOUND = 0.05
-
-
-async def stream(
-    tree: Tree,
-    speech: Speech,
-    *,
-    speed: float | None = None,
-    finalize_at: int | None = None,
-    on_chunk: Any = None,
-) -> tuple[list[dict[str, Any]], float]:
-    """Send `speech` in 100 ms chunks (`speed` times real time; None: all at once), a
-    finalize after chunk `finalize_at`, a close at the end; every reply, and the
-    seconds from the close to the summary."""
-    chunks = speech.chunks()
-    replies: list[dict[str, Any]] = []
-    url = f"{tree.ws_url}?sample_rate={speech.rate}"
-    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
-        assert (await ws.receive_json(timeout=30))["status"] == "ready"
-        began = asyncio.get_running_loop().time()
-        for index, chunk in enumerate(chunks, start=1):
-            await ws.send_bytes(chunk)
-            if index == finalize_at:
-                await ws.send_str('{"type": "finalize"}')
-            if on_chunk is not None:
-                await on_chunk(index)
-            if speed is not None:
-                await pace(began, index * 0.1 / speed)
-        await ws.send_str('{"type": "close"}')
-        closed = time.monotonic()
-        async for msg in ws:
-            replies.append(json.loads(msg.data))
-    return replies, time.monotonic() - closed
 
 
 def check_whole(replies: list[dict[str, Any]], speech: Speech) -> list[dict[str, Any]]:
@@ -86,7 +51,7 @@ async def test_a_60_s_monologue_sent_at_once_and_closed_at_once_comes_back_whole
     # takes longer than the 10 s a close used to wait, partials none (all overtaken).
     tree = await start_tree(redis_url=redis_url, transcribers=1, env=WHISPER)
     speech = monologue(60)
-    replies, close_s = await stream(tree, speech)
+    replies, close_s = await send(tree.ws_url, speech)
     finals = check_whole(replies, speech)
     assert len(finals) >= 3
     assert all(f["end"] - f["start"] <= 25.0 for f in finals)
@@ -102,7 +67,7 @@ async def test_8_and_48_khz_sessions_at_once_with_a_finalize_midway_come_back_wh
     low = spoken(list(range(1, 11)), pause_s=1.0).at(8000)
     high = spoken(list(range(11, 21)), pause_s=1.0).at(48000)
     done = await asyncio.gather(
-        *(stream(tree, s, speed=10.0, finalize_at=len(s.chunks()) // 2) for s in (low, high))
+        *(send(tree.ws_url, s, speed=10.0, finalize_at=len(s.chunks()) // 2) for s in (low, high))
     )
     for (replies, _), speech in zip(done, (low, high), strict=True):
         check_whole(replies, speech)
@@ -144,7 +109,7 @@ async def test_three_kills_of_the_transcriber_mid_utterance_lose_no_final(
         os.kill(victim["pid"], signal.SIGKILL)
         back = asyncio.create_task(replaced(time.monotonic()))
 
-    replies, _ = await stream(tree, speech, speed=3.0, on_chunk=kill)
+    replies, _ = await send(tree.ws_url, speech, speed=3.0, on_chunk=kill)
     assert back is not None
     await back
     check_whole(replies, speech)
@@ -165,7 +130,7 @@ async def test_silence_and_noise_make_no_final_and_no_partial_text(
     silence = Speech(np.zeros(20 * RATE, dtype=np.int16), RATE, "")
     noise_pcm = rng.normal(0, 3000, 20 * RATE).clip(-32768, 32767).astype(np.int16)
     noise = Speech(noise_pcm, RATE, "")
-    done = await asyncio.gather(*(stream(tree, s, speed=5.0) for s in (silence, noise)))
+    done = await asyncio.gather(*(send(tree.ws_url, s, speed=5.0) for s in (silence, noise)))
     for replies, _ in done:
         texts = [r["text"] for r in replies if r["status"] == "transcript" and r["text"]]
         assert texts == [], texts

@@ -17,7 +17,7 @@ import soxr
 from services.supervisor.tree import free_port
 from tests import wer
 from tests.conftest import TreeFactory
-from tests.tree import pace
+from tests.speech import pace
 
 pytestmark = pytest.mark.timeout(180)
 
