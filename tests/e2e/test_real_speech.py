@@ -24,7 +24,9 @@ WHISPER = {"HARK_ENGINE": "whisper"}
 BOUND = 0.05
 
 
-def check_whole(replies: list[dict[str, Any]], speech: Speech) -> list[dict[str, Any]]:
+def check_whole(
+    replies: list[dict[str, Any]], speech: Speech, bound: float = BOUND
+) -> list[dict[str, Any]]:
     """The session's finals, once each and in order, all before a complete summary,
     within the word error bound; returned."""
     summary = replies[-1]
@@ -40,7 +42,7 @@ def check_whole(replies: list[dict[str, Any]], speech: Speech) -> list[dict[str,
     rate = wer.errors(speech.text, said) / len(wer.normalise(speech.text))
     print(f"{speech.rate} Hz, {speech.seconds:.1f} s: {len(finals)} finals, WER {rate:.3f}: "
           f"{said!r}")  # fmt: skip
-    assert rate <= BOUND, said
+    assert rate <= bound, said
     return finals
 
 
@@ -135,3 +137,20 @@ async def test_silence_and_noise_make_no_final_and_no_partial_text(
         texts = [r["text"] for r in replies if r["status"] == "transcript" and r["text"]]
         assert texts == [], texts
         assert replies[-1]["status"] == "closed" and replies[-1]["complete"] is True
+
+
+async def test_sphinx_takes_8_and_48_khz_sessions_at_once_in_a_burst_and_never_exits(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    # The same utterance path with the small engine: its word errors are its own (4 %
+    # on the whole set, bench/RESULTS.md), so the bound here is looser.
+    tree = await start_tree(redis_url=redis_url, transcribers=1, env={"HARK_ENGINE": "sphinx"})
+    low = spoken([1, 3, 4, 5], pause_s=1.0).at(8000)
+    high = spoken([6, 7, 8, 9], pause_s=1.0).at(48000)
+    done = await asyncio.gather(
+        *(send(tree.ws_url, s, finalize_at=len(s.chunks()) // 2) for s in (low, high))
+    )
+    for (replies, _), speech in zip(done, (low, high), strict=True):
+        check_whole(replies, speech, bound=0.15)
+    row = await tree.actor("transcriber-0")
+    assert row["restarts"] == 0 and row["state"] == "RUNNING"

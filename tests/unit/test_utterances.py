@@ -153,3 +153,19 @@ def test_other_rates_cut_the_same_utterances_and_take_audio_after_a_flush(
     sess.flush()  # the close, then the end that follows it
     finals = drain(sess)
     assert 2 <= len(finals) <= 3 and sess.committed_seq == len(chunks)
+
+
+def test_float_audio_cuts_the_same_utterances_as_16_bit(vad: object) -> None:
+    speech = spoken([1, 2], pause_s=1.0, tail_s=0.3)
+    ends: list[list[float | None]] = []
+    for encoding in ("pcm_s16le", "pcm_f32le"):
+        sess = open_session(Recorder(), vad, encoding, RATE)
+        data = speech.pcm.astype("<i2").tobytes()
+        if encoding == "pcm_f32le":
+            data = (speech.pcm.astype("<f4") / 32768).tobytes()
+        step = len(data) // len(speech.chunks())
+        for seq, start in enumerate(range(0, len(data), step), start=1):
+            sess.feed(seq, data[start : start + step], 0.0)
+        sess.flush()
+        ends.append([r.end for r in drain(sess)])
+    assert ends[0] == ends[1] and len(ends[0]) == 2
