@@ -18,6 +18,10 @@ from urllib.parse import urlsplit, urlunsplit
 ENGINES = ("mock", "whisper", "sphinx")
 BACKENDS = ("process", "docker")
 LOG_FORMATS = ("text", "json")
+DEVICES = ("cpu", "cuda", "auto")
+# CTranslate2's weight types (a GPU takes the float ones; the CPU converts what it lacks).
+COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
+                 "float16", "bfloat16", "float32", "default", "auto")  # fmt: skip
 # More than this would hold the audio that comes during the wait back as long (HARK_BATCH_WAIT).
 MAX_BATCH_WAIT_S = 0.1
 # More than this would hold back the acks a client paces its audio by (HARK_ACK_WAIT).
@@ -105,6 +109,14 @@ class Settings:
     whisper_model: str | None = field(default=None, metadata=_env("HARK_WHISPER_MODEL"))
     language: str = field(default="en", metadata=_env("HARK_LANGUAGE"))
     partial_interval: float = field(default=1.0, metadata=_env("HARK_PARTIAL_INTERVAL"))
+    # Where the whisper model runs (cpu, or cuda where CTranslate2 finds a GPU), its
+    # weights' type (int8 on the CPU; float16 or int8_float16 suit a GPU), threads for one
+    # transcriber's model (0: the cores shared among the transcribers), and how many
+    # sessions' utterances one pass through the model takes at most.
+    device: str = field(default="cpu", metadata=_env("HARK_DEVICE"))
+    compute_type: str = field(default="int8", metadata=_env("HARK_COMPUTE_TYPE"))
+    whisper_threads: int = field(default=0, metadata=_env("HARK_WHISPER_THREADS"))
+    batch_size: int = field(default=8, metadata=_env("HARK_BATCH_SIZE"))
     cache_dir: str | None = field(default=None, metadata=_env("HARK_CACHE_DIR"))
     session_queue: int = field(default=256, metadata=_env("HARK_SESSION_QUEUE"))
     # Admission control. A gateway holds at most this many sessions; more get HTTP 503.
@@ -152,6 +164,7 @@ class Settings:
             "session_queue", "max_sessions", "max_lag", "max_store_lag", "audit_maxlen",
             "results_maxlen", "results_ttl", "token_ttl", "max_deliveries",
             "limit_sessions", "limit_chunks_per_s", "limit_bytes_per_s", "limit_session_s",
+            "batch_size",
         )  # fmt: skip
         for name in positive:  # None, where allowed, is not given: nothing to check
             value = getattr(self, name)
@@ -164,10 +177,12 @@ class Settings:
             value = getattr(self, name)
             if not 0 <= value <= most:
                 raise SettingsError(f"{_var(name)}={value}: 0 to {most:g} s")
-        if self.restart_intensity < 0:
-            raise SettingsError(f"{_var('restart_intensity')}: must be >= 0")
+        for name in ("restart_intensity", "whisper_threads"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{_var(name)}: must be >= 0")
         for name, allowed in (("engine", ENGINES), ("backend", BACKENDS),
-                              ("log_format", LOG_FORMATS)):  # fmt: skip
+                              ("log_format", LOG_FORMATS), ("device", DEVICES),
+                              ("compute_type", COMPUTE_TYPES)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise SettingsError(
                     f"{_var(name)}={getattr(self, name)!r}: one of {', '.join(allowed)}"

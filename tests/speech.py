@@ -26,6 +26,19 @@ QUIET = 300
 Pcm = np.ndarray[Any, np.dtype[np.int16]]
 
 
+class Recorder:
+    """A recogniser that says how many samples it was given and records each call:
+    what an utterance engine asks of its model, without a model."""
+
+    def __init__(self, partial_interval: float = 1.0) -> None:
+        self.partial_interval = partial_interval
+        self.calls: list[tuple[bool, int]] = []  # (final, samples)
+
+    def transcribe(self, audio: Any, final: bool) -> tuple[str, list[Any]]:
+        self.calls.append((final, len(audio)))
+        return f"{len(audio)} samples", []
+
+
 @dataclass(frozen=True)
 class Speech:
     """16-bit mono audio and the words spoken in it."""

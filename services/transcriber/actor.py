@@ -376,35 +376,60 @@ class Transcriber:
 
     async def _decode_loop(self) -> None:
         """Spend the engine on what the sessions owe (see the module doc), for ever."""
+        batch_size = max(1, getattr(self.engine, "batch_size", 1))
         while True:
-            picked = self._next_job()
-            if picked is None:
+            picked = self._next_jobs(batch_size)
+            if not picked:
                 self._work.clear()
                 await self._work.wait()
                 continue
-            sess, job = picked
-            if self.engine.blocking:
-                out = await asyncio.to_thread(job.run)
-            else:
-                out = job.run()
-            if self.sessions.get(sess.session_id) is not sess:
-                continue  # started over, or ended, meanwhile: its audio is read again
-            with logs.session_context(sess.session_id):
-                results = job.finish(out)
-                if _owes(sess):
-                    self._due[sess.session_id] = sess
-                await self._finish(sess, results)
+            jobs = [job for _, job in picked]
+            outs = await self._run(jobs)
+            for (sess, job), out in zip(picked, outs, strict=True):
+                if self.sessions.get(sess.session_id) is not sess:
+                    continue  # started over, or ended, meanwhile: its audio is read again
+                with logs.session_context(sess.session_id):
+                    results = job.finish(out)
+                    if _owes(sess):
+                        self._due[sess.session_id] = sess
+                    await self._finish(sess, results)
 
-    def _next_job(self) -> tuple[_Session, Job] | None:
-        """The oldest final owed by any session; else the partial waited for longest
-        (none for a session whose flush is on its way: its final makes it worthless)."""
-        sess = self._oldest(lambda s: s.engine.final_since())
-        if sess is not None:
-            job = sess.engine.final_job()
-        else:
-            sess = self._oldest(lambda s: None if s.markers else s.engine.partial_since())
-            job = None if sess is None else sess.engine.partial_job()
-        return None if sess is None or job is None else (sess, job)
+    async def _run(self, jobs: list[Job]) -> list[Any]:
+        """The jobs' outputs: in one batch where the engine takes batches; a blocking
+        engine's in a thread."""
+        run_batch = getattr(self.engine, "run_batch", None)
+
+        def run() -> list[Any]:
+            if run_batch is not None and len(jobs) > 1:
+                return list(run_batch(jobs))
+            return [job.run() for job in jobs]
+
+        return await asyncio.to_thread(run) if self.engine.blocking else run()
+
+    def _next_jobs(self, most: int) -> list[tuple[_Session, Job]]:
+        """Up to `most` jobs of different sessions: the oldest finals owed, then the
+        partials waited for longest (none for a session whose flush is on its way: its
+        final makes it worthless)."""
+        picked: list[tuple[_Session, Job]] = []
+        taken: set[str] = set()
+
+        def final(s: _Session) -> float | None:
+            return None if s.session_id in taken else s.engine.final_since()
+
+        def partial(s: _Session) -> float | None:
+            if s.session_id in taken or s.markers:
+                return None
+            return s.engine.partial_since()
+
+        for since in (final, partial):
+            while len(picked) < most and (sess := self._oldest(since)) is not None:
+                engine = sess.engine
+                job = engine.final_job() if since is final else engine.partial_job()
+                if job is None:
+                    break
+                taken.add(sess.session_id)
+                picked.append((sess, job))
+        return picked
 
     def _oldest(self, since: Callable[[_Session], float | None]) -> _Session | None:
         """The session for which `since` is least (None: not a candidate), of those that

@@ -11,6 +11,7 @@ import time
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from services.transcriber.engines import drain
@@ -54,3 +55,26 @@ def test_streamed_whisper_base_stays_within_five_percent_word_errors() -> None:
     print(f"streamed WER {rate_:.3f} ({errors}/{words}); real-time factor {busy_s / audio_s:.2f}"
           " (finals only)")  # fmt: skip
     assert rate_ <= BOUND
+
+
+def test_utterances_decoded_eight_at_a_time_stay_within_five_percent_with_word_timings() -> None:
+    # As the decode loop hands a busy transcriber's finals to the model: a batch padded
+    # to its longest utterance plus a little silence, not each to 30 s.
+    engine = WhisperEngine(str(packaged_model(default_cache_dir())))
+    sentences = (SPEECH / "sentences.txt").read_text().splitlines()
+    audio = []
+    for index in range(1, len(sentences) + 1):
+        with wave.open(str(SPEECH / f"{index:02d}.wav")) as wav:
+            pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+        audio.append((pcm / 32768).astype(np.float32))
+    decoded = []
+    for start in range(0, len(audio), 8):
+        decoded += engine.decode(audio[start : start + 8], final=True)
+    errors = sum(wer.errors(ref, text) for ref, (text, _) in zip(sentences, decoded, strict=True))
+    words = sum(len(wer.normalise(ref)) for ref in sentences)
+    print(f"batched WER {errors / words:.3f} ({errors}/{words})")
+    assert errors / words <= BOUND
+    for (text, timed), clip in zip(decoded, audio, strict=True):
+        assert [w for w, _, _, _ in timed], text
+        starts = [s for _, s, _, _ in timed]
+        assert starts == sorted(starts) and timed[-1][2] <= len(clip) / 16000 + 0.5

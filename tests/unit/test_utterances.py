@@ -8,22 +8,10 @@ import itertools
 import numpy as np
 import pytest
 
-from services.transcriber.engines import Word, drain
-from services.transcriber.engines.segmenter import RATE, Audio
+from services.transcriber.engines import drain
+from services.transcriber.engines.segmenter import RATE
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
-from tests.speech import Speech, monologue, spoken
-
-
-class Recorder:
-    """A recogniser that says how many samples it was given."""
-
-    def __init__(self, partial_interval: float = 1.0) -> None:
-        self.partial_interval = partial_interval
-        self.calls: list[tuple[bool, int]] = []  # (final, samples)
-
-    def transcribe(self, audio: Audio, final: bool) -> tuple[str, list[Word]]:
-        self.calls.append((final, len(audio)))
-        return f"{len(audio)} samples", []
+from tests.speech import Recorder, Speech, monologue, spoken
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ class Job:
     since: float
     run: Callable[[], Any]
     finish: Callable[[Any], list[Result]]
+    audio: Any = None  # what `run` decodes, for an engine that decodes jobs in batches
 
 
 class BadInput(ValueError):
@@ -106,7 +107,11 @@ class EngineSession(Protocol):
 
 
 class Engine(Protocol):
-    """A recogniser, loaded once per actor, shared by its sessions."""
+    """A recogniser, loaded once per actor, shared by its sessions.
+
+    An engine may also have `batch_size` (more than 1) and `run_batch(jobs)`, the
+    outputs of several sessions' jobs in one pass (what each job's `run` would give).
+    """
 
     name: str
     blocking: bool  # True: calls take long (model inference) and run off the event loop

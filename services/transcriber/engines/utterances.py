@@ -136,7 +136,7 @@ class UtteranceSession:
         def run() -> tuple[str, list[Word]]:
             return self._recognizer.transcribe(audio, final=True)
 
-        return Job(True, owed.since, run, self._finished)
+        return Job(True, owed.since, run, self._finished, audio)
 
     def partial_since(self) -> float | None:
         seg = self._segmenter
@@ -164,7 +164,7 @@ class UtteranceSession:
                 return []
             return [Result(seq, text, False)]
 
-        return Job(False, since, run, finish)
+        return Job(False, since, run, finish, audio)
 
     def _finished(self, out: tuple[str, list[Word]]) -> list[Result]:
         owed = self._owed.popleft()

@@ -1,15 +1,34 @@
-"""The whisper engine: faster-whisper on the utterances voice activity cuts (see
-`utterances`)."""
+"""The whisper engine: faster-whisper's model on the utterances voice activity cuts (see
+`utterances`), decoded in batches with the encoder's input sized to the audio.
+
+Whisper's encoder takes 30 s of audio whatever it is given: faster-whisper pads every
+utterance to that. CTranslate2's encoder takes any length, so a batch here is padded
+only to its longest utterance plus `PAD_S` of silence (rounded up to a second): a 3 s
+utterance costs a tenth of the encoder's work. With less than `PAD_S` of silence after
+the speech whisper loses words (measured on the test speech: `bench/RESULTS.md`).
+Jobs of several sessions go through the model together: CTranslate2 gains from batches
+on the CPU as much as on a GPU. Partials decode greedily; finals with the beam and word
+timings. A final whose text looks like a loop (compression ratio over 2.4) is decoded
+again the way faster-whisper does it, with its fallbacks.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import ctranslate2
+import numpy as np
 from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
 
-from services.transcriber.engines import EngineUnavailable, Word
+from services.transcriber.engines import EngineUnavailable, Job, Word
 from services.transcriber.engines.model_store import ModelUnavailable, default_cache_dir, resolve
 from services.transcriber.engines.segmenter import Audio
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
@@ -17,22 +36,39 @@ from shared.config import Settings
 
 log = logging.getLogger(__name__)
 
+PAD_S = 3.0  # silence after the speech in the encoder's input
+FRAMES_PER_S = 100  # mel frames
+MAX_FRAMES = 3000  # the encoder's own limit: 30 s
+MAX_NEW_TOKENS = 220  # half of whisper's 448: no utterance of 25 s says more
+NO_SPEECH = 0.6  # faster-whisper's thresholds: a text this likely silence, and
+LOW_LOGPROB = -1.0  # this unsure, is no text
+LOOPING = 2.4  # compression ratio past which a text repeats itself
+# Punctuation joined to the word beside it: faster-whisper's defaults.
+PREPEND = "\"'“¿([{-"
+APPEND = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001
+
+Decoded = tuple[str, list[Word]]
+
 
 class WhisperEngine:
-    """One faster-whisper model (CTranslate2, int8 on CPU) and one VAD model per actor."""
+    """One faster-whisper model (CTranslate2) and one VAD model per actor."""
 
     name = "whisper"
     blocking = True
 
     def __init__(
         self, model: str, language: str | None = "en", partial_interval: float = 1.0,
-        beam_size: int = 5, threads: int = 0,
+        beam_size: int = 5, threads: int = 0, device: str = "cpu", compute_type: str = "int8",
+        batch_size: int = 8,
     ) -> None:  # fmt: skip
         self.language = language
         self.partial_interval = partial_interval
         self.beam_size = beam_size
-        self.model = WhisperModel(model, device="cpu", compute_type="int8",
+        self.batch_size = batch_size
+        self.model = WhisperModel(model, device=device, compute_type=compute_type,
                                   cpu_threads=threads or min(4, os.cpu_count() or 1))  # fmt: skip
+        self._tokenizer: Tokenizer | None = None
+        self._suppress: list[int] | None = None
         self._vad = vad_model()
 
     @classmethod
@@ -42,23 +78,96 @@ class WhisperEngine:
             model = resolve(settings.whisper_model, cache)
         except ModelUnavailable as exc:
             raise EngineUnavailable(str(exc)) from None
-        return cls(model, settings.language or None, settings.partial_interval)
+        return cls(
+            model, settings.language or None, settings.partial_interval,
+            threads=settings.whisper_threads or cpu_share(settings.transcribers),
+            device=settings.device, compute_type=settings.compute_type,
+            batch_size=settings.batch_size,
+        )  # fmt: skip
 
     def open_session(self, session_id: str, encoding: str, sample_rate: int) -> UtteranceSession:
         return open_session(self, self._vad, encoding, sample_rate)
 
-    def transcribe(self, audio: Audio, final: bool) -> tuple[str, list[Word]]:
+    def transcribe(self, audio: Audio, final: bool) -> Decoded:
         """Text of the audio, and for a final its words (times relative to the audio)."""
-        # A partial is disposable: greedy, one temperature, no timestamps. A final gets the
-        # beam and faster-whisper's fallbacks; segments it judges silence (no-speech
-        # probability over 0.6 with a low log-probability) are dropped by it either way.
-        options: dict[str, object] = (
-            {} if final else {"temperature": 0.0, "without_timestamps": True}
+        return self.decode([audio], final)[0]
+
+    def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
+        """Decode several sessions' jobs at once: the finals together, the partials
+        together (a greedy search cannot share a batch with a beam search)."""
+        out: list[Any] = [None] * len(jobs)
+        for final in (True, False):
+            picked = [i for i, job in enumerate(jobs) if job.final is final]
+            if picked:
+                audio = [jobs[i].audio for i in picked]
+                for i, decoded in zip(picked, self.decode(audio, final), strict=True):
+                    out[i] = decoded
+        return out
+
+    def decode(self, audio: Sequence[Audio | None], final: bool) -> list[Decoded]:
+        """Texts (and for finals words) of utterances, in one pass through the model."""
+        tokenizer = self._tokenizer_()
+        extractor = self.model.feature_extractor
+        features = [extractor(a if a is not None else np.zeros(0, np.float32))[:, :-1]
+                    for a in audio]  # fmt: skip
+        longest = max(f.shape[1] for f in features)
+        frames = min(MAX_FRAMES, math.ceil(longest / FRAMES_PER_S + PAD_S) * FRAMES_PER_S)
+        batch = np.stack([_fit(f, frames) for f in features])
+        encoded = self.model.model.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(batch)),
+            # Rows of a batch are cut apart for word timings: on the host.
+            to_cpu=final and len(features) > 1 and self.model.model.device == "cuda",
         )
+        prompt = self.model.get_prompt(tokenizer, [], without_timestamps=True)
+        results = self.model.model.generate(
+            encoded, [prompt] * len(features), beam_size=self.beam_size if final else 1,
+            max_length=len(prompt) + MAX_NEW_TOKENS, return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppress,
+        )  # fmt: skip
+        out: list[Decoded] = []
+        texts: list[list[int]] = []
+        for result in results:
+            tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+            if result.no_speech_prob > NO_SPEECH and result.scores[0] < LOW_LOGPROB:
+                tokens = []  # silence, said with little conviction: say nothing
+            texts.append(tokens)
+            out.append((tokenizer.decode(tokens).strip(), []))
+        if not final:
+            return out
+        for i, (text, _) in enumerate(out):
+            if text and _compression_ratio(text) > LOOPING:
+                log.info("a final looped (%r...): decoded again with fallbacks", text[:40])
+                out[i] = self._fallback(audio[i])
+                texts[i] = []
+        frames_of = [min(frames, f.shape[1]) for f in features]
+        for i, words in enumerate(self._words(tokenizer, texts, encoded, frames_of)):
+            if words:
+                out[i] = (out[i][0], words)
+        return out
+
+    def _words(
+        self, tokenizer: Tokenizer, texts: list[list[int]], encoded: Any, frames: list[int]
+    ) -> list[list[Word]]:
+        """Word timings of each text, by whisper's cross-attention (as faster-whisper)."""
+        words: list[list[Word]] = []
+        for i, tokens in enumerate(texts):
+            if not tokens:
+                words.append([])
+                continue
+            one = encoded if len(texts) == 1 else _row(encoded, i)
+            alignment = self.model.find_alignment(tokenizer, [tokens], one, frames[i])[0]
+            merge_punctuations(alignment, PREPEND, APPEND)
+            words.append([(w["word"].strip(), round(float(w["start"]), 3),
+                           round(float(w["end"]), 3), round(float(w["probability"]), 3))
+                          for w in alignment if w["word"].strip()])  # fmt: skip
+        return words
+
+    def _fallback(self, audio: Audio | None) -> Decoded:
+        """faster-whisper's own decoding (30 s input, temperature fallbacks)."""
         segments, _ = self.model.transcribe(
-            audio, language=self.language, beam_size=self.beam_size if final else 1,
-            vad_filter=False, condition_on_previous_text=False, word_timestamps=final,
-            **options,
+            audio if audio is not None else np.zeros(0, np.float32), language=self.language,
+            beam_size=self.beam_size, vad_filter=False, condition_on_previous_text=False,
+            word_timestamps=True,
         )  # fmt: skip
         texts: list[str] = []
         words: list[Word] = []
@@ -68,3 +177,35 @@ class WhisperEngine:
                 words.append((w.word.strip(), round(w.start, 3), round(w.end, 3),
                               round(w.probability, 3)))  # fmt: skip
         return "".join(texts).strip(), words
+
+    def _tokenizer_(self) -> Tokenizer:
+        if self._tokenizer is None:
+            model, language = self.model, self.language or "en"
+            self._tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
+                                        task="transcribe", language=language)  # fmt: skip
+            self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
+        return self._tokenizer
+
+
+def cpu_share(transcribers: int) -> int:
+    """Threads for one transcriber's model: the cores shared among the transcribers, so
+    two do not fight over two cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, transcribers))
+
+
+def _fit(features: np.ndarray[Any, Any], frames: int) -> np.ndarray[Any, Any]:
+    """Mel features cut or padded with zeros (as faster-whisper pads them) to `frames`."""
+    if features.shape[1] >= frames:
+        return features[:, :frames]
+    return np.pad(features, ((0, 0), (0, frames - features.shape[1])))
+
+
+def _row(encoded: Any, i: int) -> Any:
+    """Row `i` of a batch's encoder output, as a batch of one."""
+    array = np.asarray(encoded)
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(array[i : i + 1]))
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode()
+    return len(data) / len(zlib.compress(data))

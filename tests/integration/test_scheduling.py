@@ -1,0 +1,85 @@
+"""The transcriber's decode loop against a real Redis, with real speech and an engine
+that records what it is asked to decode: batches across sessions, finals before the
+answers to the flushes that follow them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from services.transcriber.actor import Transcriber
+from services.transcriber.engines import Job
+from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
+from shared import keys
+from shared.config import Settings
+from shared.messages import AudioChunk, Flushed, SessionControl, Transcript
+from tests.integration.test_transcriber import Channel
+from tests.speech import Recorder, spoken
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class BatchingEngine:
+    """Utterance sessions over a recorder; batches of up to four, recorded."""
+
+    name = "batching"
+    blocking = True
+    batch_size = 4
+
+    def __init__(self) -> None:
+        self.recorder = Recorder()
+        self.vad = vad_model()
+        self.batches: list[list[bool]] = []  # the `final` of each job, batch by batch
+
+    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> UtteranceSession:
+        return open_session(self.recorder, self.vad, encoding, sample_rate)
+
+    def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
+        self.batches.append([job.final for job in jobs])
+        return [self.recorder.transcribe(job.audio, job.final) for job in jobs]
+
+
+async def test_sessions_sent_at_once_are_decoded_in_batches_and_each_close_follows_its_finals(
+    redis: Redis, redis_url: str
+) -> None:
+    settings = Settings(redis_url=redis_url, heartbeat_interval=0.5)
+    engine = BatchingEngine()
+    client = Redis.from_url(redis_url)
+    actor = Transcriber(settings, engine, client, "transcriber-0")  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.create_task(actor.run(stop))
+    speech = spoken([1, 2], pause_s=1.0)
+    clients = [f"c{n}" for n in range(3)]
+    try:
+        await asyncio.wait_for(actor.ready.wait(), 10)
+        channels = [await Channel(redis, c).__aenter__() for c in clients]
+        pipe = redis.pipeline(transaction=False)
+        for n, client_id in enumerate(clients):  # three sessions' audio, all at once
+            chunks = speech.chunks()
+            for seq, data in enumerate(chunks, start=1):
+                msg = AudioChunk(f"s{n}", client_id, seq, data, "pcm_s16le", speech.rate,
+                                 0.0, (seq - 1) / 10)  # fmt: skip
+                pipe.xadd(keys.mailbox("transcriber-0"), {"m": msg.encode()})
+            close = SessionControl(f"s{n}", client_id, len(chunks), "close")
+            pipe.xadd(keys.mailbox("transcriber-0"), {"m": close.encode()})
+        await pipe.execute()
+        for channel in channels:
+            got = []
+            while not got or not isinstance(got[-1], Flushed):
+                got.append(await channel.next())
+            finals = [m for m in got if isinstance(m, Transcript) and m.final]
+            assert len(finals) == 2 and got[-1].op == "close"  # type: ignore[union-attr]
+            assert [m.seq for m in finals] == sorted(m.seq for m in finals)
+            await channel.__aexit__()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+    assert any(len(batch) > 1 for batch in engine.batches), engine.batches
+    assert all(all(batch) for batch in engine.batches), "a partial in a burst"
+    # Nothing stays pending: every chunk is covered by a published final.
+    assert (await redis.xpending(keys.mailbox("transcriber-0"), keys.GROUP))["pending"] == 0
