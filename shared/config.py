@@ -19,6 +19,7 @@ ENGINES = ("mock", "whisper", "sphinx")
 BACKENDS = ("process", "docker")
 LOG_FORMATS = ("text", "json")
 DEVICES = ("cpu", "cuda", "auto")
+WHISPER_DECODERS = ("batched", "faster-whisper")
 # CTranslate2's weight types (a GPU takes the float ones; the CPU converts what it lacks).
 COMPUTE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
                  "float16", "bfloat16", "float32", "default", "auto")  # fmt: skip
@@ -109,6 +110,8 @@ class Settings:
     whisper_model: str | None = field(default=None, metadata=_env("HARK_WHISPER_MODEL"))
     language: str = field(default="en", metadata=_env("HARK_LANGUAGE"))
     partial_interval: float = field(default=1.0, metadata=_env("HARK_PARTIAL_INTERVAL"))
+    # Seconds of silence that end an utterance (its final is decoded then).
+    end_silence: float = field(default=0.6, metadata=_env("HARK_END_SILENCE"))
     # Where the whisper model runs (cpu, or cuda where CTranslate2 finds a GPU), its
     # weights' type (int8 on the CPU; float16 or int8_float16 suit a GPU), threads for one
     # transcriber's model (0: the cores shared among the transcribers), and how many
@@ -117,6 +120,10 @@ class Settings:
     compute_type: str = field(default="int8", metadata=_env("HARK_COMPUTE_TYPE"))
     whisper_threads: int = field(default=0, metadata=_env("HARK_WHISPER_THREADS"))
     batch_size: int = field(default=8, metadata=_env("HARK_BATCH_SIZE"))
+    # batched: hark's own passes through the model (input sized to the audio, several
+    # sessions at once); faster-whisper: the library's decoding, 30 s windows, one
+    # utterance at a time, with its temperature fallbacks (what hark did before).
+    whisper_decoder: str = field(default="batched", metadata=_env("HARK_WHISPER_DECODER"))
     cache_dir: str | None = field(default=None, metadata=_env("HARK_CACHE_DIR"))
     session_queue: int = field(default=256, metadata=_env("HARK_SESSION_QUEUE"))
     # Admission control. A gateway holds at most this many sessions; more get HTTP 503.
@@ -134,6 +141,10 @@ class Settings:
     # gets no new sessions (all behind: HTTP 503); past twice it, its sessions' audio
     # is refused with `overloaded` until it catches up. Bounds queueing and latency.
     max_lag: float = field(default=2.0, metadata=_env("HARK_MAX_LAG"))
+    # The share of its time a transcriber's engine may spend decoding once it takes one
+    # more session, at what its sessions cost it now: past it, no new session goes there
+    # (all past it: HTTP 503), so those it has keep their latency.
+    max_busy: float = field(default=0.9, metadata=_env("HARK_MAX_BUSY"))
     # The same for the gateway itself: how long (seconds) audio it has read may wait to be
     # stored in Redis. A gateway short of CPU falls behind here; past it, no new sessions
     # (HTTP 503); past twice it, the sessions sending the most are closed with `session_shed`.
@@ -164,7 +175,7 @@ class Settings:
             "session_queue", "max_sessions", "max_lag", "max_store_lag", "audit_maxlen",
             "results_maxlen", "results_ttl", "token_ttl", "max_deliveries",
             "limit_sessions", "limit_chunks_per_s", "limit_bytes_per_s", "limit_session_s",
-            "batch_size",
+            "batch_size", "end_silence", "max_busy",
         )  # fmt: skip
         for name in positive:  # None, where allowed, is not given: nothing to check
             value = getattr(self, name)
@@ -182,7 +193,8 @@ class Settings:
                 raise SettingsError(f"{_var(name)}: must be >= 0")
         for name, allowed in (("engine", ENGINES), ("backend", BACKENDS),
                               ("log_format", LOG_FORMATS), ("device", DEVICES),
-                              ("compute_type", COMPUTE_TYPES)):  # fmt: skip
+                              ("compute_type", COMPUTE_TYPES),
+                              ("whisper_decoder", WHISPER_DECODERS)):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise SettingsError(
                     f"{_var(name)}={getattr(self, name)!r}: one of {', '.join(allowed)}"
@@ -193,6 +205,8 @@ class Settings:
             raise SettingsError(
                 "HARK_DRAIN_TIMEOUT must be > 0 and less than HARK_SHUTDOWN_TIMEOUT"
             )
+        if not 0 < self.max_busy <= 1:
+            raise SettingsError(f"HARK_MAX_BUSY={self.max_busy}: a share of the time, 0 to 1")
         if self.backoff_min > self.backoff_max:
             raise SettingsError("HARK_BACKOFF_MIN must not exceed HARK_BACKOFF_MAX")
         if self.backend == "docker" and self.redis_url is None:

@@ -238,6 +238,9 @@ class Heartbeat(Message):
     # A transcriber's queueing delay: how long the oldest entry of its latest mailbox
     # read had waited, in ms (0 when it waits for work). Gateways refuse load past a limit.
     lag_ms: int = 0
+    # A transcriber's share of the time its engine spent decoding, smoothed over its
+    # last beats (0..1): with `load`, what one more session would cost it.
+    busy: float = 0.0
 
 
 @dataclass(slots=True)

@@ -60,3 +60,15 @@ def test_the_restart_benchmark_kills_and_times_a_transcriber() -> None:
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     (line,) = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
     assert line["kills"] == 2 and line["kill_to_running_ms"]["max"] > 0
+
+
+def test_the_capacity_benchmark_runs_two_live_speakers_and_measures_them() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.capacity", "--speakers", "2", "--sentences", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    (line,) = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    assert (line["speakers"], line["refused"], line["finals"]) == (2, 0, 4)
+    assert 0 <= line["wer"] <= 0.2 and line["final_latency_s"]["p50"] > 0
+    assert set(line["cpu_s_per_s"]) == {"redis", "gateway", "transcriber-0", "transcriber-1"}

@@ -84,7 +84,8 @@ class Gateway:
         self.audit = Audit(redis, name, settings.audit_maxlen, self.coalescer)
         self.hub = Hub(redis, on_control=self._on_control, on_reconnect=self._catch_up_all)
         self.router = Router(redis, settings.heartbeat_interval, settings.heartbeat_misses,
-                             on_down=self._actor_down, max_lag=settings.max_lag)  # fmt: skip
+                             on_down=self._actor_down, max_lag=settings.max_lag,
+                             max_busy=settings.max_busy)  # fmt: skip
         self._jobs: set[asyncio.Task[None]] = set()
         self.sessions: dict[str, Session] = {}
         self.metrics = GatewayMetrics(lambda: len(self.sessions))
@@ -234,8 +235,9 @@ class Gateway:
             message = (f"this gateway is more than {self.settings.max_store_lag:g} s behind "
                        "storing audio; try again later")  # fmt: skip
         elif self.router.saturated():
-            message = (f"every transcriber is more than {self.settings.max_lag:g} s behind; "
-                       "try again later")  # fmt: skip
+            message = (f"every transcriber is more than {self.settings.max_lag:g} s behind or "
+                       "has no room for another speaker (HARK_MAX_BUSY "
+                       f"{self.settings.max_busy:g}); try again later")  # fmt: skip
         else:
             return
         self.metrics.errors.labels("overloaded").inc()

@@ -33,8 +33,10 @@ class Router:
         misses: int,
         on_down: Callable[[str], None] | None = None,
         max_lag: float = float("inf"),
+        max_busy: float = 1.0,
     ) -> None:
         self._redis = redis
+        self._max_busy = max_busy
         self._interval = interval
         self._max_lag_ms = max_lag * 1000
         # A transcriber is gone once nobody has seen its heartbeat for this long (its
@@ -125,9 +127,20 @@ class Router:
         beat = self.live.get(actor)
         return beat is not None and beat.lag_ms > factor * self._max_lag_ms
 
+    def full(self, actor: str) -> bool:
+        """Whether one more session would take `actor`'s engine past HARK_MAX_BUSY of its
+        time, at what its sessions cost it now (learnt from what it does, not a count)."""
+        beat = self.live.get(actor)
+        if beat is None or beat.busy <= 0:
+            return False
+        # Sessions given to it since its beat cost it nothing yet: count them too.
+        sessions = max(beat.load, self.assigned[actor])
+        return beat.busy / max(1, beat.load) * (sessions + 1) > self._max_busy
+
     def saturated(self) -> bool:
-        """Every live transcriber is behind: a new session would only add to the queue."""
-        return bool(self.live) and all(self.behind(name) for name in self.live)
+        """Every live transcriber is behind, or has no room for another speaker: a new
+        session would only add to the queue and slow those already there."""
+        return bool(self.live) and all(self.behind(name) or self.full(name) for name in self.live)
 
     async def pick(self) -> str | None:
         """The live transcriber with the fewest sessions from this gateway, or None.
@@ -140,7 +153,7 @@ class Router:
         if not self.live:
             return None
         open_ = [name for name in self.live if name not in self.draining] or list(self.live)
-        open_ = [name for name in open_ if not self.behind(name)] or open_
+        open_ = [name for name in open_ if not (self.behind(name) or self.full(name))] or open_
         actor = min(open_, key=lambda name: (self.assigned[name], name))
         self.assigned[actor] += 1
         return actor

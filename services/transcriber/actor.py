@@ -100,6 +100,9 @@ class Transcriber:
         # The sessions that may owe work, so the decode loop looks at those alone: a
         # mock transcriber holds hundreds of sessions that never owe any.
         self._due: dict[str, _Session] = {}
+        self._busy_s = 0.0  # the engine's decoding since the last beat
+        self._busy_from = time.monotonic()
+        self.busy = 0.0  # its share of the time, smoothed over beats
         self._broken = False  # a write of the decode loop failed: start over from Redis
         self.mailbox = keys.mailbox(name)
         self.sessions: dict[str, _Session] = {}
@@ -293,7 +296,8 @@ class Transcriber:
                 pipe.append(("EXPIRE", keys.session(sess.session_id), self.settings.results_ttl))
         self._commit(pipe, acks)
         if self.runtime.beat_due():
-            pipe += self.runtime.heartbeat("running", len(self.sessions), self._lag())
+            pipe += self.runtime.heartbeat("running", len(self.sessions), self._lag(),
+                                           self._busy())  # fmt: skip
         self._sweep(pipe)
         if self._due:
             self._work.set()
@@ -358,6 +362,15 @@ class Transcriber:
         else:
             raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
 
+    def _busy(self) -> float:
+        """The engine's share of the time since the last beat, smoothed (half the last
+        share, half what came before), for gateways to judge what a session costs."""
+        now = time.monotonic()
+        share = min(1.0, self._busy_s / max(1e-3, now - self._busy_from))
+        self._busy_s, self._busy_from = 0.0, now
+        self.busy = round(0.5 * self.busy + 0.5 * share, 3)
+        return self.busy
+
     def _lag(self) -> int:
         """The lag for a heartbeat: the worst since the last one, so no spike is missed,
         of a mailbox entry's wait to be read and of the oldest final's wait to be
@@ -404,7 +417,11 @@ class Transcriber:
                 return list(run_batch(jobs))
             return [job.run() for job in jobs]
 
-        return await asyncio.to_thread(run) if self.engine.blocking else run()
+        began = time.monotonic()
+        try:
+            return await asyncio.to_thread(run) if self.engine.blocking else run()
+        finally:
+            self._busy_s += time.monotonic() - began
 
     def _next_jobs(self, most: int) -> list[tuple[_Session, Job]]:
         """Up to `most` jobs of different sessions: the oldest finals owed, then the

@@ -34,10 +34,11 @@ class Lagging:
     def __init__(self, runtime: ActorRuntime) -> None:
         self.runtime = runtime
         self.lag_ms = 0
+        self.load, self.busy = 1, 0.0
 
     async def beat_forever(self) -> None:
         while True:
-            await self.runtime.beat("running", 1, self.lag_ms)
+            await self.runtime.beat("running", self.load, self.lag_ms, self.busy)
             await asyncio.sleep(self.runtime.settings.heartbeat_interval / 2)
 
 
@@ -68,7 +69,7 @@ async def says_behind(gateway: TestClient[Any, Any], transcriber: Lagging, lag_m
     """The transcriber says it is `lag_ms` behind, and the gateway has read it (its
     router reads the beats once per heartbeat interval on its own)."""
     transcriber.lag_ms = lag_ms
-    await transcriber.runtime.beat("running", 1, lag_ms)
+    await transcriber.runtime.beat("running", transcriber.load, lag_ms, transcriber.busy)
     await gateway.app[GATEWAY].router.refresh()
 
 
@@ -144,4 +145,23 @@ async def test_audio_redis_does_not_take_is_refused_and_the_seq_goes_on_from_the
     await ws.send_bytes(b"\x00" * 320)
     assert (await receive(ws))["seq"] == 2  # no seq was spent on the refused ones
     assert await redis.xlen(mailbox) == 1
+    await ws.close()
+
+
+async def test_a_transcriber_with_no_room_for_another_speaker_gets_no_new_session(
+    gateway: TestClient[Any, Any], transcriber: Lagging
+) -> None:
+    # Its engine decodes half the time for two sessions: a third would take 75 %, under
+    # HARK_MAX_BUSY (0.9), and is let in. At 70 % for two, a third would take 105 %:
+    # refused with 503 while the sessions it has go on.
+    transcriber.load, transcriber.busy = 2, 0.5
+    await says_behind(gateway, transcriber, 0)
+    ws, hello = await open_session(gateway)
+    assert hello["status"] == "ready"
+    transcriber.busy = 0.7
+    await says_behind(gateway, transcriber, 0)
+    body = await refused(gateway)
+    assert "no room for another speaker" in body["error"]
+    await ws.send_bytes(b"\x00" * 320)
+    assert (await receive(ws))["status"] == "received"
     await ws.close()

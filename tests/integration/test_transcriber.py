@@ -157,13 +157,13 @@ async def test_heartbeat_reports_how_long_mailbox_entries_waited(
     lagging, caught_up = asyncio.Event(), asyncio.Event()
     beat = actor.runtime.heartbeat
 
-    def spy(state: str, load: int, lag_ms: int = 0) -> list[Command]:
+    def spy(state: str, load: int, lag_ms: int = 0, busy: float = 0.0) -> list[Command]:
         lags.append(lag_ms)
         if lag_ms:
             lagging.set()
         elif lagging.is_set():
             caught_up.set()
-        return beat(state, load, lag_ms)
+        return beat(state, load, lag_ms, busy)
 
     actor.runtime.heartbeat = spy  # type: ignore[method-assign]
     added_ms = int(time.time() * 1000) - 5000  # an entry that waited 5 s to be read

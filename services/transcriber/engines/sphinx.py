@@ -23,17 +23,18 @@ class SphinxEngine:
     name = "sphinx"
     blocking = True
 
-    def __init__(self, partial_interval: float = 1.0) -> None:
+    def __init__(self, partial_interval: float = 1.0, end_silence: float = 0.6) -> None:
         self.partial_interval = partial_interval
+        self.end_silence = end_silence
         self._decoder = Decoder(samprate=RATE)
         self._vad = vad_model()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SphinxEngine:
-        return cls(settings.partial_interval)
+        return cls(settings.partial_interval, settings.end_silence)
 
     def open_session(self, session_id: str, encoding: str, sample_rate: int) -> UtteranceSession:
-        return open_session(self, self._vad, encoding, sample_rate)
+        return open_session(self, self._vad, encoding, sample_rate, self.end_silence)
 
     def transcribe(self, audio: Audio, final: bool) -> tuple[str, list[Word]]:
         pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()

@@ -43,8 +43,12 @@ def vad_model() -> Any:
     return get_vad_model().session
 
 
-def open_session(recognizer: Recognizer, vad: Any, encoding: str, rate: int) -> UtteranceSession:
-    return UtteranceSession(recognizer, Decoder(encoding, rate), Segmenter(StreamingVad(vad)))
+def open_session(
+    recognizer: Recognizer, vad: Any, encoding: str, rate: int, end_silence: float = 0.6
+) -> UtteranceSession:
+    """A session whose utterances end after `end_silence` seconds of silence."""
+    segmenter = Segmenter(StreamingVad(vad), silence_s=end_silence)
+    return UtteranceSession(recognizer, Decoder(encoding, rate), segmenter)
 
 
 @dataclass(slots=True)

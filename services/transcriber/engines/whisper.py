@@ -4,8 +4,8 @@
 Whisper's encoder takes 30 s of audio whatever it is given: faster-whisper pads every
 utterance to that. CTranslate2's encoder takes any length, so a batch here is padded
 only to its longest utterance plus `PAD_S` of silence (rounded up to a second): a 3 s
-utterance costs a tenth of the encoder's work. With less than `PAD_S` of silence after
-the speech whisper loses words (measured on the test speech: `bench/RESULTS.md`).
+utterance costs a fifth of the encoder's work. With less silence after the speech
+whisper loses words (measured on the test speech: `bench/RESULTS.md`).
 Jobs of several sessions go through the model together: CTranslate2 gains from batches
 on the CPU as much as on a GPU. Partials decode greedily; finals with the beam and word
 timings. A final whose text looks like a loop (compression ratio over 2.4) is decoded
@@ -36,7 +36,10 @@ from shared.config import Settings
 
 log = logging.getLogger(__name__)
 
-PAD_S = 3.0  # silence after the speech in the encoder's input
+# Silence after the speech in the encoder's input (word errors on the test speech:
+# 0.5 s 20.5 %, 1 s 6.8 %, 2 s 1.7 %, 3 s 1.7 %, 30 s 1.1 %). Less for partials, 1 s,
+# gave no better latency in the capacity benchmark (its runs vary more than that).
+PAD_S = 3.0
 FRAMES_PER_S = 100  # mel frames
 MAX_FRAMES = 3000  # the encoder's own limit: 30 s
 MAX_NEW_TOKENS = 220  # half of whisper's 448: no utterance of 25 s says more
@@ -59,12 +62,15 @@ class WhisperEngine:
     def __init__(
         self, model: str, language: str | None = "en", partial_interval: float = 1.0,
         beam_size: int = 5, threads: int = 0, device: str = "cpu", compute_type: str = "int8",
-        batch_size: int = 8,
+        batch_size: int = 8, decoder: str = "batched", end_silence: float = 0.6,
     ) -> None:  # fmt: skip
         self.language = language
         self.partial_interval = partial_interval
         self.beam_size = beam_size
-        self.batch_size = batch_size
+        self.end_silence = end_silence
+        # faster-whisper's own decoding takes one utterance at a time.
+        self.batched = decoder == "batched"
+        self.batch_size = batch_size if self.batched else 1
         self.model = WhisperModel(model, device=device, compute_type=compute_type,
                                   cpu_threads=threads or min(4, os.cpu_count() or 1))  # fmt: skip
         self._tokenizer: Tokenizer | None = None
@@ -82,11 +88,12 @@ class WhisperEngine:
             model, settings.language or None, settings.partial_interval,
             threads=settings.whisper_threads or cpu_share(settings.transcribers),
             device=settings.device, compute_type=settings.compute_type,
-            batch_size=settings.batch_size,
+            batch_size=settings.batch_size, decoder=settings.whisper_decoder,
+            end_silence=settings.end_silence,
         )  # fmt: skip
 
     def open_session(self, session_id: str, encoding: str, sample_rate: int) -> UtteranceSession:
-        return open_session(self, self._vad, encoding, sample_rate)
+        return open_session(self, self._vad, encoding, sample_rate, self.end_silence)
 
     def transcribe(self, audio: Audio, final: bool) -> Decoded:
         """Text of the audio, and for a final its words (times relative to the audio)."""
@@ -106,6 +113,8 @@ class WhisperEngine:
 
     def decode(self, audio: Sequence[Audio | None], final: bool) -> list[Decoded]:
         """Texts (and for finals words) of utterances, in one pass through the model."""
+        if not self.batched:
+            return [self._fallback(a, final) for a in audio]
         tokenizer = self._tokenizer_()
         extractor = self.model.feature_extractor
         features = [extractor(a if a is not None else np.zeros(0, np.float32))[:, :-1]
@@ -137,7 +146,7 @@ class WhisperEngine:
         for i, (text, _) in enumerate(out):
             if text and _compression_ratio(text) > LOOPING:
                 log.info("a final looped (%r...): decoded again with fallbacks", text[:40])
-                out[i] = self._fallback(audio[i])
+                out[i] = self._fallback(audio[i], final=True)
                 texts[i] = []
         frames_of = [min(frames, f.shape[1]) for f in features]
         for i, words in enumerate(self._words(tokenizer, texts, encoded, frames_of)):
@@ -162,12 +171,16 @@ class WhisperEngine:
                           for w in alignment if w["word"].strip()])  # fmt: skip
         return words
 
-    def _fallback(self, audio: Audio | None) -> Decoded:
-        """faster-whisper's own decoding (30 s input, temperature fallbacks)."""
+    def _fallback(self, audio: Audio | None, final: bool) -> Decoded:
+        """faster-whisper's own decoding (30 s input, temperature fallbacks; a partial
+        greedy, at one temperature, without timestamps)."""
+        options: dict[str, Any] = (
+            {"word_timestamps": True} if final else {"temperature": 0.0, "without_timestamps": True}
+        )
         segments, _ = self.model.transcribe(
             audio if audio is not None else np.zeros(0, np.float32), language=self.language,
-            beam_size=self.beam_size, vad_filter=False, condition_on_previous_text=False,
-            word_timestamps=True,
+            beam_size=self.beam_size if final else 1, vad_filter=False,
+            condition_on_previous_text=False, **options,
         )  # fmt: skip
         texts: list[str] = []
         words: list[Word] = []

@@ -1,0 +1,188 @@
+"""How many live speakers a tree carries: K sessions of real speech at real-time pace.
+
+    .venv/bin/python -m bench.capacity --speakers 4 [--engine whisper|sphinx] [--naive]
+    .venv/bin/python -m bench.capacity --sweep 1,2,4,6,8
+
+Each K starts `hark up` as shipped (its defaults: two transcribers, embedded Redis,
+free loopback ports) and opens K sessions, each streaming the recorded sentences of
+tests/data/speech with 1 s pauses (`--sentences` of them, each session starting at
+another sentence, the starts spread over a second) in 100 ms chunks at real-time
+pace, partials on. One JSON line per K: the word error rate; the latency from the end
+of each sentence (its final's own `end`, in stream time) to the final's arrival,
+p50/p95/max; the longest wait for a partial while a person speaks (from the start of
+the sentence, between partials, until its end), p50/p95/max over the sentences; the
+CPU seconds of every process per second; the sessions refused; and whether the
+targets hold (WER <= 5 %, p50 <= 0.8 s, p95 <= 1.5 s, a partial at least every
+1.5 s). `--naive` also runs each K the way hark decoded before
+(HARK_WHISPER_DECODER=faster-whisper: 30 s windows, one utterance at a time) and
+prints the ratios of the two in the same run. `--sweep` runs the K given, and says
+the largest that held the targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import statistics
+import time
+from typing import Any
+
+import aiohttp
+
+from bench.load import Hark, _actors, _cpu_seconds, arg_parser
+from tests import wer
+from tests.speech import Speech, pace, sentences, spoken
+
+WER_BOUND, P50_BOUND, P95_BOUND, PARTIAL_BOUND = 0.05, 0.8, 1.5, 1.5
+
+
+async def speaker(url: str, speech: Speech, delay: float) -> dict[str, Any]:
+    """One live speaker: what came back, with arrival times (seconds after its audio
+    began)."""
+    await asyncio.sleep(delay)  # speakers do not start in step
+    events: list[tuple[float, dict[str, Any]]] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await http.ws_connect(f"{url}?sample_rate={speech.rate}")
+        except aiohttp.WSServerHandshakeError as exc:
+            return {"refused": exc.status}
+        async with ws:
+            hello = await ws.receive_json(timeout=30)
+            if hello["status"] != "ready":
+                return {"refused": hello.get("code")}
+            began = asyncio.get_running_loop().time()
+
+            async def read() -> None:
+                async for msg in ws:
+                    reply = json.loads(msg.data)
+                    events.append((asyncio.get_running_loop().time() - began, reply))
+                    if reply["status"] == "closed":
+                        return
+
+            reader = asyncio.create_task(read())
+            for index, chunk in enumerate(speech.chunks(), start=1):
+                await ws.send_bytes(chunk)
+                await pace(began, index * 0.1)
+            await ws.send_str('{"type": "close"}')
+            await asyncio.wait_for(reader, 120)
+    return {"events": events}
+
+
+def measure(speech: list[Speech], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies: list[float] = []
+    gaps: list[float] = []
+    errors = words = 0
+    refused = 0
+    for sp, run in zip(speech, runs, strict=True):
+        if "refused" in run:
+            refused += 1
+            continue
+        events = run["events"]
+        finals = [(t, r) for t, r in events if r["status"] == "transcript" and r["final"]]
+        partials = [t for t, r in events if r["status"] == "transcript" and not r["final"]]
+        said = " ".join(r["text"] for _, r in finals)
+        errors += wer.errors(sp.text, said)
+        words += len(wer.normalise(sp.text))
+        for arrived, final in finals:
+            latencies.append(arrived - final["end"])
+            # While the person spoke: from the start of the sentence to its end.
+            points = [final["start"], *(t for t in partials if final["start"] < t < final["end"]),
+                      final["end"]]  # fmt: skip
+            gaps.append(max(b - a for a, b in itertools.pairwise(points)))
+    rate = errors / words if words else None
+    lat = _quantiles(latencies)
+    gap = _quantiles(gaps)
+    holds = (rate is not None and rate <= WER_BOUND and refused == 0 and lat["p50"] is not None
+             and lat["p50"] <= P50_BOUND and lat["p95"] <= P95_BOUND
+             and gap["max"] <= PARTIAL_BOUND)  # fmt: skip
+    return {"wer": None if rate is None else round(rate, 4), "final_latency_s": lat,
+            "partial_wait_s": gap, "finals": len(latencies), "refused": refused,
+            "targets_hold": holds}  # fmt: skip
+
+
+def _quantiles(xs: list[float]) -> dict[str, Any]:
+    if not xs:
+        return {"p50": None, "p95": None, "max": None}
+    xs = sorted(xs)
+    return {"p50": round(statistics.median(xs), 3),
+            "p95": round(xs[min(len(xs) - 1, int(0.95 * len(xs)))], 3),
+            "max": round(xs[-1], 3)}  # fmt: skip
+
+
+def run_k(
+    k: int, engine: str, count: int, env: dict[str, str], transcribers: int = 2
+) -> dict[str, Any]:
+    hark = Hark(transcribers=transcribers, engine=engine, env=env)
+    try:
+        pids = _actors(hark.status_url)
+        cpu0 = {n: sum(_cpu_seconds(p)) for n, p in pids.items()}
+        total = len(sentences())
+        speech = [spoken([(k_ * 3 + i) % total + 1 for i in range(count)], pause_s=1.0)
+                  for k_ in range(k)]  # fmt: skip
+        began = time.monotonic()
+
+        async def all_of() -> list[dict[str, Any]]:
+            return await asyncio.gather(
+                *(speaker(hark.url, sp, n / max(1, k)) for n, sp in enumerate(speech))
+            )
+
+        runs = asyncio.run(all_of())
+        wall = time.monotonic() - began
+        cpu = {n: round((sum(_cpu_seconds(p)) - cpu0[n]) / wall, 3) for n, p in pids.items()}
+    finally:
+        hark.stop()
+    return {"speakers": k, "engine": engine, "transcribers": transcribers,
+            "settings": {k_: v for k_, v in env.items() if k_ != "HARK_LOG_LEVEL"},
+            **measure(speech, runs),
+            "cpu_s_per_s": cpu, "audio_s": round(speech[0].seconds, 1)}  # fmt: skip
+
+
+def main() -> None:
+    parser = arg_parser("bench.capacity", __doc__)
+    parser.add_argument("--speakers", type=int, default=4)
+    parser.add_argument("--sweep", help="speaker counts to run, comma-separated")
+    parser.add_argument("--engine", choices=["whisper", "sphinx"], default="whisper")
+    parser.add_argument("--sentences", type=int, default=16, help="per speaker (3-4 s each)")
+    parser.add_argument("--transcribers", type=int, default=2, help="hark's default: 2")
+    parser.add_argument("--set", action="append", default=[], metavar="HARK_X=V",
+                        help="a setting for the tree (again for more)")  # fmt: skip
+    parser.add_argument("--naive", action="store_true",
+                        help="also each K with faster-whisper's own decoding; ratios")  # fmt: skip
+    args = parser.parse_args()
+    ks = [int(k) for k in args.sweep.split(",")] if args.sweep else [args.speakers]
+    best = None
+    env = {"HARK_LOG_LEVEL": "WARNING", **dict(kv.split("=", 1) for kv in args.set)}
+    for k in ks:
+        line = run_k(k, args.engine, args.sentences, env, args.transcribers)
+        print(json.dumps(line), flush=True)
+        if line["targets_hold"]:
+            best = k
+        if args.naive and args.engine == "whisper":
+            naive = run_k(
+                k,
+                args.engine,
+                args.sentences,
+                {
+                    "HARK_LOG_LEVEL": "WARNING",
+                    "HARK_WHISPER_DECODER": "faster-whisper",
+                    "HARK_WHISPER_THREADS": "2",
+                },
+            )
+            print(json.dumps({**naive, "decoder": "faster-whisper"}), flush=True)
+            ratio = {}
+            for key in ("p50", "p95"):
+                new, old = line["final_latency_s"][key], naive["final_latency_s"][key]
+                if new and old:
+                    ratio[f"final_latency_{key}_naive_over_batched"] = round(old / new, 2)
+            new_cpu = sum(v for n, v in line["cpu_s_per_s"].items() if n.startswith("trans"))
+            old_cpu = sum(v for n, v in naive["cpu_s_per_s"].items() if n.startswith("trans"))
+            if new_cpu:
+                ratio["transcriber_cpu_naive_over_batched"] = round(old_cpu / new_cpu, 2)
+            print(json.dumps({"speakers": k, **ratio}), flush=True)
+    if args.sweep:
+        print(json.dumps({"largest_k_within_targets": best}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
