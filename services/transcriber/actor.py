@@ -285,8 +285,7 @@ class Transcriber:
         for sess in touched.values():
             if not sess.writing:  # else the decode loop settles it once its writes land
                 self._settle(pipe, acks, sess)
-            if _owes(sess):
-                self._due[sess.session_id] = sess
+            self._mark_due(sess)
             # A live session stays resumable: its record and results live on while it
             # does. Refreshed a few times per TTL (and at its first final, see _publish),
             # not on every round.
@@ -357,8 +356,7 @@ class Transcriber:
                     pipe.append(("PUBLISH", keys.transcripts(msg.client_id), flushed))
                 return
             touched[msg.session_id] = sess_or_none
-            self._publish(pipe, sess_or_none, sess_or_none.engine.flush())
-            sess_or_none.markers.append(_Marker(sess_or_none.engine.finals_cut, entry_id, msg))
+            self._flush(pipe, sess_or_none, entry_id, msg)
         else:
             raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
 
@@ -403,8 +401,7 @@ class Transcriber:
                     continue  # started over, or ended, meanwhile: its audio is read again
                 with logs.session_context(sess.session_id):
                     results = job.finish(out)
-                    if _owes(sess):
-                        self._due[sess.session_id] = sess
+                    self._mark_due(sess)
                     await self._finish(sess, results)
 
     async def _run(self, jobs: list[Job]) -> list[Any]:
@@ -521,21 +518,28 @@ class Transcriber:
         for sess in idle:
             # Its finals are decoded first (its audio may be resumed), then it is dropped.
             sess.last_seen = now
-            self._publish(pipe, sess, sess.engine.flush())
-            end = SessionControl(sess.session_id, sess.client_id, 0, "end")
-            sess.markers.append(_Marker(sess.engine.finals_cut, None, end))
+            self._flush(pipe, sess, None, SessionControl(sess.session_id, sess.client_id, 0, "end"))
             pipe.append(("EXPIRE", keys.results(sess.session_id), self.settings.results_ttl))
             if not sess.writing:
                 acks: list[bytes] = []
                 self._settle(pipe, acks, sess)
                 self._commit(pipe, acks)
+            self._mark_due(sess)  # the caller, _handle, wakes the decode loop
             log.info("%s: session %s idle for %.0f s, dropped", self.name, sess.session_id,
                      IDLE_SESSION_S)  # fmt: skip
-        for sess in idle:
-            if _owes(sess):
-                self._due[sess.session_id] = sess
-        if idle:
-            self._work.set()
+
+    def _flush(
+        self, pipe: list[Command], sess: _Session, entry_id: bytes | None, control: SessionControl
+    ) -> None:
+        """End the session's utterance in progress; `control` is answered (see _settle)
+        once the finals owed by then are out."""
+        self._publish(pipe, sess, sess.engine.flush())
+        sess.markers.append(_Marker(sess.engine.finals_cut, entry_id, control))
+
+    def _mark_due(self, sess: _Session) -> None:
+        """Have the decode loop look at the session if it owes work now."""
+        if _owes(sess):
+            self._due[sess.session_id] = sess
 
 
 def _owes(sess: _Session) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,11 @@ import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
+from faster_whisper.transcribe import (
+    get_compression_ratio,
+    get_suppressed_tokens,
+    merge_punctuations,
+)
 
 from services.transcriber.engines import EngineUnavailable, Job, Word
 from services.transcriber.engines.model_store import ModelUnavailable, default_cache_dir, resolve
@@ -144,7 +147,7 @@ class WhisperEngine:
         if not final:
             return out
         for i, (text, _) in enumerate(out):
-            if text and _compression_ratio(text) > LOOPING:
+            if text and get_compression_ratio(text) > LOOPING:
                 log.info("a final looped (%r...): decoded again with fallbacks", text[:40])
                 out[i] = self._fallback(audio[i], final=True)
                 texts[i] = []
@@ -217,8 +220,3 @@ def _row(encoded: Any, i: int) -> Any:
     """Row `i` of a batch's encoder output, as a batch of one."""
     array = np.asarray(encoded)
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(array[i : i + 1]))
-
-
-def _compression_ratio(text: str) -> float:
-    data = text.encode()
-    return len(data) / len(zlib.compress(data))
