@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,14 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(120)
 
 
+def _bench(*args: str) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """Run `python -m <args>` from the repository; the process and its JSON lines."""
+    done = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=110)  # fmt: skip
+    return done, [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+
+
 @pytest.mark.parametrize("mode", ["realtime", "max"])
 def test_the_load_generator_runs_against_echo_and_hark_and_counts_every_chunk(mode: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.load", "--clients", "4", "--seconds", "1",
-         "--mode", mode, "--window", "2", "--transcribers", "1", "--drain", "20"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    done, lines = _bench("bench.load", "--clients", "4", "--seconds", "1", "--mode",
+                         mode, "--window", "2", "--transcribers", "1", "--drain", "20")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     echo, hark = lines
     assert (echo["target"], hark["target"]) == ("echo", "hark")
@@ -37,13 +41,10 @@ def test_the_load_generator_runs_against_echo_and_hark_and_counts_every_chunk(mo
 
 
 def test_the_timeline_holds_every_final_once_slice_by_slice() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.load", "--clients", "4", "--seconds", "1.5",
-         "--transcribers", "1", "--drain", "20", "--no-echo", "--timeline", "0.5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
+    done, lines = _bench("bench.load", "--clients", "4", "--seconds", "1.5", "--transcribers",
+                         "1", "--drain", "20", "--no-echo", "--timeline", "0.5")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    (hark,) = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    (hark,) = lines
     slices = hark["timeline"]
     starts = [start for start, _, _, _ in slices]
     assert starts == sorted(set(starts)) and all(start % 0.5 == 0 for start in starts)
@@ -53,22 +54,16 @@ def test_the_timeline_holds_every_final_once_slice_by_slice() -> None:
 
 
 def test_the_restart_benchmark_kills_and_times_a_transcriber() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.restart", "--kills", "2", "--interval", "0.5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
+    done, lines = _bench("bench.restart", "--kills", "2", "--interval", "0.5")
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    (line,) = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    (line,) = lines
     assert line["kills"] == 2 and line["kill_to_running_ms"]["max"] > 0
 
 
 def test_the_capacity_benchmark_runs_two_live_speakers_and_measures_them() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.capacity", "--speakers", "2", "--sentences", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
+    done, lines = _bench("bench.capacity", "--speakers", "2", "--sentences", "2")
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    (line,) = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    (line,) = lines
     assert (line["speakers"], line["refused"], line["finals"]) == (2, 0, 4)
     assert 0 <= line["wer"] <= 0.2 and line["final_latency_s"]["p50"] > 0
     assert set(line["cpu_s_per_s"]) == {"redis", "gateway", "transcriber-0", "transcriber-1"}
