@@ -158,6 +158,7 @@ class AudioChunk(Message):
     sample_rate: int
     received_at: float  # gateway clock (time.time()) when the frame arrived
     start_s: float = 0.0  # seconds of the session's audio before this chunk
+    end_silence: float = 0.0  # silence that ends an utterance; 0: the transcriber's default
 
 
 @dataclass(slots=True)

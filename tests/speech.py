@@ -112,15 +112,16 @@ async def send(
     speed: float | None = None,
     finalize_at: int | None = None,
     on_chunk: Callable[[int], Awaitable[None]] | None = None,
+    query: str = "",
 ) -> tuple[list[dict[str, Any]], float]:
     """Stream `speech` to a gateway's `/ws` in 100 ms chunks, `speed` times real time
     (None: all at once), with a finalize after chunk `finalize_at` and a close at the
-    end; `on_chunk(n)` runs after chunk n is sent. Every reply, and the seconds from the
-    close to the summary."""
-    replies: list[dict[str, Any]] = []
-    url = f"{ws_url}?sample_rate={speech.rate}"
+    end; `on_chunk(n)` runs after chunk n is sent; `query`, more settings (`a=1&b=2`).
+    Every reply (the greeting first), and the seconds from the close to the summary."""
+    url = f"{ws_url}?sample_rate={speech.rate}" + (f"&{query}" if query else "")
     async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
-        assert (await ws.receive_json(timeout=30))["status"] == "ready"
+        replies: list[dict[str, Any]] = [await ws.receive_json(timeout=30)]
+        assert replies[0]["status"] == "ready", replies[0]
         began = asyncio.get_running_loop().time()
         for index, chunk in enumerate(speech.chunks(), start=1):
             await ws.send_bytes(chunk)

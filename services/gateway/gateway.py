@@ -543,6 +543,7 @@ class Gateway:
             session_id=session.session_id, client_id=session.client_id, seq=seq, data=data,
             encoding=session.fmt.encoding, sample_rate=session.fmt.sample_rate,
             received_at=time.time(), start_s=session.audio_s,
+            end_silence=session.fmt.end_silence or 0.0,
         )  # fmt: skip
         # The chunk is queued for Redis, not awaited: the session reads its next frame at
         # once, so a client is not held to one chunk per round trip. Acks leave in order

@@ -67,6 +67,8 @@ PATHS: dict[str, Any] = {
             {"name": "encoding", "in": "query", "schema": {"enum": ["pcm_s16le", "pcm_f32le"]}},
             {"name": "sample_rate", "in": "query", "schema": INT},
             {"name": "interim", "in": "query", "schema": STR},
+            {"name": "end_silence", "in": "query", "schema": NUM,
+             "description": "seconds of silence that end an utterance (0.1..5)"},
             {"name": "session_id", "in": "query", "schema": STR, "description": "to resume"},
             {"name": "resume_token", "in": "query", "schema": STR, "description": "to resume"},
             {"name": "token", "in": "query", "schema": STR,

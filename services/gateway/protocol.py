@@ -14,6 +14,7 @@ from typing import Any
 from shared.config import ENCODINGS
 
 SAMPLE_RATES = range(8000, 48001)
+END_SILENCE_S = (0.1, 5.0)  # the silence that may end an utterance, seconds
 
 
 class ClientError(Exception):
@@ -50,9 +51,14 @@ class AudioFormat:
     encoding: str = "pcm_s16le"
     sample_rate: int = 16000
     interim: bool = True
+    end_silence: float | None = None  # None: the transcribers' HARK_END_SILENCE
 
     def public(self) -> dict[str, Any]:
-        return {"encoding": self.encoding, "sample_rate": self.sample_rate, "interim": self.interim}
+        out: dict[str, Any] = {"encoding": self.encoding, "sample_rate": self.sample_rate,
+                               "interim": self.interim}  # fmt: skip
+        if self.end_silence is not None:
+            out["end_silence"] = self.end_silence
+        return out
 
     def updated(self, params: dict[str, Any]) -> AudioFormat:
         """This format with `params` (query strings or JSON values) applied and checked."""
@@ -77,6 +83,13 @@ class AudioFormat:
             if interim is None:
                 raise ClientError("bad_setting", f"interim {params['interim']!r} is not a boolean")
             fmt = replace(fmt, interim=interim)
+        if "end_silence" in params:
+            low, high = END_SILENCE_S
+            seconds = _float(params["end_silence"])
+            if seconds is None or not low <= seconds <= high:
+                raise ClientError("bad_setting", f"end_silence {params['end_silence']!r} is not "
+                                  f"a number of seconds in {low}..{high}")  # fmt: skip
+            fmt = replace(fmt, end_silence=seconds)
         return fmt
 
 
@@ -106,6 +119,19 @@ def _int(value: Any) -> int | None:
         return value
     if isinstance(value, str) and value.isdigit() and len(value) <= 6:
         return int(value)
+    return None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and len(value) <= 12:
+        try:
+            return float(value)
+        except ValueError:
+            return None
     return None
 
 

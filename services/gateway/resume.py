@@ -61,7 +61,7 @@ async def load(redis: Redis, session_id: str, token: str, key: str = "") -> Resu
     if record.get("key", "") != key:
         raise refused
     fmt = AudioFormat().updated(
-        {k: record[k] for k in ("encoding", "sample_rate", "interim") if k in record}
+        {k: record[k] for k in ("encoding", "sample_rate", "interim", "end_silence") if k in record}
     )
     return Resumable(session_id, record["client_id"], record["actor"], fmt,
                      closed=record.get("closed") == "1",

@@ -335,7 +335,7 @@ class Transcriber:
     ) -> None:
         if isinstance(msg, AudioChunk):
             try:
-                sess = self._session(msg.session_id, msg.client_id, msg.encoding, msg.sample_rate)
+                sess = self._session(msg)
                 sess.received_at = msg.received_at
                 sess.last_seen = time.monotonic()
                 sess.pending.append((msg.seq, entry_id))
@@ -395,7 +395,13 @@ class Transcriber:
                 await self._work.wait()
                 continue
             jobs = [job for _, job in picked]
+            began = time.monotonic()
             outs = await self._run(jobs)
+            if log.isEnabledFor(logging.DEBUG):
+                finals = [job.since for job in jobs if job.final]
+                log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials in "
+                          "%.2f s", len(finals), began - min(finals, default=began),
+                          len(jobs) - len(finals), time.monotonic() - began)  # fmt: skip
             for (sess, job), out in zip(picked, outs, strict=True):
                 if self.sessions.get(sess.session_id) is not sess:
                     continue  # started over, or ended, meanwhile: its audio is read again
@@ -482,12 +488,15 @@ class Transcriber:
             finally:
                 sess.writing = False
 
-    def _session(self, session_id: str, client_id: str, encoding: str, rate: int) -> _Session:
-        sess = self.sessions.get(session_id)
+    def _session(self, chunk: AudioChunk) -> _Session:
+        """The session of `chunk`, opened with its format at its first chunk."""
+        sess = self.sessions.get(chunk.session_id)
         if sess is None:
-            engine_session = self.engine.open_session(session_id, encoding, rate)
-            sess = _Session(session_id, client_id, engine_session)
-            self.sessions[session_id] = sess
+            engine_session = self.engine.open_session(
+                chunk.session_id, chunk.encoding, chunk.sample_rate, chunk.end_silence or None
+            )
+            sess = _Session(chunk.session_id, chunk.client_id, engine_session)
+            self.sessions[chunk.session_id] = sess
         return sess
 
     def _publish(self, pipe: list[Command], sess: _Session, results: list[Result]) -> None:

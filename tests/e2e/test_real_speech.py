@@ -61,6 +61,21 @@ async def test_a_60_s_monologue_sent_at_once_and_closed_at_once_comes_back_whole
     print(f"close to summary: {close_s:.1f} s for {speech.seconds:.0f} s of audio")
 
 
+async def test_each_session_chooses_the_silence_that_ends_its_utterances(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    tree = await start_tree(redis_url=redis_url, transcribers=1, env=WHISPER)
+    speech = spoken([1, 3, 4], pause_s=0.8)  # 11 s
+    (patient, _), (quick, _) = await asyncio.gather(
+        send(tree.ws_url, speech, query="end_silence=1.5"),
+        send(tree.ws_url, speech, query="end_silence=0.3"),
+    )
+    # Pauses of 0.8 s end no utterance of the one that waits for 1.5 s of silence.
+    assert len(check_whole(patient, speech)) == 1
+    assert len(check_whole(quick, speech)) >= 3
+    assert patient[0]["end_silence"] == 1.5  # the greeting says what was chosen
+
+
 async def test_8_and_48_khz_sessions_at_once_with_a_finalize_midway_come_back_whole(
     start_tree: TreeFactory, redis_url: str
 ) -> None:

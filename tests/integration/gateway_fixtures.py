@@ -101,7 +101,9 @@ class HeldEngine:
     def __init__(self) -> None:
         self.release = threading.Event()
 
-    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> HeldSession:
+    def open_session(
+        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+    ) -> HeldSession:
         return HeldSession(self.release)
 
 

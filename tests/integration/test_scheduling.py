@@ -35,8 +35,10 @@ class BatchingEngine:
         self.vad = vad_model()
         self.batches: list[list[bool]] = []  # the `final` of each job, batch by batch
 
-    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> UtteranceSession:
-        return open_session(self.recorder, self.vad, encoding, sample_rate)
+    def open_session(
+        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+    ) -> UtteranceSession:
+        return open_session(self.recorder, self.vad, encoding, sample_rate, end_silence or 0.6)
 
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
         self.batches.append([job.final for job in jobs])

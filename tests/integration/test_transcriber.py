@@ -201,7 +201,9 @@ class _EveryOtherEngine:
     def __init__(self) -> None:
         self.fed = asyncio.Event()
 
-    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> _EveryOther:
+    def open_session(
+        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+    ) -> _EveryOther:
         return _EveryOther(self.fed)
 
 

@@ -34,12 +34,20 @@ def test_query_strings_set_the_audio_format() -> None:
         {"encoding": "pcm_f32le", "sample_rate": "8000", "interim": "false"}
     )
     assert fmt == AudioFormat("pcm_f32le", 8000, False)
+    assert "end_silence" not in fmt.public()  # the transcribers' default, HARK_END_SILENCE
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("0.3", 0.3), (1, 1.0), (2.5, 2.5)])
+def test_a_session_sets_the_silence_that_ends_its_utterances(value: object, seconds: float) -> None:
+    fmt = AudioFormat().updated({"end_silence": value})
+    assert fmt.end_silence == seconds and fmt.public()["end_silence"] == seconds
 
 
 @pytest.mark.parametrize(
     "params",
     [{"encoding": "mp3"}, {"sample_rate": "fast"}, {"sample_rate": 100}, {"sample_rate": True},
-     {"interim": "maybe"}],
+     {"interim": "maybe"}, {"end_silence": "0.05"}, {"end_silence": 6}, {"end_silence": "nan"},
+     {"end_silence": True}, {"end_silence": "soon"}],
 )  # fmt: skip
 def test_unusable_audio_setting_is_refused(params: dict[str, object]) -> None:
     with pytest.raises(ClientError) as err:

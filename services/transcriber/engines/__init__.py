@@ -116,7 +116,12 @@ class Engine(Protocol):
     name: str
     blocking: bool  # True: calls take long (model inference) and run off the event loop
 
-    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> EngineSession: ...
+    def open_session(
+        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+    ) -> EngineSession:
+        """A session of audio in `encoding` at `sample_rate`; `end_silence` (seconds), the
+        silence that ends an utterance, where the client chose one."""
+        ...
 
 
 class Immediate:

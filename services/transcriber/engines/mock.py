@@ -32,5 +32,7 @@ class MockEngine:
     name = "mock"
     blocking = False
 
-    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> MockSession:
+    def open_session(
+        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+    ) -> MockSession:
         return MockSession()

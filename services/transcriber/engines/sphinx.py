@@ -105,8 +105,11 @@ class SphinxEngine:
     def from_settings(cls, settings: Settings) -> SphinxEngine:
         return cls(settings.partial_interval, settings.end_silence)
 
-    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> UtteranceSession:
-        return open_session(self, self._vad, encoding, sample_rate, self.end_silence)
+    def open_session(
+        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+    ) -> UtteranceSession:
+        return open_session(self, self._vad, encoding, sample_rate,
+                            end_silence or self.end_silence)  # fmt: skip
 
     def transcribe(self, audio: Audio, final: bool) -> tuple[str, list[Word]]:
         pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()

@@ -95,8 +95,11 @@ class WhisperEngine:
             end_silence=settings.end_silence,
         )  # fmt: skip
 
-    def open_session(self, session_id: str, encoding: str, sample_rate: int) -> UtteranceSession:
-        return open_session(self, self._vad, encoding, sample_rate, self.end_silence)
+    def open_session(
+        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+    ) -> UtteranceSession:
+        return open_session(self, self._vad, encoding, sample_rate,
+                            end_silence or self.end_silence)  # fmt: skip
 
     def transcribe(self, audio: Audio, final: bool) -> Decoded:
         """Text of the audio, and for a final its words (times relative to the audio)."""
