@@ -65,6 +65,7 @@ class Child:
     # A transcriber's queueing delay, from its beat: the longest its audio waited in its
     # mailbox since its beat before (what the gateways check HARK_MAX_LAG against).
     lag_ms: int | None = None
+    busy: float | None = None  # a transcriber's engine: its share of the time, from its beat
     draining: bool = False  # a transcriber given no new sessions
     restart_requested: bool = False  # by an operator: restart now, whatever the exit
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -106,6 +107,7 @@ class Child:
             "sessions": self.load,
             "mailbox": self.mailbox,
             "lag_ms": self.lag_ms,
+            "busy": self.busy,
             "draining": self.draining,
         }
 

@@ -72,7 +72,9 @@ async def check(supervisor: Supervisor) -> None:
         if beat is not None and beat.instance == child.instance:
             child.last_beat = max(child.last_beat or 0.0, mono - max(0.0, now - beat.ts))
             child.load = beat.load
-            child.lag_ms = beat.lag_ms if child.spec.role == "transcriber" else None
+            transcriber = child.spec.role == "transcriber"
+            child.lag_ms = beat.lag_ms if transcriber else None
+            child.busy = beat.busy if transcriber else None
         # Silence is measured from the last beat seen, not from "missing right
         # now": after a Redis restart every key is missing until the next beat.
         if child.last_beat is None:

@@ -54,6 +54,14 @@ REDIS_BACKOFF_MIN_S = 0.1
 REDIS_BACKOFF_MAX_S = 2.0
 # A session that has sent nothing for this long lost its gateway without an "end".
 IDLE_SESSION_S = 600.0
+# A partial may be decoded this much sooner than its interval where the engine would
+# idle otherwise: partials then come spread out instead of in step with the finals
+# (bench/RESULTS.md, issue 22: at 8 speakers the wait for a partial's p95 1.6-1.7 s
+# became 1.3-1.5 s, finals as fast).
+EARLY_PARTIAL_S = 0.3
+# The weight of the latest beat's share in the busy share a heartbeat reports (beats
+# come every half interval: a few seconds of history).
+BUSY_WEIGHT = 0.25
 
 
 @dataclass(slots=True)
@@ -102,6 +110,7 @@ class Transcriber:
         self._due: dict[str, _Session] = {}
         self._busy_s = 0.0  # the engine's decoding since the last beat
         self._busy_from = time.monotonic()
+        self._counting_since: float | None = None  # when the decode under way began
         self.busy = 0.0  # its share of the time, smoothed over beats
         self._broken = False  # a write of the decode loop failed: start over from Redis
         self.mailbox = keys.mailbox(name)
@@ -361,12 +370,16 @@ class Transcriber:
             raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
 
     def _busy(self) -> float:
-        """The engine's share of the time since the last beat, smoothed (half the last
-        share, half what came before), for gateways to judge what a session costs."""
+        """The engine's share of the time since the last beat (a decode under way counts
+        up to now), smoothed over beats (BUSY_WEIGHT), for gateways to judge what a
+        session costs."""
         now = time.monotonic()
+        if self._counting_since is not None:  # a decode spans the beat: split it here
+            self._busy_s += now - self._counting_since
+            self._counting_since = now
         share = min(1.0, self._busy_s / max(1e-3, now - self._busy_from))
         self._busy_s, self._busy_from = 0.0, now
-        self.busy = round(0.5 * self.busy + 0.5 * share, 3)
+        self.busy = round((1 - BUSY_WEIGHT) * self.busy + BUSY_WEIGHT * share, 3)
         return self.busy
 
     def _lag(self) -> int:
@@ -389,14 +402,14 @@ class Transcriber:
         """Spend the engine on what the sessions owe (see the module doc), for ever."""
         batch_size = max(1, getattr(self.engine, "batch_size", 1))
         while True:
-            picked = self._next_jobs(batch_size)
+            picked, early = self._next_jobs(batch_size)
             if not picked:
                 self._work.clear()
                 await self._work.wait()
                 continue
             jobs = [job for _, job in picked]
             began = time.monotonic()
-            outs = await self._run(jobs)
+            outs = await self._run(jobs, counted=not early)
             if log.isEnabledFor(logging.DEBUG):
                 finals = [job.since for job in jobs if job.final]
                 log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials in "
@@ -410,9 +423,10 @@ class Transcriber:
                     self._mark_due(sess)
                     await self._finish(sess, results)
 
-    async def _run(self, jobs: list[Job]) -> list[Any]:
+    async def _run(self, jobs: list[Job], counted: bool = True) -> list[Any]:
         """The jobs' outputs: in one batch where the engine takes batches; a blocking
-        engine's in a thread."""
+        engine's in a thread. Their time counts as busy where `counted`: early partials
+        fill time the engine had spare, which is not what a session costs it."""
         run_batch = getattr(self.engine, "run_batch", None)
 
         def run() -> list[Any]:
@@ -420,36 +434,47 @@ class Transcriber:
                 return list(run_batch(jobs))
             return [job.run() for job in jobs]
 
-        began = time.monotonic()
+        if counted:
+            self._counting_since = time.monotonic()
         try:
             return await asyncio.to_thread(run) if self.engine.blocking else run()
         finally:
-            self._busy_s += time.monotonic() - began
+            if self._counting_since is not None:
+                self._busy_s += time.monotonic() - self._counting_since
+                self._counting_since = None
 
-    def _next_jobs(self, most: int) -> list[tuple[_Session, Job]]:
+    def _next_jobs(self, most: int) -> tuple[list[tuple[_Session, Job]], bool]:
         """Up to `most` jobs of different sessions: the oldest finals owed, then the
         partials waited for longest (none for a session whose flush is on its way: its
-        final makes it worthless)."""
+        final makes it worthless); if none of those, partials due soon (then True)."""
         picked: list[tuple[_Session, Job]] = []
         taken: set[str] = set()
 
         def final(s: _Session) -> float | None:
             return None if s.session_id in taken else s.engine.final_since()
 
-        def partial(s: _Session) -> float | None:
+        def partial(s: _Session, early: float = 0.0) -> float | None:
             if s.session_id in taken or s.markers:
                 return None
-            return s.engine.partial_since()
+            return s.engine.partial_since(early)
 
-        for since in (final, partial):
+        def soon(s: _Session) -> float | None:
+            return partial(s, EARLY_PARTIAL_S)
+
+        for since in (final, partial, soon):
+            if since is soon and picked:
+                return picked, False
             while len(picked) < most and (sess := self._oldest(since)) is not None:
                 engine = sess.engine
-                job = engine.final_job() if since is final else engine.partial_job()
+                if since is final:
+                    job = engine.final_job()
+                else:
+                    job = engine.partial_job(EARLY_PARTIAL_S if since is soon else 0.0)
                 if job is None:
                     break
                 taken.add(sess.session_id)
                 picked.append((sess, job))
-        return picked
+        return picked, bool(picked)
 
     def _oldest(self, since: Callable[[_Session], float | None]) -> _Session | None:
         """The session for which `since` is least (None: not a candidate), of those that
@@ -552,9 +577,9 @@ class Transcriber:
 
 
 def _owes(sess: _Session) -> bool:
-    """Whether the session has a final or a partial to decode now."""
+    """Whether the session has a final or a partial to decode now (or soon)."""
     engine = sess.engine
-    return engine.final_since() is not None or engine.partial_since() is not None
+    return engine.final_since() is not None or engine.partial_since(EARLY_PARTIAL_S) is not None
 
 
 def _entries(reply: Any) -> list[Entry]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.transcriber.actor import Transcriber
-from services.transcriber.engines import Immediate, Result
+from services.transcriber.engines import Immediate, Job, Result
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import MAX_BATCH_WAIT_S, Settings
@@ -300,3 +301,71 @@ async def test_a_rounds_results_leave_before_its_batch_wait_not_after(
         stop.set()
         await asyncio.wait_for(task, 5)
         await client.aclose()
+
+
+class _Stuck(Immediate):
+    """An engine session that owes one final, whose decode takes until `release`."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.committed_seq = 0
+        self.release = release
+        self.owed = time.monotonic()
+        self.handed = False
+
+    def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
+        return []
+
+    def flush(self) -> list[Result]:
+        return []
+
+    def final_since(self) -> float | None:
+        return None if self.handed else self.owed
+
+    def final_job(self) -> Job | None:
+        self.handed = True
+        return Job(True, self.owed, lambda: self.release.wait(10), lambda _: [])
+
+
+class _StuckEngine:
+    name = "stuck"
+    blocking = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def open_session(
+        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+    ) -> _Stuck:
+        return _Stuck(self.release)
+
+
+async def test_a_decode_longer_than_a_beat_counts_as_busy_while_it_runs(
+    redis: Redis, redis_url: str
+) -> None:
+    # What admission judges a session's cost by: a decode that spans beats was counted
+    # only when it ended (one beat capped at 100 %, the others 0 %), so an overloaded
+    # engine of long decodes looked idle and took ever more sessions.
+    settings = Settings(redis_url=redis_url, heartbeat_interval=0.2)
+    engine = _StuckEngine()
+    actor = Transcriber(settings, engine, Redis.from_url(redis_url), NAME)  # type: ignore[arg-type]
+    shares: list[float] = []
+    busy = asyncio.Event()
+    beat = actor.runtime.heartbeat
+
+    def spy(state: str, load: int, lag_ms: int = 0, share: float = 0.0) -> list[Command]:
+        shares.append(share)
+        if share >= 0.5:
+            busy.set()
+        return beat(state, load, lag_ms, share)
+
+    actor.runtime.heartbeat = spy  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(actor.run(stop))
+    try:
+        await redis.xadd(keys.mailbox(NAME), {"m": chunk(1)})
+        await asyncio.wait_for(busy.wait(), 5)  # while the one decode still runs
+        assert not engine.release.is_set()
+    finally:
+        engine.release.set()
+        stop.set()
+        await task

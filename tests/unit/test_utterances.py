@@ -51,19 +51,24 @@ def test_a_monologue_with_no_pause_becomes_finals_of_at_most_25_s_with_nothing_d
     assert all(final for final, _ in recorder.calls)  # nobody asked for a partial
 
 
-def test_a_partial_waits_until_the_utterance_has_lasted_the_interval(vad: object) -> None:
+@pytest.mark.parametrize("early", [0.0, 0.3])
+def test_a_partial_waits_until_the_utterance_has_lasted_the_interval(
+    vad: object, early: float
+) -> None:
     # A partial of the first few windows of an utterance is mostly silence and preroll:
-    # whisper makes "Thank you." of such audio. None is due before a second of it.
+    # whisper makes "Thank you." of such audio. None is due before a second of it, or
+    # `early` sooner (what an idle engine asks for).
     speech = spoken([1, 2, 3], pause_s=1.0)
     sess = session(vad, recorder := Recorder())
     for seq, chunk in enumerate(speech.chunks(), start=1):
         sess.feed(seq, chunk, (seq - 1) / 10)
         drain(sess)
-        if (job := sess.partial_job()) is not None:
+        if (job := sess.partial_job(early)) is not None:
             job.finish(job.run())
     partials = [n for final, n in recorder.calls if not final]
     assert len(partials) >= 3
-    assert min(partials) >= RATE  # partial_interval 1.0 s
+    assert min(partials) >= (1.0 - early) * RATE  # partial_interval 1.0 s
+    assert min(partials) < (1.0 - early) * RATE + 1600  # and no later than its chunk
 
 
 def test_in_a_burst_only_the_newest_state_of_an_utterance_is_decoded_as_a_partial(

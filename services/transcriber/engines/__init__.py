@@ -97,12 +97,14 @@ class EngineSession(Protocol):
         (finals leave in order); None when none is owed."""
         ...
 
-    def partial_since(self) -> float | None:
-        """When this session last had a partial, if one is due now; else None."""
+    def partial_since(self, early: float = 0.0) -> float | None:
+        """When this session last had a partial, if one is due now (or would be within
+        `early` seconds of audio); else None."""
         ...
 
-    def partial_job(self) -> Job | None:
-        """A partial of the utterance as it stands now, if one is due; None otherwise."""
+    def partial_job(self, early: float = 0.0) -> Job | None:
+        """A partial of the utterance as it stands now, if one is due (within `early`);
+        None otherwise."""
         ...
 
 
@@ -137,10 +139,10 @@ class Immediate:
     def final_job(self) -> Job | None:
         return None
 
-    def partial_since(self) -> float | None:
+    def partial_since(self, early: float = 0.0) -> float | None:
         return None
 
-    def partial_job(self) -> Job | None:
+    def partial_job(self, early: float = 0.0) -> Job | None:
         return None
 
 

@@ -142,16 +142,19 @@ class UtteranceSession:
 
         return Job(True, owed.since, run, self._finished, audio)
 
-    def partial_since(self) -> float | None:
+    def partial_since(self, early: float = 0.0) -> float | None:
         seg = self._segmenter
-        interval = int(self._recognizer.partial_interval * RATE)
-        if not seg.in_speech or min(seg.position - self._partial_at,
-                                    seg.position - seg.speech_start) < interval:  # fmt: skip
+        # The first once the utterance has lasted the interval, the next the interval
+        # after the last; `early` seconds sooner where the engine would idle otherwise.
+        interval = int((self._recognizer.partial_interval - early) * RATE)
+        if not seg.in_speech or seg.position - seg.speech_start < interval:
+            return None
+        if self._partial_at > seg.speech_start and seg.position - self._partial_at < interval:
             return None
         return self._partial_time
 
-    def partial_job(self) -> Job | None:
-        if self.partial_since() is None:
+    def partial_job(self, early: float = 0.0) -> Job | None:
+        if self.partial_since(early) is None:
             return None
         seg = self._segmenter
         self._partial_at = seg.position
