@@ -131,7 +131,9 @@ class Router:
         """Whether one more session would take `actor`'s engine past HARK_MAX_BUSY of its
         time, at what its sessions cost it now (learnt from what it does, not a count)."""
         beat = self.live.get(actor)
-        if beat is None or beat.busy <= 0:
+        if beat is None or beat.busy <= 0 or beat.load == 0:
+            # With no sessions its busy share is the tail of those gone (a burst's
+            # finals, decoding still): it says nothing of what a session costs.
             return False
         # Sessions given to it since its beat cost it nothing yet: count them too.
         sessions = max(beat.load, self.assigned[actor])

@@ -165,3 +165,15 @@ async def test_a_transcriber_with_no_room_for_another_speaker_gets_no_new_sessio
     await ws.send_bytes(b"\x00" * 320)
     assert (await receive(ws))["status"] == "received"
     await ws.close()
+
+
+async def test_a_transcriber_busy_only_with_sessions_gone_takes_a_new_one(
+    gateway: TestClient[Any, Any], transcriber: Lagging
+) -> None:
+    # After a burst its engine still decodes the finals of sessions that have left:
+    # busy, with no session to price one by. A new speaker must not be turned away.
+    transcriber.load, transcriber.busy = 0, 0.95
+    await says_behind(gateway, transcriber, 0)
+    ws, hello = await open_session(gateway)
+    assert hello["status"] == "ready"
+    await ws.close()
