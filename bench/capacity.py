@@ -12,7 +12,9 @@ pace, partials on. One JSON line per K: the word error rate; the latency from th
 of each sentence (its final's own `end`, in stream time) to the final's arrival,
 p50/p95/max; the longest wait for a partial while a person speaks (from the start of
 the sentence, between partials, until its end), p50/p95/max over the sentences; the
-CPU seconds of every process per second; the sessions refused; and whether the
+CPU seconds of every process per second; the sessions refused; each transcriber's
+most sessions, highest busy share and last cost (polled from the supervisor's
+/status each second: what admission went by); and whether the
 targets hold (WER <= 5 %, p50 <= 0.8 s, p95 <= 1.5 s, a partial at least every
 1.5 s). `--naive` also runs each K the way hark decoded before
 (HARK_WHISPER_DECODER=faster-whisper: 30 s windows, one utterance at a time) and
@@ -28,7 +30,9 @@ import asyncio
 import itertools
 import json
 import statistics
+import threading
 import time
+import urllib.request
 from typing import Any
 
 import aiohttp
@@ -143,7 +147,28 @@ def run_k(
                 *(speaker(hark.url, sp, delay) for sp, delay in zip(speech, delays, strict=True))
             )
 
+        seen: dict[str, dict[str, float]] = {}
+        polling = threading.Event()
+
+        def poll() -> None:  # what admission went by: each transcriber's beat, each second
+            while not polling.wait(1.0):
+                try:
+                    with urllib.request.urlopen(hark.status_url + "/status", timeout=2) as r:
+                        actors = json.load(r)["actors"]
+                except OSError:
+                    continue
+                for a in actors:
+                    if a["name"].startswith("transcriber") and a.get("sessions") is not None:
+                        mine = seen.setdefault(a["name"], {"sessions_max": 0, "busy_max": 0.0})
+                        mine["sessions_max"] = max(mine["sessions_max"], a["sessions"])
+                        mine["busy_max"] = max(mine["busy_max"], a["busy"] or 0.0)
+                        mine["cost_last"] = a.get("cost") or 0.0
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
         runs = asyncio.run(all_of())
+        polling.set()
+        poller.join()
         wall = time.monotonic() - began
         cpu = {n: round((sum(_cpu_seconds(p)) - cpu0[n]) / wall, 3) for n, p in pids.items()}
     finally:
@@ -151,7 +176,8 @@ def run_k(
     return {"speakers": k, "engine": engine, "transcribers": transcribers,
             "settings": {k_: v for k_, v in env.items() if k_ != "HARK_LOG_LEVEL"},
             **({"ramp_s": ramp} if ramp else {}), **measure(speech, runs, refusals_ok=ramp > 0),
-            "cpu_s_per_s": cpu, "audio_s": round(speech[0].seconds, 1)}  # fmt: skip
+            "cpu_s_per_s": cpu, "transcribers_seen": dict(sorted(seen.items())),
+            "audio_s": round(speech[0].seconds, 1)}  # fmt: skip
 
 
 def main() -> None:

@@ -52,13 +52,15 @@ class ActorRuntime:
         self._last_beat = 0.0
         self._ttl_ms = int(settings.heartbeat_interval * (settings.heartbeat_misses + 1) * 1000)
 
-    def heartbeat(self, state: str, load: int, lag_ms: int = 0, busy: float = 0.0) -> list[Command]:
+    def heartbeat(
+        self, state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0
+    ) -> list[Command]:
         """The commands of a heartbeat, for a caller that sends them with its own."""
         self._last_beat = time.monotonic()
         beat = Heartbeat(
             name=self.name, pid=os.getpid(), role=self.role, state=state, load=load,
             version=VERSION, ts=time.time(), started_at=self.started_at, instance=self.instance,
-            lag_ms=lag_ms, busy=busy,
+            lag_ms=lag_ms, busy=busy, cost=cost,
         )  # fmt: skip
         return [
             ("SET", keys.actor(self.name), beat.encode(), "PX", self._ttl_ms),
@@ -69,9 +71,11 @@ class ActorRuntime:
         # Twice per interval, so one late beat is never read as a miss.
         return time.monotonic() - self._last_beat >= self.settings.heartbeat_interval / 2
 
-    async def beat(self, state: str, load: int, lag_ms: int = 0, busy: float = 0.0) -> None:
+    async def beat(
+        self, state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0
+    ) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for command in self.heartbeat(state, load, lag_ms, busy):
+        for command in self.heartbeat(state, load, lag_ms, busy, cost):
             pipe.execute_command(*command)
         await pipe.execute()
 

@@ -242,6 +242,10 @@ class Heartbeat(Message):
     # A transcriber's share of the time its engine spent decoding, smoothed over its
     # last beats (0..1): with `load`, what one more session would cost it.
     busy: float = 0.0
+    # A transcriber's decoding seconds per second of its sessions' audio over its last
+    # half minute or so (0 until it has heard enough): what one more real-time session
+    # would cost it, learnt from what its engine does.
+    cost: float = 0.0
 
 
 @dataclass(slots=True)

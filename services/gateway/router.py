@@ -128,16 +128,24 @@ class Router:
         return beat is not None and beat.lag_ms > factor * self._max_lag_ms
 
     def full(self, actor: str) -> bool:
-        """Whether one more session would take `actor`'s engine past HARK_MAX_BUSY of its
-        time, at what its sessions cost it now (learnt from what it does, not a count)."""
+        """Whether one more real-time session would take `actor`'s engine past
+        HARK_MAX_BUSY of its time, each of its sessions priced at what a second of audio
+        has cost its engine lately (learnt from what it does, not a count). Before it
+        knows that (a fresh transcriber), at its busy share per session."""
         beat = self.live.get(actor)
-        if beat is None or beat.busy <= 0 or beat.load == 0:
-            # With no sessions its busy share is the tail of those gone (a burst's
-            # finals, decoding still): it says nothing of what a session costs.
-            return False
         # Sessions given to it since its beat cost it nothing yet: count them too.
-        sessions = max(beat.load, self.assigned[actor])
-        return beat.busy / max(1, beat.load) * (sessions + 1) > self._max_busy
+        sessions = max(beat.load, self.assigned[actor]) if beat is not None else 0
+        if beat is None or sessions == 0:
+            # An idle engine takes a session whatever it costs: its busy share is the
+            # tail of those gone (a burst's finals, decoding still).
+            return False
+        if beat.cost > 0:
+            per_session = beat.cost
+        elif beat.load > 0:
+            per_session = beat.busy / beat.load
+        else:
+            return False
+        return per_session * (sessions + 1) > self._max_busy
 
     def saturated(self) -> bool:
         """Every live transcriber is behind, or has no room for another speaker: a new

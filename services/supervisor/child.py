@@ -66,6 +66,7 @@ class Child:
     # mailbox since its beat before (what the gateways check HARK_MAX_LAG against).
     lag_ms: int | None = None
     busy: float | None = None  # a transcriber's engine: its share of the time, from its beat
+    cost: float | None = None  # and its decoding seconds per audio second, from its beat
     draining: bool = False  # a transcriber given no new sessions
     restart_requested: bool = False  # by an operator: restart now, whatever the exit
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -108,6 +109,7 @@ class Child:
             "mailbox": self.mailbox,
             "lag_ms": self.lag_ms,
             "busy": self.busy,
+            "cost": self.cost,
             "draining": self.draining,
         }
 

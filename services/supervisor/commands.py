@@ -20,7 +20,7 @@ COLUMNS = (
     ("NAME", "name", 15), ("STATE", "state", 9), ("PID", "pid", 8), ("UPTIME", "uptime_s", 10),
     ("RESTARTS", "restarts", 9), ("LAST EXIT", "last_exit", 18),
     ("HEARTBEAT", "heartbeat_age_s", 10), ("RESTART MS", "last_restart_ms", 10),
-    ("LAG MS", "lag_ms", 6), ("BUSY", "busy", 5),
+    ("LAG MS", "lag_ms", 6), ("BUSY", "busy", 5), ("COST", "cost", 5),
 )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from services.transcriber.engines import BadInput, Engine, EngineSession, Job, R
 from shared import keys, logs
 from shared.actor import ActorRuntime, notify_ready
 from shared.audit import Audit
-from shared.config import Settings
+from shared.config import SAMPLE_WIDTHS, Settings
 from shared.messages import (
     ActorError,
     AudioChunk,
@@ -62,6 +63,16 @@ EARLY_PARTIAL_S = 0.3
 # The weight of the latest beat's share in the busy share a heartbeat reports (beats
 # come every half interval: a few seconds of history).
 BUSY_WEIGHT = 0.25
+# What a second of a session's audio costs the engine (its `cost`) is averaged over
+# about this long: long enough to hold sentences and pauses, bursts and silences.
+COST_WINDOW_S = 30.0
+# Below this much audio in the window the cost is not known yet (reported as 0).
+COST_MIN_AUDIO_S = 5.0
+# The cost is learnt only while the engine's busy share is under this: a
+# saturated engine does less for each session (one partial where several were due), so
+# what a second of audio costs it then understates what a session asks (measured:
+# priced that way, 15 of 16 speakers arriving 3 s apart were let in, final p95 3.1 s).
+COST_SATURATED = 0.75
 
 
 @dataclass(slots=True)
@@ -112,6 +123,10 @@ class Transcriber:
         self._busy_from = time.monotonic()
         self._counting_since: float | None = None  # when the decode under way began
         self.busy = 0.0  # its share of the time, smoothed over beats
+        # Decoding seconds and audio seconds, each decayed over COST_WINDOW_S: their
+        # ratio is what a second of audio costs the engine (see _cost).
+        self._cost_busy = self._cost_audio = 0.0
+        self._audio_s = 0.0  # audio taken in since the last beat
         self._broken = False  # a write of the decode loop failed: start over from Redis
         self.mailbox = keys.mailbox(name)
         self.sessions: dict[str, _Session] = {}
@@ -304,8 +319,8 @@ class Transcriber:
                 pipe.append(("EXPIRE", keys.session(sess.session_id), self.settings.results_ttl))
         self._commit(pipe, acks)
         if self.runtime.beat_due():
-            pipe += self.runtime.heartbeat("running", len(self.sessions), self._lag(),
-                                           self._busy())  # fmt: skip
+            busy, cost = self._busy()
+            pipe += self.runtime.heartbeat("running", len(self.sessions), self._lag(), busy, cost)
         self._sweep(pipe)
         if self._due:
             self._work.set()
@@ -350,6 +365,7 @@ class Transcriber:
                 sess.pending.append((msg.seq, entry_id))
                 touched[sess.session_id] = sess
                 results = sess.engine.feed(msg.seq, msg.data, msg.start_s)
+                self._audio_s += len(msg.data) / (SAMPLE_WIDTHS[msg.encoding] * msg.sample_rate)
             except BadInput as exc:  # tell the client; the chunk is done with
                 error = ActorError(msg.session_id, msg.client_id, msg.seq, exc.code, str(exc))
                 pipe.append(("PUBLISH", keys.transcripts(msg.client_id), error.encode()))
@@ -369,18 +385,28 @@ class Transcriber:
         else:
             raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
 
-    def _busy(self) -> float:
+    def _busy(self) -> tuple[float, float]:
         """The engine's share of the time since the last beat (a decode under way counts
-        up to now), smoothed over beats (BUSY_WEIGHT), for gateways to judge what a
-        session costs."""
+        up to now), smoothed over beats (BUSY_WEIGHT); and what a second of audio has
+        cost it over the last COST_WINDOW_S of beats in which it was not saturated
+        (decoding seconds per audio second, 0 while too little audio came to tell; see
+        COST_SATURATED): a gateway prices a new session at that, since
+        a session that has just come has cost nothing yet, and a busy share left by a
+        burst or by sessions gone says nothing of what the next one will cost."""
         now = time.monotonic()
         if self._counting_since is not None:  # a decode spans the beat: split it here
             self._busy_s += now - self._counting_since
             self._counting_since = now
-        share = min(1.0, self._busy_s / max(1e-3, now - self._busy_from))
-        self._busy_s, self._busy_from = 0.0, now
+        elapsed = max(1e-3, now - self._busy_from)
+        share = min(1.0, self._busy_s / elapsed)
         self.busy = round((1 - BUSY_WEIGHT) * self.busy + BUSY_WEIGHT * share, 3)
-        return self.busy
+        if self.busy < COST_SATURATED:  # smoothed: one long decode is no saturation
+            keep = math.exp(-elapsed / COST_WINDOW_S)
+            self._cost_busy = keep * self._cost_busy + self._busy_s
+            self._cost_audio = keep * self._cost_audio + self._audio_s
+        self._busy_s, self._audio_s, self._busy_from = 0.0, 0.0, now
+        cost = self._cost_busy / self._cost_audio if self._cost_audio >= COST_MIN_AUDIO_S else 0.0
+        return self.busy, round(cost, 4)
 
     def _lag(self) -> int:
         """The lag for a heartbeat: the worst since the last one, so no spike is missed,
@@ -409,12 +435,13 @@ class Transcriber:
                 continue
             jobs = [job for _, job in picked]
             began = time.monotonic()
-            outs = await self._run(jobs, counted=not early)
+            outs = await self._run(jobs)
             if log.isEnabledFor(logging.DEBUG):
                 finals = [job.since for job in jobs if job.final]
-                log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials in "
-                          "%.2f s", len(finals), began - min(finals, default=began),
-                          len(jobs) - len(finals), time.monotonic() - began)  # fmt: skip
+                log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials%s "
+                          "in %.2f s", len(finals), began - min(finals, default=began),
+                          len(jobs) - len(finals), " (early)" if early else "",
+                          time.monotonic() - began)  # fmt: skip
             for (sess, job), out in zip(picked, outs, strict=True):
                 if self.sessions.get(sess.session_id) is not sess:
                     continue  # started over, or ended, meanwhile: its audio is read again
@@ -423,10 +450,11 @@ class Transcriber:
                     self._mark_due(sess)
                     await self._finish(sess, results)
 
-    async def _run(self, jobs: list[Job], counted: bool = True) -> list[Any]:
+    async def _run(self, jobs: list[Job]) -> list[Any]:
         """The jobs' outputs: in one batch where the engine takes batches; a blocking
-        engine's in a thread. Their time counts as busy where `counted`: early partials
-        fill time the engine had spare, which is not what a session costs it."""
+        engine's in a thread. Their time counts as busy, early partials' too: each would
+        have been due a moment later (not counting them, a session's cost read a third
+        of what it was: 16 speakers arriving 3 s apart were all let in)."""
         run_batch = getattr(self.engine, "run_batch", None)
 
         def run() -> list[Any]:
@@ -434,8 +462,7 @@ class Transcriber:
                 return list(run_batch(jobs))
             return [job.run() for job in jobs]
 
-        if counted:
-            self._counting_since = time.monotonic()
+        self._counting_since = time.monotonic()
         try:
             return await asyncio.to_thread(run) if self.engine.blocking else run()
         finally:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
     return Settings(redis_url=redis_url, max_chunk_bytes=LIMIT, heartbeat_interval=0.2,
-                    max_sessions=2, max_lag=1.0)  # fmt: skip
+                    max_sessions=2, max_lag=1.0, max_busy=0.9)  # fmt: skip
 
 
 class Lagging:
@@ -34,11 +34,11 @@ class Lagging:
     def __init__(self, runtime: ActorRuntime) -> None:
         self.runtime = runtime
         self.lag_ms = 0
-        self.load, self.busy = 1, 0.0
+        self.load, self.busy, self.cost = 1, 0.0, 0.0
 
     async def beat_forever(self) -> None:
         while True:
-            await self.runtime.beat("running", self.load, self.lag_ms, self.busy)
+            await self.runtime.beat("running", self.load, self.lag_ms, self.busy, self.cost)
             await asyncio.sleep(self.runtime.settings.heartbeat_interval / 2)
 
 
@@ -69,7 +69,9 @@ async def says_behind(gateway: TestClient[Any, Any], transcriber: Lagging, lag_m
     """The transcriber says it is `lag_ms` behind, and the gateway has read it (its
     router reads the beats once per heartbeat interval on its own)."""
     transcriber.lag_ms = lag_ms
-    await transcriber.runtime.beat("running", transcriber.load, lag_ms, transcriber.busy)
+    await transcriber.runtime.beat(
+        "running", transcriber.load, lag_ms, transcriber.busy, transcriber.cost
+    )
     await gateway.app[GATEWAY].router.refresh()
 
 
@@ -176,4 +178,22 @@ async def test_a_transcriber_busy_only_with_sessions_gone_takes_a_new_one(
     await says_behind(gateway, transcriber, 0)
     ws, hello = await open_session(gateway)
     assert hello["status"] == "ready"
+    await ws.close()
+
+
+async def test_sessions_are_priced_at_what_a_second_of_audio_has_cost(
+    gateway: TestClient[Any, Any], transcriber: Lagging
+) -> None:
+    # Two sessions, one second of audio costing 0.25 s of decoding: a third would take
+    # 75 %, let in, whatever the busy share says now (95 % as it works off a burst).
+    transcriber.load, transcriber.busy, transcriber.cost = 2, 0.95, 0.25
+    await says_behind(gateway, transcriber, 0)
+    ws, hello = await open_session(gateway)
+    assert hello["status"] == "ready"
+    # Sessions just come cost nothing yet (busy 10 %), but a second of audio costs
+    # 0.35 s: a fourth would take 140 %, refused.
+    transcriber.load, transcriber.busy, transcriber.cost = 3, 0.1, 0.35
+    await says_behind(gateway, transcriber, 0)
+    body = await refused(gateway)
+    assert "no room for another speaker" in body["error"]
     await ws.close()

@@ -158,13 +158,15 @@ async def test_heartbeat_reports_how_long_mailbox_entries_waited(
     lagging, caught_up = asyncio.Event(), asyncio.Event()
     beat = actor.runtime.heartbeat
 
-    def spy(state: str, load: int, lag_ms: int = 0, busy: float = 0.0) -> list[Command]:
+    def spy(
+        state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0
+    ) -> list[Command]:
         lags.append(lag_ms)
         if lag_ms:
             lagging.set()
         elif lagging.is_set():
             caught_up.set()
-        return beat(state, load, lag_ms, busy)
+        return beat(state, load, lag_ms, busy, cost)
 
     actor.runtime.heartbeat = spy  # type: ignore[method-assign]
     added_ms = int(time.time() * 1000) - 5000  # an entry that waited 5 s to be read
@@ -352,11 +354,13 @@ async def test_a_decode_longer_than_a_beat_counts_as_busy_while_it_runs(
     busy = asyncio.Event()
     beat = actor.runtime.heartbeat
 
-    def spy(state: str, load: int, lag_ms: int = 0, share: float = 0.0) -> list[Command]:
+    def spy(
+        state: str, load: int, lag_ms: int = 0, share: float = 0.0, cost: float = 0.0
+    ) -> list[Command]:
         shares.append(share)
         if share >= 0.5:
             busy.set()
-        return beat(state, load, lag_ms, share)
+        return beat(state, load, lag_ms, share, cost)
 
     actor.runtime.heartbeat = spy  # type: ignore[method-assign]
     stop = asyncio.Event()
@@ -367,5 +371,92 @@ async def test_a_decode_longer_than_a_beat_counts_as_busy_while_it_runs(
         assert not engine.release.is_set()
     finally:
         engine.release.set()
+        stop.set()
+        await task
+
+
+class _Steady(Immediate):
+    """An engine session whose every chunk owes a final that takes DECODE_S to decode."""
+
+    DECODE_S = 0.2
+
+    def __init__(self) -> None:
+        self.committed_seq = 0
+        self.owed: list[int] = []
+
+    def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
+        self.owed.append(seq)
+        return []
+
+    def flush(self) -> list[Result]:
+        return []
+
+    def final_since(self) -> float | None:
+        return time.monotonic() if self.owed else None
+
+    def final_job(self) -> Job | None:
+        seq = self.owed.pop(0)
+
+        def done(_: object) -> list[Result]:
+            self.committed_seq = seq
+            return []
+
+        return Job(True, time.monotonic(), lambda: time.sleep(self.DECODE_S), done)
+
+
+class _SteadyEngine:
+    name = "steady"
+    blocking = True
+
+    def open_session(
+        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+    ) -> _Steady:
+        return _Steady()
+
+
+async def test_the_heartbeat_says_what_a_second_of_audio_costs_the_engine(
+    redis: Redis, redis_url: str
+) -> None:
+    # What admission prices a new session at: decoding seconds per audio second, over
+    # the last half minute in which the engine was not saturated. 0 until 5 s of audio
+    # came; then about 0.1 here (0.2 s of decoding per 2 s chunk, one chunk a beat).
+    settings = Settings(redis_url=redis_url, heartbeat_interval=1.0)
+    actor = Transcriber(settings, _SteadyEngine(), Redis.from_url(redis_url), NAME)  # type: ignore[arg-type]
+    costs: list[float] = []
+    beaten = asyncio.Event()
+    beat = actor.runtime.heartbeat
+
+    def spy(
+        state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0
+    ) -> list[Command]:
+        costs.append(cost)
+        beaten.set()
+        return beat(state, load, lag_ms, busy, cost)
+
+    async def decoded(seq: int) -> None:
+        """Until a beat after the final of chunk `seq` was decoded."""
+        while True:
+            beaten.clear()
+            await beaten.wait()
+            sess = actor.sessions.get("s1")
+            if sess is not None and sess.engine.committed_seq >= seq:
+                beaten.clear()
+                await beaten.wait()
+                return
+
+    actor.runtime.heartbeat = spy  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(actor.run(stop))
+    try:
+        await actor.ready.wait()
+        two_seconds = 64000  # bytes of 16 kHz pcm_s16le
+        for seq in (1, 2):
+            await redis.xadd(keys.mailbox(NAME), {"m": chunk(seq, size=two_seconds)})
+            await asyncio.wait_for(decoded(seq), 10)
+        assert costs[-1] == 0, "a cost from 4 s of audio"
+        await redis.xadd(keys.mailbox(NAME), {"m": chunk(3, size=two_seconds)})
+        await asyncio.wait_for(decoded(3), 10)
+        assert 0.08 <= costs[-1] <= 0.2, costs
+    finally:
         stop.set()
         await task

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -81,3 +82,25 @@ def test_the_decoder_process_ends_when_its_actor_is_killed() -> None:
         owner.kill()
         owner.wait()
     assert _wait_exit(decoder_pid, 10), "the decoder process outlived its actor"
+
+
+def test_a_decoder_whose_actor_is_gone_mid_decode_ends_quietly() -> None:
+    # A transcriber killed mid-decode: the decoder's reply meets a closed pipe. It ends
+    # without a traceback in the tree's log (seen: three per kill in bench.speech).
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "services.transcriber.engines.sphinx_worker"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert worker.stdin is not None and worker.stdout is not None
+    assert msgpack.unpackb(worker.stdout.read(len(msgpack.packb({"ready": True})))) == {
+        "ready": True
+    }
+    worker.stdout.close()  # the actor is gone: nobody reads the reply
+    pcm = np.zeros(16000, dtype="<i2").tobytes()  # a second of 16 kHz s16le silence
+    worker.stdin.write(msgpack.packb([pcm, True]))
+    worker.stdin.close()
+    assert worker.stderr is not None
+    err = worker.stderr.read()  # until it exits
+    worker.wait(timeout=30)
+    assert b"Traceback" not in err, err.decode()
+    assert worker.returncode == 0

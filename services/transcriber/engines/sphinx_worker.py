@@ -14,6 +14,7 @@ its stdin closes, which is also what happens when the actor dies, however it die
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from typing import Any, BinaryIO
@@ -66,7 +67,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)  # not pocketsphinx's INFO lines
     # Unbuffered: a buffered read would wait for more than one request's bytes.
     with open(sys.stdin.fileno(), "rb", buffering=0, closefd=False) as requests:
-        serve(requests, sys.stdout.buffer)
+        try:
+            serve(requests, sys.stdout.buffer)
+        except BrokenPipeError:
+            # The actor went (killed mid-decode): nobody to answer, nothing to say.
+            # stdout is closed first so the exit does not flush into the broken pipe.
+            os.close(sys.stdout.fileno())
 
 
 if __name__ == "__main__":
