@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -70,6 +71,26 @@ async def actor(redis_url: str) -> AsyncIterator[Transcriber]:
     stop.set()
     await asyncio.wait_for(task, 5)
     await client.aclose()
+
+
+@dataclass
+class Beat:
+    lag_ms: int
+    busy: float
+    cost: float
+
+
+def on_beats(actor: Transcriber, seen: Callable[[Beat], None]) -> None:
+    """Call `seen` with what each of `actor`'s heartbeats says, as it is sent."""
+    beat = actor.runtime.heartbeat
+
+    def spy(
+        state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0
+    ) -> list[Command]:
+        seen(Beat(lag_ms, busy, cost))
+        return beat(state, load, lag_ms, busy, cost)
+
+    actor.runtime.heartbeat = spy  # type: ignore[method-assign]
 
 
 async def pending(redis: Redis) -> int:
@@ -156,19 +177,15 @@ async def test_heartbeat_reports_how_long_mailbox_entries_waited(
     # What gateways refuse load on (HARK_MAX_LAG): the worst wait since the last beat.
     lags: list[int] = []
     lagging, caught_up = asyncio.Event(), asyncio.Event()
-    beat = actor.runtime.heartbeat
 
-    def spy(
-        state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0
-    ) -> list[Command]:
-        lags.append(lag_ms)
-        if lag_ms:
+    def seen(beat: Beat) -> None:
+        lags.append(beat.lag_ms)
+        if beat.lag_ms:
             lagging.set()
         elif lagging.is_set():
             caught_up.set()
-        return beat(state, load, lag_ms, busy, cost)
 
-    actor.runtime.heartbeat = spy  # type: ignore[method-assign]
+    on_beats(actor, seen)
     added_ms = int(time.time() * 1000) - 5000  # an entry that waited 5 s to be read
     await redis.xadd(keys.mailbox(NAME), {"m": chunk(1)}, id=f"{added_ms}-0")
     await asyncio.wait_for(lagging.wait(), 5)
@@ -352,17 +369,13 @@ async def test_a_decode_longer_than_a_beat_counts_as_busy_while_it_runs(
     actor = Transcriber(settings, engine, Redis.from_url(redis_url), NAME)  # type: ignore[arg-type]
     shares: list[float] = []
     busy = asyncio.Event()
-    beat = actor.runtime.heartbeat
 
-    def spy(
-        state: str, load: int, lag_ms: int = 0, share: float = 0.0, cost: float = 0.0
-    ) -> list[Command]:
-        shares.append(share)
-        if share >= 0.5:
+    def seen(beat: Beat) -> None:
+        shares.append(beat.busy)
+        if beat.busy >= 0.5:
             busy.set()
-        return beat(state, load, lag_ms, share, cost)
 
-    actor.runtime.heartbeat = spy  # type: ignore[method-assign]
+    on_beats(actor, seen)
     stop = asyncio.Event()
     task = asyncio.create_task(actor.run(stop))
     try:
@@ -424,14 +437,10 @@ async def test_the_heartbeat_says_what_a_second_of_audio_costs_the_engine(
     actor = Transcriber(settings, _SteadyEngine(), Redis.from_url(redis_url), NAME)  # type: ignore[arg-type]
     costs: list[float] = []
     beaten = asyncio.Event()
-    beat = actor.runtime.heartbeat
 
-    def spy(
-        state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0
-    ) -> list[Command]:
-        costs.append(cost)
+    def seen(beat: Beat) -> None:
+        costs.append(beat.cost)
         beaten.set()
-        return beat(state, load, lag_ms, busy, cost)
 
     async def decoded(seq: int) -> None:
         """Until a beat after the final of chunk `seq` was decoded."""
@@ -444,7 +453,7 @@ async def test_the_heartbeat_says_what_a_second_of_audio_costs_the_engine(
                 await beaten.wait()
                 return
 
-    actor.runtime.heartbeat = spy  # type: ignore[method-assign]
+    on_beats(actor, seen)
     stop = asyncio.Event()
     task = asyncio.create_task(actor.run(stop))
     try:
