@@ -51,6 +51,19 @@ def _docker_answers() -> bool:
 _DOCKER = _docker_answers()
 
 
+def _has_image(name: str) -> bool:
+    import docker
+
+    client = docker.from_env(timeout=5)
+    try:
+        client.images.get(name)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    finally:
+        client.close()
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     if _DOCKER:
         return "redis: testcontainers RedisContainer (a Docker engine answered)"
@@ -96,8 +109,13 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     if _DOCKER:
-        from testcontainers.redis import RedisContainer
+        from testcontainers.community.redis import RedisContainer
+        from testcontainers.core.config import testcontainers_config
 
+        if not _has_image(testcontainers_config.ryuk_image):
+            # Its reaper (which removes the container should this process be killed)
+            # cannot be pulled with no registry: the `with` removes it at the end.
+            testcontainers_config.ryuk_disabled = True
         with RedisContainer("redis:7-alpine") as container:
             host = container.get_container_host_ip()
             port = container.get_exposed_port(6379)

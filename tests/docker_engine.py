@@ -4,7 +4,9 @@ It answers the endpoints the backend uses with the shapes of the Engine API
 reference (v1.43): `/version`, `containers/create|start|wait|kill|json|logs` and
 `DELETE /containers/{id}`, with the Engine's status codes (201, 204, 304, 404, 409)
 and `{"message": ...}` errors. A "container" is a local process running the
-container's `Cmd` with its `Env`, so the actors it runs are real: they talk to
+container's `Entrypoint` and `Cmd` with its `Env`, as the Engine runs them: the
+image's ENTRYPOINT (hark's image: `["hark"]`) stays in front of `Cmd` unless the create
+body names an `Entrypoint`. So the actors it runs are real: they talk to
 the test's Redis and serve clients. Its stdout is kept and served by `logs` in the
 Engine's multiplexed stream format (8-byte frame headers); its stderr goes to
 `<log_dir>/<name>.log`. A main process killed by signal N exits 128+N, as under
@@ -70,9 +72,10 @@ class Container:
 
 
 class StubEngine:
-    """`StubEngine(socket_path, log_dir, images)`; `start()`, `stop()`."""
+    """`StubEngine(socket_path, log_dir, images)`, `images` mapping each image name to
+    its ENTRYPOINT; `start()`, `stop()`."""
 
-    def __init__(self, socket_path: Path, log_dir: Path, images: set[str]) -> None:
+    def __init__(self, socket_path: Path, log_dir: Path, images: dict[str, list[str]]) -> None:
         self.socket_path = socket_path
         self.log_dir = log_dir
         self.images = images
@@ -173,9 +176,12 @@ class StubEngine:
             return web.Response(status=304)
         env = dict(item.split("=", 1) for item in container.config.get("Env", []))
         env.setdefault("PATH", os.environ.get("PATH", "/usr/bin:/bin"))
+        # As the Engine: an Entrypoint in the create body replaces the image's.
+        entrypoint = container.config.get("Entrypoint") or self.images[container.config["Image"]]
+        argv = [*entrypoint, *(container.config.get("Cmd") or [])]
         with (self.log_dir / f"{container.name}.log").open("ab") as log:
             container.proc = await asyncio.create_subprocess_exec(
-                *container.config["Cmd"], env=env, stdout=asyncio.subprocess.PIPE,
+                *argv, env=env, stdout=asyncio.subprocess.PIPE,
                 stderr=log, stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         container.exit_code = None

@@ -292,6 +292,8 @@ class Supervisor:
             exited.set()
             child.ready.clear()
             child.last_exit = describe_exit(returncode)
+            if child.state is State.HUNG:  # what it was, whatever the kill made of it
+                child.last_exit = f"HUNG; {child.last_exit}"  # (a paused container: exit 0)
             child.last_exit_at = time.time()
             uptime = died_at - child.started_at
             if not self._started and not child.ready_ever:

@@ -40,5 +40,5 @@ async def test_stopped_transcriber_is_reported_hung_killed_and_replaced_without_
     assert int(hung["pid"]) == before["pid"]
     after = await tree.actor(name)
     assert after["pid"] != before["pid"] and after["state"] == "RUNNING"
-    assert after["restarts"] == 1 and after["last_exit"] == "killed by SIGKILL"
+    assert after["restarts"] == 1 and after["last_exit"] == "HUNG; killed by SIGKILL"
     print(f"hung -> replacement ready: {float(back['ts']) - float(hung['ts']):.2f} s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -35,7 +36,9 @@ IMAGE = "hark:test"
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[StubEngine]:
     # A short path: a unix socket's path is limited to about 100 bytes.
-    stub = StubEngine(tmp_path / "docker.sock", tmp_path, images={IMAGE})
+    # hark's image: ENTRYPOINT ["hark"], the command in front of whatever Cmd it gets.
+    hark = str(Path(sys.executable).parent / "hark")
+    stub = StubEngine(tmp_path / "docker.sock", tmp_path, images={IMAGE: [hark]})
     await stub.start()
     yield stub
     await stub.stop()

