@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import EnvVar, Settings
+from tests.compose_cli import compose_command
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose" / "docker-compose.yml"
@@ -35,19 +35,12 @@ def test_the_compose_file_follows_the_compose_specification(tmp_path: Path) -> N
     assert _validate(broken).returncode != 0
 
 
-def _has_compose() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _has_compose(), reason="no docker compose command here")
+@pytest.mark.skipif(compose_command() is None, reason="no Docker Compose v2 here")
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_text("HARK_ADMIN_TOKEN=0123456789abcdef0123\nDOCKER_GID=999\n")
     result = subprocess.run(
-        ["docker", "compose", "--env-file", str(env), "-f", str(COMPOSE), "config", "-q"],
+        [*(compose_command() or []), "--env-file", str(env), "-f", str(COMPOSE), "config", "-q"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -48,6 +48,8 @@ class Client:
         window: int = 50,
         retry_for: float = 30.0,
         api_key: str | None = None,
+        speed: float | None = None,
+        chunk_s: float = 0.1,
     ) -> None:
         self.url = url
         # Sent as `Authorization: Bearer` where the gateway has API keys.
@@ -55,6 +57,11 @@ class Client:
         self.params = {"encoding": encoding, "sample_rate": str(sample_rate)}
         self.window = window  # chunks in flight before waiting for acks
         self.retry_for = retry_for
+        # `speed` times real time, each chunk `chunk_s` of audio, as a live source sends
+        # (None: as fast as the acks allow). The clock runs from the first chunk and
+        # across resumes: what a reconnect held up is sent at once after it.
+        self.speed, self.chunk_s = speed, chunk_s
+        self._began: float | None = None
         self.session_id: str | None = None
         self.resume_token: str | None = None
         self.last_final = 0
@@ -125,7 +132,14 @@ class Client:
         source: Iterable[bytes],
         reader: asyncio.Task[Reply],
     ) -> None:
+        loop = asyncio.get_running_loop()
         for chunk in source:
+            if self.speed is not None:
+                if self._began is None:
+                    self._began = loop.time()
+                delay = self._began + self._sent * self.chunk_s / self.speed - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # the clock of live audio
             # Pending from the moment it leaves the source: if the connection drops while
             # this waits for room, the chunk is resent after the resume like any other.
             self._sent += 1
@@ -198,11 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("wav", help="16-bit mono WAV file")
     parser.add_argument("--url", default="ws://127.0.0.1:8000/ws")
     parser.add_argument("--json", action="store_true", help="print every reply as JSON")
+    parser.add_argument("--speed", type=float, metavar="X",
+                        help="send at X times real time, as a live source (default: as fast "
+                        "as the acks allow)")  # fmt: skip
     parser.add_argument("--api-key", default=os.environ.get("HARK_API_KEY"),
                         help="where the gateway has API keys (default: $HARK_API_KEY)")  # fmt: skip
     args = parser.parse_args(argv)
     rate, chunks = wav_chunks(args.wav)
-    client = Client(args.url, sample_rate=rate, api_key=args.api_key)
+    client = Client(args.url, sample_rate=rate, api_key=args.api_key, speed=args.speed)
 
     def show(reply: Reply) -> None:
         if args.json:

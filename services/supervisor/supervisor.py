@@ -244,6 +244,7 @@ class Supervisor:
         else:
             await self.terminate(child)
         await asyncio.gather(runner, return_exceptions=True)
+        await self.backend.remove(child.name)
         del self.children[child.name]
         self._handles.pop(child.name, None)
         self._exited.pop(child.name, None)

@@ -135,12 +135,15 @@ async def test_scaling_creates_and_removes_transcriber_containers(
     assert tree.children["transcriber-2"].state == State.RUNNING
     added = engine.by_name("hark-transcriber-2")
     assert added is not None and added.running
+    stopped = engine.by_name("hark-transcriber-1")
     assert await tree.scale("transcriber", 1) == ["transcriber-0"]
     assert {c.name for c in engine.containers.values() if c.running} == {
         "hark-gateway", "hark-transcriber-0"
     }  # fmt: skip
-    stopped = engine.by_name("hark-transcriber-1")
-    assert stopped is not None and stopped.exit_code == 0  # SIGTERM: a clean stop
+    # Stopped cleanly (SIGTERM) and removed at once, not left until the supervisor stops.
+    assert stopped is not None and stopped.exit_code == 0
+    assert engine.by_name("hark-transcriber-1") is None
+    assert engine.by_name("hark-transcriber-2") is None
     assert [r["name"] for r in tree.status()["actors"]] == ["transcriber-0", "gateway"]
     assert tree.status()["state"] == "OK"
 

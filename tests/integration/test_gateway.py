@@ -627,3 +627,25 @@ async def test_vosk_takes_8_khz_until_a_config_says_otherwise_and_answers_reset(
         for s in sessions:
             await redis.delete(s)
     assert rates == [b"8000", b"44100"]
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_the_client_at_a_speed_sends_at_the_pace_of_live_audio(
+    gateway: TestClient[Any, Any],
+) -> None:
+    # --speed 2: ten 100 ms chunks over 0.45 s (chunk n leaves at 0.05 (n - 1) s),
+    # as a live source would send them; without it, as fast as the acks come.
+    url = f"ws://127.0.0.1:{gateway.port}/ws"
+    chunks = [b"\x00" * 3200] * 10
+    spans = []
+    for speed in (2.0, None):
+        acked: list[float] = []
+
+        def on_reply(reply: dict[str, Any], acked: list[float] = acked) -> None:
+            if reply["status"] == "received":
+                acked.append(time.monotonic())
+
+        summary = await client.Client(url, speed=speed).run(chunks, on_reply)
+        assert summary["status"] == "closed" and len(acked) == 10
+        spans.append(acked[-1] - acked[0])
+    assert spans[0] >= 0.4 > spans[1], spans

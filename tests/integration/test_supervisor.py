@@ -76,6 +76,9 @@ class FakeBackend:
         await self.spawned.put(handle)
         return handle
 
+    async def remove(self, name: str) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 

@@ -38,6 +38,11 @@ class Backend(Protocol):
 
     async def spawn(self, spec: ChildSpec) -> Handle: ...
 
+    async def remove(self, name: str) -> None:
+        """Child `name` is gone for good (scaled down, its last incarnation ended): free
+        what the backend keeps of it."""
+        ...
+
     async def close(self) -> None:
         """Release what the backend holds besides the children (spares, connections)."""
         ...

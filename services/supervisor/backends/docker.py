@@ -160,6 +160,16 @@ class DockerBackend:
             if exc.status != 404:
                 raise
 
+    async def remove(self, name: str) -> None:
+        """Remove the stopped container of a child scaled away (one that stays is only
+        replaced when the same name starts again, or removed at the supervisor's stop)."""
+        container = NAME_PREFIX + name
+        try:
+            await self._remove(container)
+        except (DockerError, OSError) as exc:
+            log.warning("could not remove container %s: %s", container, exc)
+        self._names.discard(container)
+
     async def close(self) -> None:
         """Remove the containers this backend made, and close the API session."""
         if self._tasks:

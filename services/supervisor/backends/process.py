@@ -120,6 +120,9 @@ class ProcessBackend:
         self._warming[spec.role] = task
         task.add_done_callback(_log_failure)
 
+    async def remove(self, name: str) -> None:
+        """Nothing is kept of an ended process."""
+
     async def close(self) -> None:
         """Stop the spares (they were never actors, so nobody else waits for them)."""
         for task in list(self._warming.values()):
