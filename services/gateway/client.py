@@ -119,11 +119,15 @@ class Client:
         self.session_id, self.resume_token = hello["session_id"], hello["resume_token"]
         if hello["status"] == "resumed":
             self.resumes += 1
-            self._drop_acked(hello["last_seq"])
-            self._sent = hello["last_seq"]
-            # Resent chunks get their numbers again, in order, from last_seq + 1.
-            self._pending = deque((self._sent + i + 1, c) for i, (_, c) in enumerate(self._pending))
-            self._sent += len(self._pending)
+            last = hello["last_seq"]
+            self._drop_acked(last)
+            if self._pending and self._pending[0][0] != last + 1:
+                # The server holds less than it acked: those chunks are gone from here.
+                lost = self._pending[0][0] - 1
+                raise ResumeFailed(f"the server resumed at chunk {last}, but chunks up to "
+                                   f"{lost} were acknowledged and dropped")  # fmt: skip
+            if not self._pending and self._sent != last:
+                raise ResumeFailed(f"the server resumed at chunk {last}; {self._sent} were sent")
         return hello
 
     async def _send_all(
@@ -166,6 +170,10 @@ class Client:
             elif status == "transcript" and reply["final"]:
                 self.last_final = max(self.last_final, reply["seq"])
             on_reply(reply)
+            if status == "error" and reply.get("code") == "unavailable":
+                # Redis did not take audio (or a control): the gateway closes; resume,
+                # which says what it holds, and send the rest again from there.
+                raise ConnectionError(f"unavailable: {reply.get('error')}")
             if status == "closed":
                 return reply
         raise ConnectionError(f"connection lost (close code {ws.close_code})")

@@ -562,8 +562,11 @@ class Gateway:
         """A chunk's store was answered: ack it, or refuse it and every later one queued.
 
         Stores finish in the order they were queued. When one fails, the later ones of
-        the session still queued are cancelled (never sent), so the session goes on
-        from the failed seq: the client sends them again and no seq is skipped.
+        the session still queued are cancelled (never sent), and the connection is
+        closed (1013) after an `unavailable` that names the first chunk not stored: the
+        frames the client sent meanwhile cannot be told from its resends, so it resumes
+        the session and sends again from the resume's `last_seq` + 1. No chunk is stored
+        under another's seq.
         """
         session.storing.pop(0)
         if _ok(stored):
@@ -580,8 +583,18 @@ class Gateway:
                 log.warning("session %s: chunk %d not stored: %s", session.session_id, seq,
                             stored.exception())  # fmt: skip
                 session.last_seq, session.audio_s = seq - 1, start_s
+        if session.closing:
+            return  # closed already (by this, or by the client): nothing more to say
+        session.closing = True  # frames in flight are refused: the resume sorts them
+        session.close_reason = "unavailable"
         session.client_error("unavailable")
-        session.send(error_reply("unavailable", "audio could not be stored; send it again"))
+        reply = error_reply("unavailable", f"audio from chunk {seq} could not be stored: "
+                            "resume the session and send again from its last_seq + 1",
+                            seq=seq)  # fmt: skip
+        reply["last_seq"] = session.last_seq
+        self._spawn(session.say_and_close(reply, WSCloseCode.TRY_AGAIN_LATER,
+                                          b"audio not stored: resume the session"),
+                    f"unavailable-{session.session_id}")  # fmt: skip
 
     async def _on_text(self, session: Session, text: str) -> bool:
         """Handle a control frame; True when the session is over."""

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from services.gateway import client, resume
@@ -649,3 +650,42 @@ async def test_the_client_at_a_speed_sends_at_the_pace_of_live_audio(
         assert summary["status"] == "closed" and len(acked) == 10
         spans.append(acked[-1] - acked[0])
     assert spans[0] >= 0.4 > spans[1], spans
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_the_client_resumes_after_unavailable_and_every_chunk_lands_once_in_place(
+    gateway: TestClient[Any, Any], redis_url: str
+) -> None:
+    # Redis refuses audio mid-stream (the mailbox a string for a moment): the gateway
+    # says `unavailable` and closes; the client resumes and sends again from the resume's
+    # last_seq. Every chunk gets one final, of its own size, in order (before, the
+    # client waited for ever, and a resend from its last ack misplaced chunks).
+    url = f"ws://127.0.0.1:{gateway.port}/ws"
+    mailbox = keys.mailbox("transcriber-0")
+    replies: list[dict[str, Any]] = []
+    # Blocking calls from the client's reply callback: the break and the repair happen
+    # exactly between two replies, whatever the event loop runs next.
+    direct = SyncRedis.from_url(redis_url)
+
+    def on_reply(reply: dict[str, Any]) -> None:
+        replies.append(reply)
+        if reply["status"] == "received" and reply["seq"] == 10 and not direct.exists("aside"):
+            direct.rename(mailbox, "aside")  # its entries kept, to come back
+            direct.set(mailbox, "not a stream")
+        if reply.get("code") == "unavailable":
+            direct.delete(mailbox)
+            direct.rename("aside", mailbox)
+
+    chunks = [bytes([seq]) * (100 + seq) for seq in range(1, 31)]
+    try:
+        summary = await client.Client(url, window=5).run(chunks, on_reply)
+    finally:
+        direct.close()
+    assert [r["seq"] for r in replies if r.get("code") == "unavailable"] == [11]
+    assert [r["last_seq"] for r in replies if r["status"] == "resumed"] == [10]
+    finals = [r for r in replies if r["status"] == "transcript" and r["final"]]
+    assert [f["seq"] for f in finals] == list(range(1, 31))
+    assert [int(f["text"].rsplit("size: ", 1)[1].split()[0]) for f in finals] == [
+        100 + seq for seq in range(1, 31)
+    ]
+    assert summary["status"] == "closed" and summary["complete"] is True

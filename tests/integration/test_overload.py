@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from services.gateway.app import GATEWAY
 from shared import keys
 from shared.actor import ActorRuntime
 from shared.config import Settings
+from shared.messages import AudioChunk, decode_as
 from shared.tasks import cancel_and_wait
 from tests.integration.gateway_fixtures import LIMIT, open_session, receive
 
@@ -125,28 +127,37 @@ async def test_a_transcriber_far_behind_gets_no_sessions_and_no_audio_until_it_c
     await second.close()
 
 
-async def test_audio_redis_does_not_take_is_refused_and_the_seq_goes_on_from_the_last_stored(
+async def test_audio_redis_does_not_take_sends_the_client_to_resume_from_the_last_stored(
     gateway: TestClient[Any, Any], transcriber: Lagging, redis: Redis
 ) -> None:
-    ws, _ = await open_session(gateway)
-    await ws.send_bytes(b"\x00" * 320)
+    # Chunk 2 cannot be stored while chunks 3 and 4 are on their way: the gateway cannot
+    # tell them from resends (they were stored as 2 and 3 once: audio misplaced), so it
+    # names the first chunk not stored, closes 1013, and the resume says where to go on.
+    ws, hello = await open_session(gateway)
+    await ws.send_bytes(b"\x01" * 320)
     assert (await receive(ws))["seq"] == 1
-    # The mailbox turned into a string: each XADD to it fails on its own (WRONGTYPE).
+    # The mailbox (chunk 1 in it) set aside and a string in its place: each XADD to it
+    # fails on its own (WRONGTYPE).
     mailbox = keys.mailbox(transcriber.runtime.name)
-    await redis.delete(mailbox)
+    await redis.rename(mailbox, "aside")
     await redis.set(mailbox, "not a stream")
-    for _ in range(3):
-        await ws.send_bytes(b"\x00" * 320)
-    for _ in range(3):
-        reply = await receive(ws)
-        assert (reply["code"], reply["error"]) == (
-            "unavailable",
-            "audio could not be stored; send it again",
-        )
+    for byte in (b"\x02", b"\x03", b"\x04"):
+        await ws.send_bytes(byte * 320)
+    reply = await receive(ws)
+    assert (reply["code"], reply["seq"], reply["last_seq"]) == ("unavailable", 2, 1), reply
+    assert "resume" in reply["error"]
+    while (msg := await ws.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT:
+        assert json.loads(msg.data)["code"] in ("session_closing", "unavailable"), msg.data
+    assert ws.close_code == aiohttp.WSCloseCode.TRY_AGAIN_LATER
     await redis.delete(mailbox)
-    await ws.send_bytes(b"\x00" * 320)
-    assert (await receive(ws))["seq"] == 2  # no seq was spent on the refused ones
-    assert await redis.xlen(mailbox) == 1
+    await redis.rename("aside", mailbox)
+    query = f"?session_id={hello['session_id']}&resume_token={hello['resume_token']}"
+    ws, resumed = await open_session(gateway, query)
+    assert (resumed["status"], resumed["last_seq"]) == ("resumed", 1)
+    await ws.send_bytes(b"\x02" * 320)
+    assert (await receive(ws))["seq"] == 2
+    stored = [decode_as(AudioChunk, f[b"m"]) for _, f in await redis.xrange(mailbox)]
+    assert [(c.seq, c.data[:1]) for c in stored] == [(1, b"\x01"), (2, b"\x02")]
     await ws.close()
 
 
