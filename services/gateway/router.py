@@ -62,6 +62,7 @@ class Router:
         await cancel_and_wait(self._task)
 
     async def refresh(self) -> None:
+        began = time.monotonic()
         pipe = self._redis.pipeline(transaction=False)
         pipe.smembers(keys.ACTORS)
         pipe.smembers(keys.DRAINING)
@@ -92,6 +93,10 @@ class Router:
                     del self.down[name]
                 live[name] = beat
         now = time.monotonic()
+        if now - began > self._interval:
+            # Redis answered late (paused, overloaded): the transcribers' beats waited as
+            # long, so nobody's silence counts; their clocks start over.
+            self._last_seen = dict.fromkeys(self._last_seen, now)
         silent = {n for n, seen in self._last_seen.items() if now - seen > self._silence_limit}
         self.live = live
         self.present = present
@@ -113,8 +118,9 @@ class Router:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                await self.refresh()
-            except RedisError as exc:
+                # A Redis that does not answer is as unreachable as one that refuses.
+                await asyncio.wait_for(self.refresh(), 2 * self._interval)
+            except (RedisError, TimeoutError) as exc:
                 # Nobody's silence counts while we cannot look: start their clocks over.
                 log.warning("could not read heartbeats: %s", exc)
                 now = time.monotonic()

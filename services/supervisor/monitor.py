@@ -40,14 +40,17 @@ async def check(supervisor: Supervisor) -> None:
     actors = [c for c in supervisor.children.values() if c.spec.notify]
     transcribers = [c for c in actors if c.spec.role == "transcriber"]
     assert supervisor.redis is not None
+    began = time.monotonic()
     try:
         pipe = supervisor.redis.pipeline(transaction=False)
         pipe.mget([keys.actor(c.name) for c in actors])
         for child in transcribers:
             pipe.xlen(keys.mailbox(child.name))
         pipe.smembers(keys.DRAINING)
-        replies: list[Any] = await pipe.execute()
-    except RedisError:
+        # A Redis that does not answer (paused, wedged) is as unreachable as one that
+        # refuses: a read that blocked would later make every beat look old.
+        replies: list[Any] = await asyncio.wait_for(pipe.execute(), settings.heartbeat_interval)
+    except (RedisError, TimeoutError):
         if supervisor.redis_ok:
             log.warning("Redis unreachable: tree DEGRADED")
             supervisor.record("redis_unreachable")
@@ -55,6 +58,11 @@ async def check(supervisor: Supervisor) -> None:
         return
     values, lags, draining = replies[0], replies[1:-1], replies[-1]
     mono = time.monotonic()
+    if mono - began > settings.heartbeat_interval / 2 and supervisor.redis_ok:
+        # Answered, but late: the actors' beats waited as long. Their silence starts
+        # over rather than being counted against them.
+        for child in actors:
+            child.last_beat = mono
     if not supervisor.redis_ok:
         # Nobody could beat while Redis was away: every silence starts over now.
         log.info("Redis reachable again")

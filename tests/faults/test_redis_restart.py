@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from typing import Any
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 async def audit_event(
-    tree: Tree, http: aiohttp.ClientSession, event: str, child: str
+    tree: Tree, http: aiohttp.ClientSession, event: str, child: str | None = None
 ) -> dict[str, Any]:
     """Wait (through the supervisor API) until the audit log has `event` for `child`."""
     after = "0"
@@ -78,3 +79,27 @@ async def test_redis_killed_comes_back_and_sessions_carry_on_without_crashes(
     report = await tree.status()
     assert report["healthy"] is True, report
     print(f"redis back: {back}; chunks: {statuses}")
+
+
+async def test_redis_paused_for_seconds_restarts_nothing(start_tree: TreeFactory) -> None:
+    # kill -STOP for 6 heartbeat intervals: reads block instead of failing. Before, the
+    # supervisor's read waited it out, then found every beat 3 s old: the gateway and
+    # both transcribers HUNG and restarted, every session forced to resume.
+    tree = await start_tree()  # embedded Redis, heartbeats every 0.5 s
+    before = {a["name"]: a for a in (await tree.status())["actors"]}
+    redis_pid = before["redis"]["pid"]
+    async with aiohttp.ClientSession() as http, http.ws_connect(tree.ws_url) as ws:
+        await ws.receive_json(timeout=10)
+        assert [r["status"] for r in await chunk(ws)] == ["received", "transcript"]
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(3.0)  # the fault's length, not a wait for an outcome
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        await audit_event(tree, http, "redis_reachable")
+        # The session goes on where it was, on its own connection.
+        assert [r["status"] for r in await chunk(ws)] == ["received", "transcript"]
+    after = {a["name"]: a for a in (await tree.status())["actors"]}
+    for name in ("redis", "transcriber-0", "transcriber-1", "gateway"):
+        assert after[name]["restarts"] == 0, f"{name} restarted: {after[name]['last_exit']}"
+    assert (await tree.status())["healthy"] is True
