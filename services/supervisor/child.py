@@ -41,6 +41,9 @@ class ChildSpec:
     # argv of a warm spare of this role, which reads its name from stdin (see the
     # process backend); None: no spare
     spare_argv: tuple[str, ...] | None = None
+    # What it reads on stdin as it starts (the process backend writes it, then closes
+    # stdin): secrets that must not be in its command line, which every user can read.
+    stdin: bytes | None = None
 
 
 @dataclass

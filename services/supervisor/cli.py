@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--engine", choices=ENGINES, help="engine (HARK_ENGINE, default whisper; "
                     "mock for load tests)")  # fmt: skip
     up.add_argument("--redis-url", help="use this Redis instead of starting an embedded one "
-                    "(HARK_REDIS_URL)")  # fmt: skip
+                    "(HARK_REDIS_URL; with a password, set that instead: a command line is "
+                    "readable by every user)")  # fmt: skip
     up.add_argument("--backend", choices=BACKENDS, help="run the actors as local processes or "
                     "Docker containers (HARK_BACKEND, default process)")  # fmt: skip
     up.add_argument("--log-level", help="DEBUG, INFO, WARNING... (HARK_LOG_LEVEL, default INFO)")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         sys.exit(f"hark: bad setting: {exc}")
     if args.command == "up":
-        sys.exit(up(settings))
+        sys.exit(up(settings, url_in_argv=args.redis_url is not None))
     base = args.url or f"http://{settings.status_host}:{settings.status_port}"
     token = settings.admin_token or read_admin_token(base)
     if args.command == "audit":
@@ -158,8 +159,12 @@ def main(argv: list[str] | None = None) -> None:
 # -- hark up ---------------------------------------------------------------------------
 
 
-def up(settings: Settings) -> int:
+def up(settings: Settings, url_in_argv: bool = False) -> int:
     logs.setup(settings.log_level, "supervisor", settings.log_format)
+    if url_in_argv and settings.redis_url and redact_url(settings.redis_url) != settings.redis_url:
+        log.warning("the Redis password in --redis-url can be read by every user of this "
+                    "machine (ps, /proc/PID/cmdline): pass the URL in HARK_REDIS_URL instead, "
+                    "which only this user can read")  # fmt: skip
     try:
         keyring = ApiKeys.from_settings(settings)
     except SettingsError as exc:

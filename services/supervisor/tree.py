@@ -65,12 +65,14 @@ def embedded_redis(workdir: Path) -> tuple[ChildSpec, str]:
         port = free_port()
         listen = ("--bind", "127.0.0.1", "--port", str(port))
         url = f"redis://:{password}@127.0.0.1:{port}/0"
+    # `-`: its password comes as config on stdin, not in its command line (ps).
     argv = (
-        redis_server_binary(), *listen,
-        "--requirepass", password, "--save", "", "--appendonly", "no",
+        redis_server_binary(), "-", *listen,
+        "--save", "", "--appendonly", "no",
         "--dir", str(workdir), "--loglevel", "warning", "--protected-mode", "yes",
     )  # fmt: skip
-    spec = ChildSpec(name="redis", role="redis", argv=argv, notify=False)
+    spec = ChildSpec(name="redis", role="redis", argv=argv, notify=False,
+                     stdin=f"requirepass {password}\n".encode())  # fmt: skip
     return spec, url
 
 

@@ -64,6 +64,26 @@ def test_repr_and_public_view_never_show_the_redis_password() -> None:
 
 def test_redact_leaves_a_url_without_password_alone() -> None:
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+    assert redact_url("unix:///run/redis.sock?db=2") == "unix:///run/redis.sock?db=2"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:SECRET@host:6380/1", "redis://user:***@host:6380/1"),
+        ("rediss://:SECRET@[::1]:6380/0", "rediss://:***@[::1]:6380/0"),
+        ("redis://SECRET@host/0", "redis://***@host/0"),
+        ("unix:///p/redis.sock?db=0&password=SECRET", "unix:///p/redis.sock?db=0&password=***"),
+        ("redis://host/0?Password=SECRET&username=u", "redis://host/0?Password=***&username=u"),
+        ("unix://:SECRET@/p/redis.sock?db=0", "unix://:***@/p/redis.sock?db=0"),
+    ],
+)
+def test_every_credential_form_redis_py_takes_is_redacted(url: str, shown: str) -> None:
+    # Each form works with redis-py (the query's password too): each must be hidden
+    # from /config, the banner and the logs.
+    assert redact_url(url) == shown
+    s = Settings.from_env({"HARK_REDIS_URL": url})
+    assert "SECRET" not in repr(s) and "SECRET" not in str(s.public())
 
 
 def test_to_env_rebuilds_the_same_settings_in_a_child() -> None:

@@ -100,6 +100,8 @@ class DockerBackend:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def spawn(self, spec: ChildSpec) -> DockerHandle:
+        if spec.stdin is not None:  # the embedded Redis: the docker backend needs another
+            raise SpawnError(f"{spec.name}: the docker backend gives a child no stdin")
         name = NAME_PREFIX + spec.name
         instance = secrets.token_hex(8)
         try:

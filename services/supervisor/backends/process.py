@@ -102,7 +102,18 @@ class ProcessBackend:
                 except (ConnectionError, OSError):
                     log.warning("spare %s died before it was used", proc.pid)
             handle.signal(signal.SIGKILL)
-        return await self._start(spec.argv, spec)
+        if spec.stdin is None:
+            return await self._start(spec.argv, spec)
+        handle = await self._start(spec.argv, spec, stdin=asyncio.subprocess.PIPE)
+        stdin = handle._proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(spec.stdin)
+            await stdin.drain()
+            stdin.close()
+        except (ConnectionError, OSError):
+            log.warning("%s exited before it read its stdin", spec.name)  # its wait says why
+        return handle
 
     def _warm(self, spec: ChildSpec) -> None:
         if spec.role in self._spares or spec.role in self._warming:
