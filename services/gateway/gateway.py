@@ -505,8 +505,10 @@ class Gateway:
                 session.send(exc.reply())
                 if exc.code in QUIET_CODES:  # counted in the metrics; a line each would
                     continue  # add to the load it reports, or let a client flood the log
-                log.info("session %s: %s: %s", session.session_id, exc.code, exc.message)
-                await self.audit.log("client_error", session.session_id, code=exc.code)
+                count, first = session.stats.error_kinds.get(exc.code, (0, exc.message))
+                session.stats.error_kinds[exc.code] = (count + 1, first)
+                if count == 0:  # the first of its kind in this session; the rest are counted
+                    log.info("session %s: %s: %s", session.session_id, exc.code, exc.message)
 
     async def on_audio(self, session: Session, data: bytes) -> None:
         if not self.accepting:
@@ -720,6 +722,10 @@ class Gateway:
         if not session.ws.closed:
             await session.close()
         s = session.stats
+        for code, (count, first) in sorted(s.error_kinds.items()):
+            # One entry per session and kind, however many came.
+            await self.audit.log("client_error", session.session_id, code=code, count=count,
+                                 first=first[:200])  # fmt: skip
         await self.audit.log("session_close", session.session_id, chunks=s.chunks, bytes=s.bytes,
                              finals=s.finals, errors=s.errors,
                              reason=session.close_reason)  # fmt: skip

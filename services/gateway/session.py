@@ -9,7 +9,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, cast
 
@@ -116,6 +116,10 @@ class SessionStats:
     bytes: int = 0
     finals: int = 0
     errors: int = 0
+    # Errors the client caused, by code: (how many, the first one's message). Logged
+    # and audited once per session and code, so no client can flood the log or push
+    # other sessions' history out of the capped audit stream.
+    error_kinds: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 class Session:

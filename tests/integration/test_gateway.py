@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import wave
@@ -689,3 +690,55 @@ async def test_the_client_resumes_after_unavailable_and_every_chunk_lands_once_i
         100 + seq for seq in range(1, 31)
     ]
     assert summary["status"] == "closed" and summary["complete"] is True
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_client_errors_are_summarised_once_per_session_and_kind(
+    gateway: TestClient[Any, Any], redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 120,000 one-byte frames once pushed every entry of earlier sessions out of the
+    # capped audit stream (an entry and an INFO line each). Now: counted, one line and
+    # one audit entry per session and kind.
+    earlier, _ = await open_session(gateway)
+    await earlier.send_bytes(b"\x00" * 10)
+    await receive(earlier)
+    await earlier.close()
+    ws, hello = await open_session(gateway)
+    caplog.set_level(logging.INFO, logger="services.gateway")
+    for frames, text in ((600, "{"), (300, '{"type": "nope"}')):
+        for _ in range(frames):
+            await ws.send_str(text)
+        for _ in range(frames):
+            assert (await receive(ws))["status"] == "error"
+    await ws.send_str('{"type": "close"}')
+    while (await receive(ws))["status"] != "closed":
+        pass
+    await ws.close()
+    session = hello["session_id"]
+
+    async def entries() -> list[dict[str, str]]:
+        raw = await redis.xrange(keys.AUDIT)
+        return [{k.decode(): v.decode() for k, v in f.items()} for _, f in raw]
+
+    last = b"0"
+    while True:  # until the close's entry is written (the session ends after the reply)
+        reply = await redis.xread({keys.AUDIT: last}, block=5000)
+        assert reply, "no session_close entry within 5 s"
+        for entry_id, fields in reply[0][1]:
+            last = entry_id
+            if (
+                fields.get(b"event") == b"session_close"
+                and fields.get(b"session") == session.encode()
+            ):
+                break
+        else:
+            continue
+        break
+    errors = [e for e in await entries() if e["event"] == "client_error"]
+    assert sorted((e["session"], e["code"], e["count"]) for e in errors) == [
+        (session, "bad_json", "600"), (session, "unknown_message", "300"),
+    ]  # fmt: skip
+    assert [e["event"] for e in await entries()].count("session_open") == 2  # nothing evicted
+    lines = [r.getMessage() for r in caplog.records if session in r.getMessage()]
+    assert sum("bad_json" in line for line in lines) == 1
+    assert sum("unknown_message" in line for line in lines) == 1
