@@ -102,6 +102,8 @@ def parse_control(text: str) -> dict[str, Any]:
         msg = json.loads(text)
     except ValueError:
         raise ClientError("bad_json", "text frame is not valid JSON") from None
+    except RecursionError:  # 100,000 `[`: nested deeper than the parser goes
+        raise ClientError("bad_json", "text frame is nested too deeply") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ClientError("bad_message", "a control message is a JSON object with a string 'type'")
     if msg["type"] not in CONTROL_TYPES:

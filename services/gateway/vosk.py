@@ -71,6 +71,6 @@ def parse(text: str) -> dict[str, Any]:
     """A vosk text frame; anything unreadable counts as nothing (vosk-server ignores it)."""
     try:
         msg = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return msg if isinstance(msg, dict) else {}

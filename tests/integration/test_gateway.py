@@ -742,3 +742,23 @@ async def test_client_errors_are_summarised_once_per_session_and_kind(
     lines = [r.getMessage() for r in caplog.records if session in r.getMessage()]
     assert sum("bad_json" in line for line in lines) == 1
     assert sum("unknown_message" in line for line in lines) == 1
+
+
+@pytest.mark.usefixtures("transcriber")
+async def test_deeply_nested_json_gets_bad_json_and_the_session_goes_on(
+    gateway: TestClient[Any, Any],
+) -> None:
+    # 100,000 `[` raised RecursionError: an ERROR with a traceback and a close 1000 with
+    # no reply, which the client took for a normal end.
+    ws, _ = await open_session(gateway)
+    await ws.send_str("[" * 5_000)  # deeper than the parser's recursion goes
+    reply = await receive(ws)
+    assert (reply["status"], reply["code"]) == ("error", "bad_json")
+    await ws.send_bytes(b"\x00" * 10)
+    assert (await receive(ws))["status"] == "received"
+    await ws.close()
+    vosk = await gateway.ws_connect("/vosk")
+    await vosk.send_str("[" * 5_000)  # vosk-server ignores what it cannot read
+    await vosk.send_bytes(b"\x00" * 100)
+    assert set(await receive(vosk)) & {"partial", "result", "text"}
+    await vosk.close()
