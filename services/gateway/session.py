@@ -308,6 +308,11 @@ class Session:
             await asyncio.wait_for(
                 self.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason), STALLED_CLOSE_S
             )
+        # A client that reads nothing never takes the close frame; one that sends
+        # nothing either would hold the connection (and its handler) for as long as it
+        # likes: close means close.
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
 
     async def drain(self, grace: float) -> None:
         """Wait until the queued replies are written (or `grace` seconds pass), then stop."""

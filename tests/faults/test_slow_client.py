@@ -85,8 +85,10 @@ async def test_stalled_client_is_warned_then_closed_and_others_keep_their_pace(
             sent += 1
             if sent == 200:
                 stalled.set()
+                stalled_at = time.monotonic()
         stalled.set()
         close_entry = await closed
+        closed_after = time.monotonic() - stalled_at
         rss_peak = rss_kib(gateway_pid)
         results = await asyncio.gather(*workers)
         # What the stalled client finds once it reads: a warning, then the close.
@@ -100,10 +102,38 @@ async def test_stalled_client_is_warned_then_closed_and_others_keep_their_pace(
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     print(f"stalled client sent {sent} chunks without reading; healthy send->final "
           f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; gateway RSS "
-          f"{rss_before} -> {rss_peak} KiB")  # fmt: skip
+          f"{rss_before} -> {rss_peak} KiB; closed {closed_after:.1f} s after")  # fmt: skip
     assert close_entry["reason"] == "slow_consumer"
     assert all(len(r) == HEALTHY_CHUNKS for r in results)
     assert close_code in (aiohttp.WSCloseCode.TRY_AGAIN_LATER, aiohttp.WSCloseCode.ABNORMAL_CLOSURE)
     assert warned or close_code == aiohttp.WSCloseCode.ABNORMAL_CLOSURE
     assert rss_peak - rss_before < 64 * 1024, "gateway memory grew with the stalled client"
     assert p99 < 1.0, "healthy clients were held up by the stalled one"
+
+
+async def test_a_client_that_stops_reading_and_sending_is_disconnected_within_the_close_timeout(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    # It sends enough to fill its reply queue, then neither reads nor sends: the close
+    # frame never leaves, and the connection stayed open until the client went (52 s).
+    tree = await start_tree(redis_url=redis_url, env={"HARK_SESSION_QUEUE": str(QUEUE)})
+    connector = aiohttp.TCPConnector(socket_factory=tiny_receive_buffer)
+    async with (
+        aiohttp.ClientSession(connector=connector) as slow_http,
+        slow_http.ws_connect(tree.ws_url) as slow,
+    ):
+        sid = (await slow.receive_json(timeout=10))["session_id"]
+        for _ in range(50_000):  # past what the socket buffers hold: its queue overflows
+            try:
+                await slow.send_bytes(b"\x00" * 10)
+            except ConnectionError:
+                break
+        began = time.monotonic()
+        # Written once the gateway's handler for the connection has ended.
+        entry = await tree.wait_audit(
+            lambda e: e["event"] == "session_close" and e.get("session") == sid, within=20
+        )
+        gone_after = time.monotonic() - began
+    assert entry["reason"] == "slow_consumer"
+    print(f"stalled and silent client disconnected {gone_after:.1f} s after its last frame")
+    assert gone_after < 10, gone_after
