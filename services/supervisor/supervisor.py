@@ -155,12 +155,17 @@ class Supervisor:
             await self.redis.aclose()
 
     async def terminate(self, child: Child) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within the shutdown timeout."""
+        """SIGTERM, then SIGKILL if it has not exited within the shutdown timeout; a HUNG
+        actor SIGKILL at once (it cannot drain: its loop is what stopped)."""
         handle = self._handles.get(child.name)
         exited = self._exited.get(child.name)
         if handle is None or exited is None or exited.is_set():
             return
-        if child.state not in (State.HUNG, State.FATAL):
+        if child.state is State.HUNG:
+            handle.signal(signal.SIGKILL)
+            await exited.wait()
+            return
+        if child.state is not State.FATAL:
             child.state = State.STOPPING
         handle.signal(signal.SIGTERM)
         try:
