@@ -185,12 +185,32 @@ class Supervisor:
         a drain of that actor.
         """
         child = self._child(name)
+        if child.state in (State.FATAL, State.EXITED):
+            # Given up on (or done): an operator's restart starts it afresh.
+            await self._revive(child)
+            return
         if child.state not in (State.RUNNING, State.HUNG):
             raise OperationError(f"{name} is {child.state.value}, not RUNNING")
         child.restart_requested = True
         await self.drain(name, False)
         await self.terminate(child)
         await child.reach(State.RUNNING, State.FATAL, State.STOPPED)
+
+    async def _revive(self, child: Child) -> None:
+        """Start a FATAL or EXITED child again, its restart history cleared; until it is
+        ready (OperationError if it fails again)."""
+        runner = self._runners.get(child.name)
+        if runner is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        child.restart_times.clear()
+        child.state = State.STOPPED
+        self.record("actor_revive", child=child.name)
+        self._launch(child)
+        try:
+            await self._await_ready([child])
+        except StartupError as exc:
+            raise OperationError(str(exc)) from None
 
     async def drain(self, name: str, on: bool = True) -> None:
         """Give a transcriber no new sessions (`on`), or take it back into rotation.
@@ -220,10 +240,27 @@ class Supervisor:
         if not 1 <= count <= MAX_TRANSCRIBERS:
             raise OperationError(f"transcriber count {count}: 1..{MAX_TRANSCRIBERS}")
         async with self._scaling:
-            current = [c for c in self.children.values() if c.spec.role == "transcriber"]
-            added = []
-            for index in range(len(current), count):
-                child = Child(self.new_transcriber(f"transcriber-{index}"))
+            every = [c for c in self.children.values() if c.spec.role == "transcriber"]
+            # Live ones count; FATAL or EXITED ones are revived first when more are asked
+            # for, removed first when fewer are.
+            dead = [c for c in every if c.state in (State.FATAL, State.EXITED)]
+            current = [c for c in every if c not in dead]
+            for child in dead[: max(0, count - len(current))]:
+                await self._revive(child)
+                current.append(child)
+            for child in dead:
+                if child not in current:
+                    await self._remove(child)
+            current.sort(key=lambda c: _index(c.name))
+            taken = {c.name for c in current}
+            added: list[Child] = []
+            index = 0
+            while len(current) + len(added) < count:
+                name = f"transcriber-{index}"
+                index += 1
+                if name in taken:
+                    continue
+                child = Child(self.new_transcriber(name))
                 self.children[child.name] = child
                 self._launch(child)
                 added.append(child)
@@ -237,10 +274,12 @@ class Supervisor:
                 raise OperationError(f"{exc}; still {len(current)} transcriber(s)") from None
             for child in current[count:]:
                 await self._remove(child)
-            if len(current) != count:
-                self.record("tree_scaled", role=role, before=len(current), after=count)
-                log.info("transcribers: %d -> %d", len(current), count)
-        return [c.name for c in self.children.values() if c.spec.role == "transcriber"]
+            live_before = len(every) - len(dead)
+            if live_before != count or dead:
+                self.record("tree_scaled", role=role, before=live_before, after=count)
+                log.info("transcribers: %d -> %d", live_before, count)
+        names = [c.name for c in self.children.values() if c.spec.role == "transcriber"]
+        return sorted(names, key=_index)
 
     async def _remove(self, child: Child) -> None:
         runner = self._runners.pop(child.name)
@@ -454,3 +493,8 @@ def _should_restart(restart: Restart, returncode: int) -> bool:
     if restart is Restart.TRANSIENT:
         return returncode != 0
     return False
+
+
+def _index(name: str) -> int:
+    """The number in `transcriber-N` (scaling down stops the highest first)."""
+    return int(name.rsplit("-", 1)[1]) if name.rsplit("-", 1)[-1].isdigit() else 0

@@ -283,3 +283,48 @@ async def test_status_shows_a_transcribers_sessions_lag_busy_share_and_cost_from
     assert line[header.index("LAG MS") :].split() == ["1234", "0.625", "0.21"]  # the last columns
     assert "hark_transcriber_lag_seconds{actor=\"transcriber-0\"} 1.234" in (
         await metrics.render(sup)).decode()  # fmt: skip
+
+
+async def _fatal(sup: Supervisor, backend: FakeBackend, handle: FakeHandle, name: str) -> None:
+    """Crash `name` (whose incarnation is `handle`) until it is FATAL."""
+    for _ in range(sup.settings.restart_intensity):
+        handle.crash()
+        handle = await backend.next()
+    handle.crash()
+    await asyncio.wait_for(sup.children[name].reach(State.FATAL), 10)
+
+
+async def test_an_operators_restart_brings_a_fatal_actor_back(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend
+) -> None:
+    # It answered 409 "is FATAL": nothing but restarting the whole tree brought it back.
+    sup, handle = await started(make, settings, backend, spec())
+    await _fatal(sup, backend, handle, "transcriber-0")
+    await sup.restart("transcriber-0")
+    await backend.next()
+    child = sup.children["transcriber-0"]
+    assert child.state == State.RUNNING and child.restart_times == []
+    assert sup.status()["healthy"] is True
+
+
+async def test_scale_counts_live_transcribers_and_never_leaves_fewer_than_asked(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend
+) -> None:
+    # Both FATAL, scale to 1: it kept the FATAL transcriber-0, stopped transcriber-1 and
+    # left none live, answering 200.
+    assert settings.redis_url is not None
+    sup = Supervisor(settings, backend, [spec(), transcriber("transcriber-1")],
+                     settings.redis_url, transcriber)  # fmt: skip
+    make.append(sup)
+    await sup.start()
+    handles = {h.spec.name: h for h in [await backend.next(), await backend.next()]}
+    for name, handle in handles.items():
+        await _fatal(sup, backend, handle, name)
+    assert await sup.scale("transcriber", 1) == ["transcriber-0"]
+    await backend.next()
+    assert sup.children["transcriber-0"].state == State.RUNNING
+    assert sup.status()["healthy"] is True
+    # One live, one FATAL again beside it, scale to 2: the FATAL one comes back.
+    sup2_names = await sup.scale("transcriber", 2)
+    assert sup2_names == ["transcriber-0", "transcriber-1"]
+    assert all(c.state == State.RUNNING for c in sup.children.values())
