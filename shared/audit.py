@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from shared import keys
+from shared.logs import printable
 from shared.redis_util import Coalescer, Command
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ def format_entry(entry_id: str, fields: dict[str, str]) -> str:
     ts = float(fields.get("ts", "0"))
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
     rest = " ".join(
-        f"{k}={v}" for k, v in fields.items() if k not in ("ts", "event", "actor", "session")
-    )
-    session = fields.get("session", "-")
-    return f"{when} {fields.get('event', '?'):<16} {fields.get('actor', '?'):<16} {session} {rest}"
+        f"{printable(k)}={printable(v)}" for k, v in fields.items()
+        if k not in ("ts", "event", "actor", "session")
+    )  # fmt: skip
+    session = printable(fields.get("session", "-"))
+    event, actor = printable(fields.get("event", "?")), printable(fields.get("actor", "?"))
+    return f"{when} {event:<16} {actor:<16} {session} {rest}"

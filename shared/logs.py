@@ -61,8 +61,25 @@ def setup(level: str, actor: str, fmt: str = "text") -> None:
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         ))  # fmt: skip
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(_PrintableFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Text lines with control characters escaped: a value a client sent (a token's
+    subject, a message) cannot forge a line or reach the terminal as escape codes.
+    A traceback keeps its newlines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (newline, ESC, ...) written as an escape, so
+    what a client sent can neither forge a line nor drive the reader's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -134,9 +134,9 @@ async def token(request: web.Request) -> web.Response:
                              'the body must be JSON: {"subject": "..."}') from None  # fmt: skip
     if subject is None:
         subject = secrets.token_hex(16)
-    if not isinstance(subject, str) or not 0 < len(subject) <= 128:
+    if not isinstance(subject, str) or not 0 < len(subject) <= 128 or not subject.isprintable():
         raise json_error(web.HTTPBadRequest, "bad_request",
-                         "subject must be a string of 1 to 128 characters")  # fmt: skip
+                         "subject must be a string of 1 to 128 printable characters")  # fmt: skip
     issued = gateway.keys.issue(principal, subject)
     return web.json_response({
         "token": issued, "protocol": TOKEN_PROTOCOL + issued, "subject": subject,

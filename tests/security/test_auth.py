@@ -7,6 +7,7 @@ A gateway app in this process with a real Redis and a mock transcriber
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from redis.asyncio import Redis
 
 from services.gateway.app import create_app
 from services.gateway.client import Client, ResumeFailed
-from shared import keys
+from shared import keys, logs
+from shared.audit import format_entry
 from shared.auth import ApiKeys, Principal
 from shared.config import Settings, SettingsError
 from shared.redis_util import stream_entries
@@ -158,3 +160,27 @@ async def test_the_python_client_streams_with_a_key_and_stops_at_once_without(
     assert summary["chunks"] == 1 and replies[0]["status"] == "ready"
     with pytest.raises(ResumeFailed, match="HTTP 401"):
         await Client(url, api_key="wrong-key-0123456789abcdef", retry_for=60).run([], print)
+
+
+async def test_a_subject_that_could_forge_audit_lines_or_drive_a_terminal_is_refused(
+    gateway: TestClient[Any, Any],
+) -> None:
+    forged = "x\n2026-12-03 10:00:00.000 session_open gateway FORGED\x1b[2J\x1b[31mRED"
+    for subject in (forged, "tab\there", "bell\x07", "x" * 129, ""):
+        resp = await gateway.post("/token", headers=bearer(KEY), json={"subject": subject})
+        assert resp.status == 400, subject
+        assert "printable" in (await resp.json())["error"]
+    resp = await gateway.post("/token", headers=bearer(KEY), json={"subject": "alice é 名"})
+    assert resp.status == 200
+
+
+def test_what_a_client_sent_is_printed_escaped_in_the_audit_and_the_logs() -> None:
+    # Entries written before subjects were checked, or any value a client chose.
+    fields = {"ts": "1796300000.0", "event": "session_open", "actor": "gateway",
+              "session": "s1", "subject": "x\n2026 session_open FORGED\x1b[2J"}  # fmt: skip
+    line = format_entry("1-0", fields)
+    assert "\n" not in line and "\x1b" not in line
+    assert "subject=x\\n2026 session_open FORGED\\x1b[2J" in line
+    record = logging.LogRecord("t", logging.INFO, "f", 1, "got %s", ("a\nb\x1b[31m",), None)
+    text = logs._PrintableFormatter("%(message)s").format(record)
+    assert text == "got a\\nb\\x1b[31m"
