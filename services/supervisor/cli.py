@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -179,6 +180,8 @@ def up(settings: Settings, url_in_argv: bool = False) -> int:
                         "port %d can stream audio; set HARK_API_KEYS", settings.host,
                         settings.port)  # fmt: skip
 
+    for left in clean_leftovers():
+        log.info("removed %s, left by a supervisor that was killed", left)
     token_file = None
     if settings.admin_token is None:
         # The supervisor's changing endpoints always need a token: without one given,
@@ -190,6 +193,7 @@ def up(settings: Settings, url_in_argv: bool = False) -> int:
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(made_up + "\n")
+        _owner_file(token_file).write_text(f"{os.getpid()}\n")
 
     async def serve(stop: asyncio.Event) -> int:
         return await run_tree(settings, stop, token_file, keyring)
@@ -200,6 +204,53 @@ def up(settings: Settings, url_in_argv: bool = False) -> int:
     finally:
         if token_file is not None:
             token_file.unlink(missing_ok=True)
+            _owner_file(token_file).unlink(missing_ok=True)
+
+
+WORKDIR_PREFIX = "hark-"
+OWNER_FILE = "supervisor.pid"
+
+
+def _owner_file(token_file: Path) -> Path:
+    return token_file.with_name(token_file.name + ".pid")
+
+
+def _dead(pid_file: Path) -> bool:
+    """Whether `pid_file` names a process that is gone (False when unreadable: not ours
+    to judge, or written by a version that wrote none)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+def clean_leftovers() -> list[Path]:
+    """Remove what supervisors killed with SIGKILL left behind (their working folder,
+    with the embedded Redis's socket, and the admin token file they made up): only
+    this user's, and only where the owner's pid is gone. What was removed."""
+    removed: list[Path] = []
+    for folder in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            mine = folder.is_dir() and folder.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and _dead(folder / OWNER_FILE):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    for owner in admin_token_path(0).parent.glob("admin-token-*.pid"):
+        if _dead(owner):
+            token = owner.with_name(owner.name.removesuffix(".pid"))
+            token.unlink(missing_ok=True)
+            owner.unlink(missing_ok=True)
+            removed.append(token)
+    return removed
 
 
 async def run_tree(
@@ -209,7 +260,9 @@ async def run_tree(
     keyring: ApiKeys | None = None,
 ) -> int:
     """Run the tree until `stop` is set; the exit code for `hark up`."""
-    with tempfile.TemporaryDirectory(prefix="hark-") as workdir:
+    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
+        # Who owns it: a later `hark up` removes it if this process dies without cleaning.
+        (Path(workdir) / OWNER_FILE).write_text(f"{os.getpid()}\n")
         specs = []
         if settings.redis_url is None:
             try:
