@@ -128,6 +128,9 @@ class Settings:
     session_queue: int = field(default=256, metadata=_env("HARK_SESSION_QUEUE"))
     # Admission control. A gateway holds at most this many sessions; more get HTTP 503.
     max_sessions: int = field(default=10_000, metadata=_env("HARK_MAX_SESSIONS"))
+    # Seconds a connection may take to send its whole HTTP request (the WebSocket
+    # handshake): half-sent ones are closed rather than holding a descriptor.
+    handshake_timeout: float = field(default=10.0, metadata=_env("HARK_HANDSHAKE_TIMEOUT"))
     # A mailbox entry read this many times (a transcriber that crashed or hung on it,
     # over and over) goes to the dead-letter stream instead of being read once more.
     max_deliveries: int = field(default=5, metadata=_env("HARK_MAX_DELIVERIES"))
@@ -172,7 +175,8 @@ class Settings:
         positive = (
             "transcribers", "max_chunk_bytes", "heartbeat_interval", "heartbeat_misses",
             "shutdown_timeout", "restart_period", "partial_interval", "backoff_min", "backoff_max",
-            "session_queue", "max_sessions", "max_lag", "max_store_lag", "audit_maxlen",
+            "session_queue", "max_sessions", "handshake_timeout", "max_lag", "max_store_lag",
+            "audit_maxlen",
             "results_maxlen", "results_ttl", "token_ttl", "max_deliveries",
             "limit_sessions", "limit_chunks_per_s", "limit_bytes_per_s", "limit_session_s",
             "batch_size", "end_silence", "max_busy",

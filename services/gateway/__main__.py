@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 
 from aiohttp import web
 
 from services.gateway.app import GATEWAY, create_app, create_vosk_app
-from shared import actor, logs
+from shared import actor, fds, logs
 from shared.config import Settings
 from shared.redis_util import connect
 
@@ -28,16 +29,21 @@ def main() -> None:
     logs.setup(settings.log_level, args.name, settings.log_format)
     if settings.redis_url is None:
         parser.error("HARK_REDIS_URL is not set (the supervisor sets it)")
+    settings = _enough_descriptors(settings)
 
     async def serve(stop: asyncio.Event) -> int:
         assert settings.redis_url is not None
         redis = connect(settings.redis_url, name=args.name)
         app = create_app(settings, redis, args.name)
+        # keepalive_timeout runs from a connection's start until its request is whole:
+        # a handshake half sent is closed after it rather than holding a descriptor.
         runner = web.AppRunner(app, handle_signals=False,
-                               shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
+                               shutdown_timeout=settings.shutdown_timeout,
+                               keepalive_timeout=settings.handshake_timeout)  # fmt: skip
         await runner.setup()
         vosk_runner = web.AppRunner(create_vosk_app(app[GATEWAY]), handle_signals=False,
-                                    shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
+                                    shutdown_timeout=settings.shutdown_timeout,
+                                    keepalive_timeout=settings.handshake_timeout)  # fmt: skip
         await vosk_runner.setup()
         try:
             sites = [(runner, settings.port)]
@@ -61,6 +67,22 @@ def main() -> None:
             await redis.aclose()
 
     sys.exit(actor.run(serve, grace=settings.shutdown_timeout))
+
+
+def _enough_descriptors(settings: Settings) -> Settings:
+    """Raise the soft open-file limit to what HARK_MAX_SESSIONS needs (a descriptor per
+    connection, and a reserve); where the hard limit is lower, take fewer sessions and
+    say so, rather than run out of descriptors with connections reset."""
+    need = settings.max_sessions + fds.RESERVE
+    soft, hard = fds.raise_soft_limit(need)
+    if soft >= need:
+        return settings
+    fewer = max(1, int(soft * fds.PRESSURE) - fds.RESERVE)
+    log.warning("open-file limit %d (hard %d) is below the %d that HARK_MAX_SESSIONS=%d "
+                "needs: taking at most %d sessions; raise it (ulimit -n, LimitNOFILE=) "
+                "or lower HARK_MAX_SESSIONS", soft, hard, need, settings.max_sessions,
+                fewer)  # fmt: skip
+    return dataclasses.replace(settings, max_sessions=fewer)
 
 
 if __name__ == "__main__":

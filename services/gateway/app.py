@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from services.gateway.gateway import Gateway
 from services.gateway.openapi import OPENAPI
 from services.gateway.vosk_server import handle_vosk
-from shared import openapi
+from shared import fds, openapi
 from shared.auth import TOKEN_PROTOCOL, bearer, require_admin, unauthorized
 from shared.config import Settings
 from shared.http_errors import json_error
@@ -94,8 +94,10 @@ async def ready(request: web.Request) -> web.Response:
     except RedisError:
         redis_ok = False
     live = sorted(gateway.router.live)
-    ok = redis_ok and bool(live) and gateway.accepting
-    body = {"status": "ready" if ok else "not_ready", "redis": redis_ok, "transcribers": live}
+    pressed = gateway.fds.pressed()
+    ok = redis_ok and bool(live) and gateway.accepting and not pressed
+    body = {"status": "ready" if ok else "not_ready", "redis": redis_ok, "transcribers": live,
+            "file_descriptors": {"open": gateway.fds.open(), "limit": fds.limits()[0]}}  # fmt: skip
     return web.json_response(body, status=200 if ok else 503)
 
 

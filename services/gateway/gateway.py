@@ -25,7 +25,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
 from services.gateway.session import AckWait, Session
-from shared import keys, logs
+from shared import fds, keys, logs
 from shared.actor import ActorRuntime
 from shared.audit import Audit
 from shared.auth import ApiKeys, Principal, origin_allowed
@@ -81,6 +81,7 @@ class Gateway:
         self.keys = ApiKeys.from_settings(settings)  # None: open to anyone
         self.limits = Limits(settings)
         self.coalescer = Coalescer(redis)
+        self.fds = fds.Usage()
         self.audit = Audit(redis, name, settings.audit_maxlen, self.coalescer)
         self.hub = Hub(redis, on_control=self._on_control, on_reconnect=self._catch_up_all)
         self.router = Router(redis, settings.heartbeat_interval, settings.heartbeat_misses,
@@ -231,6 +232,9 @@ class Gateway:
         if len(self.sessions) >= self.settings.max_sessions:
             message = (f"this gateway holds its limit of {self.settings.max_sessions} "
                        "sessions; try again later")  # fmt: skip
+        elif self.fds.pressed():
+            message = (f"this gateway holds {self.fds.open()} of its "
+                       f"{fds.limits()[0]} file descriptors; try again later")  # fmt: skip
         elif self.coalescer.lag_s() > self.settings.max_store_lag:
             message = (f"this gateway is more than {self.settings.max_store_lag:g} s behind "
                        "storing audio; try again later")  # fmt: skip

@@ -40,6 +40,13 @@ STATS = obj(
     results=COUNTS, errors=COUNTS, live_transcribers={"type": "array", "items": STR},
     draining_transcribers={"type": "array", "items": STR}, subscriptions=INT,
 )  # fmt: skip
+READY = obj(
+    ["status", "redis", "transcribers", "file_descriptors"],
+    status=STR,
+    redis=BOOL,
+    transcribers={"type": "array", "items": STR},
+    file_descriptors=obj(["open", "limit"], open=INT, limit=INT),
+)
 SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": STR}
 UPGRADE = {
     "101": {"description": "WebSocket upgrade"},
@@ -95,12 +102,10 @@ PATHS: dict[str, Any] = {
     }},
     "/health": {"get": {"summary": "Liveness", "responses": {
         "200": json_body(obj(["status"], status={"const": "ok"}), "the loop answers")}}},
-    "/ready": {"get": {"summary": "Readiness: Redis answers and a transcriber is live",
-                       "responses": {
-        "200": json_body(obj(["status", "redis", "transcribers"], status=STR, redis=BOOL,
-                             transcribers={"type": "array", "items": STR}), "ready"),
-        "503": json_body(obj(["status", "redis", "transcribers"], status=STR, redis=BOOL,
-                             transcribers={"type": "array", "items": STR}), "not ready"),
+    "/ready": {"get": {"summary": "Readiness: Redis answers, a transcriber is live, and "
+                       "the gateway is not short of file descriptors", "responses": {
+        "200": json_body(READY, "ready"),
+        "503": json_body(READY, "not ready"),
     }}},
     "/config": {"get": {"summary": "The effective settings, secrets redacted", "responses": {
         "200": json_body(obj(["port", "engine"], port=INT, engine=STR,
