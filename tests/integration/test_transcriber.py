@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 from redis.asyncio import Redis
 
@@ -18,6 +19,7 @@ from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import MAX_BATCH_WAIT_S, Settings
 from shared.messages import (
+    ActorError,
     AudioChunk,
     Flushed,
     Heartbeat,
@@ -469,3 +471,17 @@ async def test_the_heartbeat_says_what_a_second_of_audio_costs_the_engine(
     finally:
         stop.set()
         await task
+
+
+async def test_the_mock_engine_refuses_nan_float_audio_as_the_real_ones_do(
+    redis: Redis, actor: Transcriber
+) -> None:
+    nan = np.array([0.0, np.nan], dtype="<f4").tobytes()
+    async with Channel(redis, "c1") as channel:
+        bad = AudioChunk("s1", "c1", 1, nan, "pcm_f32le", 16000, 0.0).encode()
+        await redis.xadd(keys.mailbox(NAME), {"m": bad})
+        error = await channel.next()
+        assert isinstance(error, ActorError) and "NaN" in error.error
+        good = AudioChunk("s1", "c1", 2, np.zeros(2, "<f4").tobytes(), "pcm_f32le", 16000, 0.0)
+        await redis.xadd(keys.mailbox(NAME), {"m": good.encode()})
+        assert isinstance(await channel.next(), Transcript)

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from services.transcriber.engines import Immediate, Result
+from services.transcriber.engines.audio import AudioError
 
 
 class MockSession(Immediate):
     """Every chunk is its own utterance, final at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, encoding: str = "pcm_s16le") -> None:
         self._committed = 0
+        self._floats = encoding == "pcm_f32le"
 
     @property
     def committed_seq(self) -> int:
         return self._committed
 
     def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
+        # Refused as the real engines refuse it (the same error), so a client tested
+        # against the mock meets it there too.
+        if self._floats and len(audio) % 4 == 0:
+            if not np.all(np.isfinite(np.frombuffer(audio, dtype="<f4"))):
+                raise AudioError("pcm_f32le audio holds NaN or infinite samples")
         self._committed = seq
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         return [Result(seq, f"Transcribed: {stamp} (size: {len(audio)} bytes)", True)]
@@ -35,4 +44,4 @@ class MockEngine:
     def open_session(
         self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
     ) -> MockSession:
-        return MockSession()
+        return MockSession(encoding)
