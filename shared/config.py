@@ -323,7 +323,8 @@ def _parse(f: dataclasses.Field[Any], var: str, raw: str) -> Any:
         if kind in ("float", "float | None"):
             return float(raw)
     except ValueError:
-        raise SettingsError(f"{var}={raw!r}: not a {kind}") from None
+        noun = "an integer" if kind.startswith("int") else "a number"
+        raise SettingsError(f"{var}={raw!r}: not {noun}") from None
     if var.endswith("LOG_LEVEL"):
         return raw.upper()
     if var in ("HARK_LOG_FORMAT", "HARK_BACKEND", "HARK_ENGINE"):

@@ -53,7 +53,9 @@ def main() -> None:
                 try:
                     await web.TCPSite(site_runner, settings.host, port).start()
                 except OSError as exc:
-                    log.error("cannot listen on %s:%d: %s", settings.host, port, exc.strerror)
+                    flag = "--port (HARK_PORT)" if port == settings.port else "HARK_VOSK_PORT"
+                    log.error("cannot listen on %s:%d: %s; choose another with %s", settings.host,
+                              port, exc.strerror, flag)  # fmt: skip
                     return 2
             actor.notify_ready()
             await stop.wait()

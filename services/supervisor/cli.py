@@ -26,6 +26,7 @@ from services.supervisor.backends.process import ProcessBackend
 from services.supervisor.commands import audit, duration, operate, status, watch
 from services.supervisor.supervisor import START_ORDER, StartupError, Supervisor
 from services.supervisor.tree import (
+    REDIS_LOG,
     RedisNotFound,
     actor_env,
     actor_specs,
@@ -45,6 +46,12 @@ UP_FLAGS = {
     "redis_url": "redis_url", "log_level": "log_level", "log_format": "log_format",
     "backend": "backend",
 }  # fmt: skip
+
+
+def _env_name(field_name: str) -> str:
+    """The HARK_* variable of a Settings field."""
+    found = next(f for f in dataclasses.fields(Settings) if f.name == field_name)
+    return str(found.metadata["env"].name)
 
 
 def _url_option(parser: argparse.ArgumentParser) -> None:
@@ -143,7 +150,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings.from_env(overrides=overrides)
     except SettingsError as exc:
-        sys.exit(f"hark: bad setting: {exc}")
+        message = str(exc)
+        for flag, name in UP_FLAGS.items():  # name what the user typed: the flag, not the variable
+            if name in overrides:
+                message = message.replace(_env_name(name), "--" + flag.replace("_", "-"))
+        sys.exit(f"hark: bad setting: {message}")
     if args.command == "up":
         sys.exit(up(settings, url_in_argv=args.redis_url is not None))
     base = args.url or f"http://{settings.status_host}:{settings.status_port}"
@@ -289,6 +300,7 @@ async def run_tree(
             except OSError as exc:
                 log.error("cannot serve the status API on %s:%d: %s", settings.status_host,
                           settings.status_port, exc.strerror)  # fmt: skip
+                log.error("choose another port with --status-port (HARK_STATUS_PORT)")
                 return 1
             starting = asyncio.create_task(supervisor.start())
             stopped = asyncio.create_task(stop.wait())
@@ -302,6 +314,10 @@ async def run_tree(
                 starting.result()
             except StartupError as exc:
                 log.error("hark could not start: %s", exc)
+                redis_log = Path(workdir) / REDIS_LOG
+                if settings.redis_url is None and redis_log.exists():
+                    tail = redis_log.read_text(errors="replace").splitlines()[-20:]
+                    log.error("the embedded Redis said:\n%s", "\n".join(tail))
                 return 1
             _banner(settings, redis_url, token_file, keyring)
             if sys.stdout.isatty():
@@ -377,6 +393,7 @@ def _banner(
         f"  WebSocket  ws://{settings.host}:{settings.port}/ws"
         f"   (vosk protocol: ws://{settings.host}:{settings.vosk_port or settings.port}"
         f"{'' if settings.vosk_port else '/vosk'})",
+        f"  dashboard  http://{settings.status_host}:{settings.status_port}/",
         f"  status     http://{settings.status_host}:{settings.status_port}/status   (hark status)",
         f"  redis      {redact_url(redis_url)} ({where})",
         f"  engine     {settings.engine}, {settings.transcribers} transcriber(s)",

@@ -161,10 +161,16 @@ def format_status(report: dict[str, Any]) -> str:
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """Actor rows (as /status has them) as a table with a header line."""
     lines = ["  ".join(title.ljust(width) for title, _, width in COLUMNS).rstrip()]
-    for row in rows:
+    for row in map(_row_cells, rows):
         cells = [_cell(key, row.get(key)).ljust(width) for _, key, width in COLUMNS]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def _row_cells(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("draining") and row.get("state") == "RUNNING":
+        return {**row, "state": "DRAINING"}  # running, given no new sessions
+    return row
 
 
 def _cell(key: str, value: Any) -> str:

@@ -439,7 +439,13 @@ class Supervisor:
     # -- reporting -----------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        rows = [c.row() for c in self.children.values()]
+        # Sorted by kind, then number: a transcriber added by scaling is listed with the
+        # others, not after the gateway.
+        order = {"redis": 0, "transcriber": 1, "gateway": 2}
+        children = sorted(
+            self.children.values(), key=lambda c: (order.get(c.spec.role, 3), _index(c.name))
+        )
+        rows = [c.row() for c in children]
         healthy = self.redis_ok and all(c.state == State.RUNNING for c in self.children.values())
         if healthy:
             state = "OK"

@@ -46,6 +46,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 MAX_SOCKET_PATH = 103
 
 
+REDIS_LOG = "redis.log"
+
+
 def embedded_redis(workdir: Path) -> tuple[ChildSpec, str]:
     """A redis-server with a random password on a Unix socket in `workdir` (only this
     user can open it), and the URL to reach it; on a free loopback port where the
@@ -66,9 +69,11 @@ def embedded_redis(workdir: Path) -> tuple[ChildSpec, str]:
         listen = ("--bind", "127.0.0.1", "--port", str(port))
         url = f"redis://:{password}@127.0.0.1:{port}/0"
     # `-`: its password comes as config on stdin, not in its command line (ps).
+    # Its own start-up lines (an overcommit WARNING among them) go to a file beside it,
+    # not into hark's log: `hark up` shows them when it fails to start.
     argv = (
         redis_server_binary(), "-", *listen,
-        "--save", "", "--appendonly", "no",
+        "--save", "", "--appendonly", "no", "--logfile", str(workdir / REDIS_LOG),
         "--dir", str(workdir), "--loglevel", "warning", "--protected-mode", "yes",
     )  # fmt: skip
     spec = ChildSpec(name="redis", role="redis", argv=argv, notify=False,

@@ -12,6 +12,7 @@ import pytest
 
 from services.supervisor.cli import status_line
 from services.supervisor.tree import free_port
+from tests.conftest import TreeFactory
 from tests.tree import hark_command
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,3 +62,13 @@ def test_the_status_line_names_what_is_wrong() -> None:
         "tree DEGRADED  redis DOWN  transcribers 1/2  sessions 5  mailbox 7  restarts 2  "
         "up 1m15s  transcriber-1 BACKOFF"
     )
+
+
+async def test_the_banner_gives_the_dashboard_and_the_log_holds_no_redis_chatter(
+    start_tree: TreeFactory,
+) -> None:
+    tree = await start_tree()  # the embedded Redis
+    assert f"  dashboard  http://127.0.0.1:{tree.status_port}/" in tree.banner
+    log = tree.log_path.read_text()
+    # Its start-up lines (an overcommit WARNING among them) went to its own file.
+    assert "Redis is starting" not in log and "overcommit" not in log

@@ -328,3 +328,28 @@ async def test_scale_counts_live_transcribers_and_never_leaves_fewer_than_asked(
     sup2_names = await sup.scale("transcriber", 2)
     assert sup2_names == ["transcriber-0", "transcriber-1"]
     assert all(c.state == State.RUNNING for c in sup.children.values())
+
+
+def test_the_table_sorts_by_kind_and_number_and_shows_a_drain() -> None:
+    rows = [
+        {"name": "gateway", "role": "gateway", "state": "RUNNING"},
+        {"name": "transcriber-1", "role": "transcriber", "state": "RUNNING", "draining": True},
+    ]
+    table = format_rows(rows).splitlines()
+    assert table[2].split()[:2] == ["transcriber-1", "DRAINING"]
+    assert table[1].split()[:2] == ["gateway", "RUNNING"]  # rows in the order given
+
+
+async def test_status_lists_a_scaled_transcriber_before_the_gateway(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend
+) -> None:
+    assert settings.redis_url is not None
+    gateway = ChildSpec(name="gateway", role="gateway", argv=("x",))
+    sup = Supervisor(settings, backend, [spec(), gateway], settings.redis_url, transcriber)
+    make.append(sup)
+    await sup.start()
+    for _ in range(2):
+        await backend.next()
+    await sup.scale("transcriber", 3)
+    names = [r["name"] for r in sup.status()["actors"]]
+    assert names == ["transcriber-0", "transcriber-1", "transcriber-2", "gateway"]

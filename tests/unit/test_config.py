@@ -90,3 +90,19 @@ def test_to_env_rebuilds_the_same_settings_in_a_child() -> None:
     s = Settings.from_env({"HARK_PORT": "9001", "HARK_REDIS_URL": "redis://:pw@h:1/0",
                            "HARK_HEARTBEAT_MISSES": "5"})  # fmt: skip
     assert Settings.from_env(s.to_env()) == s
+
+
+def test_a_bad_number_says_what_it_should_be() -> None:
+    with pytest.raises(SettingsError, match=r"HARK_TRANSCRIBERS='abc': not an integer$"):
+        Settings.from_env({"HARK_TRANSCRIBERS": "abc"})
+    with pytest.raises(SettingsError, match=r"HARK_MAX_LAG='soon': not a number$"):
+        Settings.from_env({"HARK_MAX_LAG": "soon"})
+
+
+def test_a_bad_flag_is_named_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
+    # `--transcribers 0` was reported as HARK_TRANSCRIBERS, which the user never set.
+    from services.supervisor import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["up", "--transcribers", "0"])
+    assert str(stopped.value.code).startswith("hark: bad setting: --transcribers=0")

@@ -24,9 +24,9 @@ class MockSession(Immediate):
     def feed(self, seq: int, audio: bytes, start_s: float) -> list[Result]:
         # Refused as the real engines refuse it (the same error), so a client tested
         # against the mock meets it there too.
-        if self._floats and len(audio) % 4 == 0:
-            if not np.all(np.isfinite(np.frombuffer(audio, dtype="<f4"))):
-                raise AudioError("pcm_f32le audio holds NaN or infinite samples")
+        floats = self._floats and len(audio) % 4 == 0
+        if floats and not np.all(np.isfinite(np.frombuffer(audio, dtype="<f4"))):
+            raise AudioError("pcm_f32le audio holds NaN or infinite samples")
         self._committed = seq
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         return [Result(seq, f"Transcribed: {stamp} (size: {len(audio)} bytes)", True)]
