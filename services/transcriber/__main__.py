@@ -10,6 +10,8 @@ import asyncio
 import logging
 import sys
 
+import setproctitle
+
 from services.transcriber.actor import Transcriber
 from services.transcriber.engines import EngineUnavailable, create_engine
 from shared import actor, logs
@@ -39,6 +41,10 @@ def main() -> None:
         args.name = sys.stdin.readline().strip()
         if not args.name:
             return  # closed without a name: the spare is not needed
+        # In `ps` it still read `--name -`: say which actor it now is.
+        setproctitle.setproctitle(
+            " ".join(sys.orig_argv).replace("--name -", f"--name {args.name}")
+        )
     logs.setup(settings.log_level, args.name, settings.log_format)
 
     async def serve(stop: asyncio.Event) -> None:

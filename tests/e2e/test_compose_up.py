@@ -167,10 +167,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     compose = compose_command()
     assert compose is not None
     began = time.monotonic()
-    if not any((ROOT / "compose" / "wheels").glob("*.whl")):
-        # The wheels the build installs, made here with this interpreter (Python 3.11).
-        subprocess.run(["bash", str(ROOT / "compose" / "wheels.sh")], check=True, timeout=600,
-                       env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    # The wheels the build installs, made here with this interpreter (Python 3.11), each
+    # run: a dependency added since the last one must be among them (pip's cache has
+    # the others).
+    subprocess.run(["bash", str(ROOT / "compose" / "wheels.sh")], check=True, timeout=600,
+                   env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
     env_file = tmp_path_factory.mktemp("compose") / ".env"
     gid = os.stat("/var/run/docker.sock").st_gid
     env_file.write_text(f"HARK_ADMIN_TOKEN={TOKEN}\nDOCKER_GID={gid}\nHARK_TRANSCRIBERS=2\n")

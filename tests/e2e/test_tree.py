@@ -119,6 +119,10 @@ async def test_twenty_clients_see_only_their_own_transcripts_and_none_twice(
     assert len(actors) == 3, f"sessions were not spread over the pool: {actors}"
 
 
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+
+
 async def test_killed_transcriber_comes_back_under_its_name_and_no_audio_is_lost(
     tree: Tree,
 ) -> None:
@@ -142,6 +146,9 @@ async def test_killed_transcriber_comes_back_under_its_name_and_no_audio_is_lost
     assert after["pid"] != before["pid"]
     assert after["restarts"] == 1 and after["last_exit"] == "killed by SIGKILL"
     assert after["last_restart_ms"] is not None
+    # The warm spare that took over says in `ps` which actor it is (it said `--name -`).
+    cmdline = _cmdline(after["pid"])
+    assert f"--name {name}".encode() in cmdline, cmdline
     events = [(e["event"], e.get("child")) for e in await tree.audit()]
     assert ("actor_exit", name) in events and ("actor_restart", name) in events
     code, _ = await tree.cli("status")
@@ -220,6 +227,7 @@ async def test_taken_gateway_port_fails_hark_up_at_once_with_a_clear_message(
         assert await tree.stop() == 1
     log = tree.log_tail()
     assert "cannot listen on 127.0.0.1" in log and "gateway failed to start" in log
+    assert "choose another with --port" in log
     assert "Traceback" not in log
 
 
