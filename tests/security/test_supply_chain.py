@@ -46,13 +46,21 @@ def test_every_dependency_installed_is_the_pinned_version() -> None:
             )
 
 
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
 def test_no_known_vulnerability_in_the_pinned_dependencies() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "pip_audit", "--skip-editable", "--progress-spinner", "off",
          "-f", "json"], capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     if done.returncode not in (0, 1):  # 1: vulnerabilities found, read below
-        pytest.skip(f"pip-audit could not run: {done.stderr.strip()[-300:]}")
+        pytest.skip(f"NOT AUDITED: pip-audit could not run, no dependency was checked: "
+                    f"{done.stderr.strip()[-300:]}")  # fmt: skip
     deps = json.loads(done.stdout)["dependencies"]
     found = {v["id"]: f"{d['name']} {d['version']}" for d in deps for v in d.get("vulns", [])}
     unexplained = {vuln: dep for vuln, dep in found.items() if vuln not in EXPLAINED}
@@ -61,5 +69,7 @@ def test_no_known_vulnerability_in_the_pinned_dependencies() -> None:
     print(f"pip-audit: {len(audited)} of {len(deps)} dependencies audited, "
           f"{len(found)} finding(s), all explained")  # fmt: skip
     if not audited:
-        pytest.skip(f"the vulnerability service (PyPI) knows none of the {len(deps)} installed "
-                    "versions: nothing could be audited")  # fmt: skip
+        unchecked = ", ".join(f"{d['name']} {d.get('version') or _version(d['name'])}"
+                              for d in deps)  # fmt: skip
+        pytest.skip(f"NOT AUDITED: the vulnerability service (PyPI) answered for none of the "
+                    f"{len(deps)} installed versions, none was checked: {unchecked}")  # fmt: skip
