@@ -40,6 +40,7 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
     app.router.add_get("/", index)
     app.router.add_get("/ws", ws_route)
     app.router.add_get("/vosk", vosk_route)
+    app.router.add_get("/original", original_route)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/config", config)
@@ -56,6 +57,10 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
 
 async def ws_route(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].handle_ws(request)
+
+
+async def original_route(request: web.Request) -> web.StreamResponse:
+    return await request.app[GATEWAY].handle_original(request)
 
 
 async def vosk_route(request: web.Request) -> web.StreamResponse:

@@ -22,6 +22,7 @@ from services.gateway import resume
 from services.gateway.hub import Hub
 from services.gateway.limits import Lease, LimitExceeded, Limits
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.original import OriginalSession
 from services.gateway.protocol import AudioFormat, ClientError, error_reply, parse_control
 from services.gateway.router import Router
 from services.gateway.session import AckWait, Session
@@ -309,8 +310,18 @@ class Gateway:
         with self.admitted(request, new=not resuming) as ws:
             return await self._handle_ws(request, ws, resuming)
 
+    async def handle_original(self, request: web.Request) -> web.StreamResponse:
+        """`/original`: the original service's protocol (see original.py); no resume,
+        no partials, 16 kHz 16-bit audio as it took."""
+        with self.admitted(request) as ws:
+            return await self._handle_ws(request, ws, False, OriginalSession)
+
     async def _handle_ws(
-        self, request: web.Request, ws: web.WebSocketResponse, resuming: bool
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        resuming: bool,
+        kind: type[Session] = Session,
     ) -> web.StreamResponse:
         await ws.prepare(request)
         if not self.accepting:
@@ -321,8 +332,13 @@ class Gateway:
             if resuming:
                 session = await self._resume(ws, request)
             else:
-                fmt = AudioFormat().updated(dict(request.query))
-                session = await self.open_session(ws, request, fmt, Session)
+                if kind is OriginalSession:
+                    fmt = AudioFormat().updated({"interim": "false"})
+                else:
+                    fmt = AudioFormat().updated(dict(request.query))
+                session = await self.open_session(ws, request, fmt, kind)
+                if isinstance(session, OriginalSession):
+                    session.max_chunk_bytes = self.settings.max_chunk_bytes
         except RedisError as exc:
             log.warning("session not opened: Redis: %s", exc)
             self.metrics.errors.labels("unavailable").inc()
@@ -506,7 +522,7 @@ class Gateway:
                     return
             except ClientError as exc:
                 session.client_error(exc.code)
-                session.send(exc.reply())
+                session.send(session.error_reply(exc))
                 if exc.code in QUIET_CODES:  # counted in the metrics; a line each would
                     continue  # add to the load it reports, or let a client flood the log
                 count, first = session.stats.error_kinds.get(exc.code, (0, exc.message))

@@ -86,6 +86,10 @@ PATHS: dict[str, Any] = {
     }},
     "/vosk": {"get": {"summary": "The vosk-server WebSocket protocol", "responses": UPGRADE,
                       "security": [{"apiKey": []}, {"token": []}, {}]}},
+    "/original": {"get": {"summary": "The original service's protocol: no greeting, "
+                          "{status: received, size}, then {client_id, text, status: "
+                          "transcript}", "responses": UPGRADE,
+                          "security": [{"apiKey": []}, {"token": []}, {}]}},
     "/token": {"post": {
         "summary": "A short-lived token for a browser's WebSocket, for an API key",
         "security": [{"apiKey": []}],

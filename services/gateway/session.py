@@ -18,7 +18,7 @@ from aiohttp.http import WebSocketWriter
 
 from services.gateway.limits import Lease
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.protocol import AudioFormat, error_reply
+from services.gateway.protocol import AudioFormat, ClientError, error_reply
 from shared.messages import ActorError, Flushed, Message, Transcript
 from shared.tasks import Event
 
@@ -493,6 +493,10 @@ class Session:
         while not self.covered:
             self._progress.clear()
             await self._progress.wait()
+
+    def error_reply(self, exc: ClientError) -> dict[str, Any]:
+        """The reply to a client's error (a protocol adapter may word it otherwise)."""
+        return exc.reply()
 
     def say_hello(self) -> None:
         """The first words to a new client (vosk clients get none)."""
