@@ -14,6 +14,7 @@ import signal
 import struct
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, async_playwright, expect
@@ -53,6 +54,10 @@ def chromium_path() -> str:
     return found
 
 
+def _text(path: Path) -> str:
+    return Path(path).read_text()
+
+
 @pytest.fixture(scope="module")
 def chromium() -> str:
     return chromium_path()
@@ -85,6 +90,10 @@ async def test_page_streams_the_microphone_and_shows_live_transcripts(
         assert text.startswith("Transcribed: ") and text.endswith("(size: 3200 bytes)"), text
     assert int(await page.inner_text("#acks")) >= 5
     assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")
+    # The fake microphone's tone moves the level meter; the session's ids are shown.
+    assert float(await page.eval_on_selector("#level", "m => m.value")) > 0.01
+    assert (await page.inner_text("#actor")).startswith("transcriber-")
+    await expect(page.locator("#notes li").first).to_contain_text("connected: session")
 
     await page.click("#stop")
     await expect(page.locator("#state")).to_have_text("closed", timeout=20_000)
@@ -93,6 +102,20 @@ async def test_page_streams_the_microphone_and_shows_live_transcripts(
     assert int(await page.inner_text("#finals")) == sent
     summary = await page.inner_text("#summary")
     assert summary == f"Closed: {sent} chunks, {sent} finals, transcript complete.", summary
+    # The transcript downloads: SRT cues timed from the finals (the mock's: their chunks).
+    async with page.expect_download() as download:
+        await page.click("#save-srt")
+    srt = _text(await (await download.value).path())
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:00,100\nTranscribed: "), srt[:200]
+    assert srt.count(" --> ") == sent
+    async with page.expect_download() as download:
+        await page.click("#save-vtt")
+    vtt = _text(await (await download.value).path())
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:00.100\n"), vtt[:200]
+    async with page.expect_download() as download:
+        await page.click("#save-txt")
+    lines = _text(await (await download.value).path()).splitlines()
+    assert lines == await finals.all_inner_texts()
     assert not [line for line in console if line.startswith("error")], console
     if shot_dir := os.environ.get("HARK_SCREENSHOTS"):
         await page.screenshot(path=os.path.join(shot_dir, "web-page.png"), full_page=True)

@@ -12,6 +12,8 @@ const count = { sent: 0, acks: 0, finals: 0 };
 let session = null, lastFinal = 0, sentSeq = 0, pending = [];
 let stopping = false, retryDelay = 200, retryUntil = 0;
 let live = false; // a greeting came on this connection: frames may go out
+let analyser = null, levelData = null; // the input level meter
+let finals = []; // {seq, text, start, end}: what the downloads hold, in order
 
 function setState(text) { $("state").textContent = text; }
 function bump(name) { count[name] += 1; $(name).textContent = String(count[name]); }
@@ -59,6 +61,9 @@ function onReply(event) {
     case "ready":
       session = { id: msg.session_id, token: msg.resume_token };
       $("session").textContent = msg.session_id;
+      $("actor").textContent = msg.actor;
+      addItem("notes", `connected: session ${msg.session_id.slice(0, 8)}… on ${msg.actor}, ` +
+        `${msg.sample_rate} Hz ${msg.encoding}`);
       live = true;
       retryUntil = 0;
       pending.forEach((f) => ws.send(f.buf)); // captured while connecting
@@ -85,6 +90,10 @@ function onReply(event) {
         lastFinal = Math.max(lastFinal, msg.seq);
         $("partial").textContent = "";
         addItem("transcripts", msg.text).dataset.seq = String(msg.seq);
+        // Times from the final where the engine gives them, else from its chunk (100 ms).
+        finals.push({ seq: msg.seq, text: msg.text,
+          start: msg.start ?? (msg.seq - 1) * 0.1, end: msg.end ?? msg.seq * 0.1 });
+        ["save-txt", "save-srt", "save-vtt"].forEach((id) => { $(id).disabled = false; });
       } else {
         $("partial").textContent = msg.text;
       }
@@ -139,7 +148,15 @@ async function start() {
       }
       if (live && ws.readyState === WebSocket.OPEN) ws.send(e.data);
     };
-    ctx.createMediaStreamSource(stream).connect(node);
+    const source = ctx.createMediaStreamSource(stream);
+    source.connect(node);
+    analyser = ctx.createAnalyser();
+    analyser.fftSize = 1024;
+    levelData = new Float32Array(analyser.fftSize);
+    source.connect(analyser);
+    requestAnimationFrame(showLevel);
+    finals = [];
+    ["save-txt", "save-srt", "save-vtt"].forEach((id) => { $(id).disabled = true; });
     $("stop").disabled = false;
     connect();
   } catch (err) {
@@ -194,10 +211,47 @@ function stop() {
   else { setState("closed"); teardown(); }
 }
 
+// Is the microphone working? The input's RMS level, redrawn with the screen.
+function showLevel() {
+  if (!analyser) { $("level").value = 0; return; }
+  analyser.getFloatTimeDomainData(levelData);
+  let sum = 0;
+  for (const s of levelData) sum += s * s;
+  $("level").value = Math.min(1, Math.sqrt(sum / levelData.length) * 4);
+  requestAnimationFrame(showLevel);
+}
+
+function stamp(seconds, sep) {
+  const ms = Math.round(seconds * 1000);
+  const pad = (n, w) => String(n).padStart(w, "0");
+  return `${pad(Math.floor(ms / 3600000), 2)}:${pad(Math.floor(ms / 60000) % 60, 2)}:` +
+    `${pad(Math.floor(ms / 1000) % 60, 2)}${sep}${pad(ms % 1000, 3)}`;
+}
+
+function transcriptAs(kind) {
+  if (kind === "txt") return finals.map((f) => f.text).join("\n") + "\n";
+  const cues = finals.map((f, i) => {
+    const sep = kind === "srt" ? "," : ".";
+    const head = kind === "srt" ? `${i + 1}\n` : "";
+    return `${head}${stamp(f.start, sep)} --> ${stamp(f.end, sep)}\n${f.text}\n`;
+  });
+  return (kind === "vtt" ? "WEBVTT\n\n" : "") + cues.join("\n");
+}
+
+function save(kind) {
+  const types = { txt: "text/plain", srt: "application/x-subrip", vtt: "text/vtt" };
+  const blob = new Blob([transcriptAs(kind)], { type: `${types[kind]};charset=utf-8` });
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = `transcript-${session ? session.id.slice(0, 8) : "hark"}.${kind}`;
+  a.click();
+  URL.revokeObjectURL(a.href);
+}
+
 function teardown() {
   if (stream) stream.getTracks().forEach((t) => t.stop());
   if (ctx) ctx.close();
-  stream = ctx = node = null;
+  stream = ctx = node = analyser = null;
   retryUntil = 0;
   retryDelay = 200;
   $("start").disabled = false;
@@ -206,3 +260,4 @@ function teardown() {
 
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
+["txt", "srt", "vtt"].forEach((kind) => $(`save-${kind}`).addEventListener("click", () => save(kind)));
