@@ -34,6 +34,7 @@ ORIGIN = "https://app.example"
 NOT_EXERCISED = {
     ("/ws", "get", "101"), ("/vosk", "get", "101"), ("/vosk", "get", "400"),
     ("/ws", "get", "503"), ("/vosk", "get", "503"),
+    ("/original", "get", "101"), ("/original", "get", "503"), ("/original", "get", "429"),
     ("/sessions/{session_id}", "delete", "403"), ("/ready", "get", "503"),
     ("/actors/{name}/restart", "post", "403"), ("/actors/{name}/drain", "post", "403"),
     ("/actors/{name}/drain", "delete", "403"), ("/scale", "post", "403"),
@@ -115,10 +116,11 @@ async def _gateway_calls(tree: Tree, http: aiohttp.ClientSession) -> Checker:
     await check.call("GET", "/", "/", 200, headers={"Accept": "application/json"})
     for path in ("/health", "/ready", "/config", "/metrics", "/stats"):
         await check.call("GET", path, path, 200)
-    for path in ("/ws", "/vosk"):
+    for path in ("/ws", "/vosk", "/original"):
         await check.call("GET", path, path, 401)  # no key
         await check.call("GET", path, path, 403, headers={**CLIENT, "Origin": "https://x.example"})
     await check.call("GET", "/ws", "/ws", 400, headers=CLIENT)  # not an upgrade
+    await check.call("GET", "/original", "/original", 400, headers=CLIENT)
     await check.call("POST", "/token", "/token", 401)
     await check.call("POST", "/token", "/token", 400, headers=CLIENT, data=b"[1]")
     await check.call("POST", "/token", "/token", 200, headers=CLIENT, json={"subject": "me"})
