@@ -163,13 +163,16 @@ async def test_the_embedded_redis_listens_on_a_unix_socket_every_connection_kind
     # HARK_REDIS_URL=unix://... passed the settings' check, then failed at the first
     # command: redis-py's Unix socket connections refuse the TCP keepalive option.
     spec, url = embedded_redis(tmp_path)
-    assert url.startswith("unix://") and "--requirepass" in spec.argv
+    assert url.startswith("unix://") and spec.stdin is not None  # its password, on stdin
     assert not any(a == "--bind" for a in spec.argv)  # no TCP port
-    # The last --loglevel wins: "notice" makes the server say when it is ready.
+    # The last option wins: "notice" makes the server say when it is ready, on stdout.
     proc = await asyncio.create_subprocess_exec(*spec.argv, "--loglevel", "notice",
+                                                "--logfile", "", stdin=asyncio.subprocess.PIPE,
                                                 stdout=asyncio.subprocess.PIPE)  # fmt: skip
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stdin is not None
+        proc.stdin.write(spec.stdin)
+        proc.stdin.close()
         # 6.2 says "... now ready to accept connections at PATH".
         while b"ready to accept connections" not in (line := await proc.stdout.readline()).lower():
             assert line, f"redis-server exited with {await proc.wait()}"

@@ -81,7 +81,10 @@ def test_the_embedded_redis_is_reachable_by_this_user_only_with_a_new_random_pas
         assert argv[argv.index("--unixsocketperm") + 1] == "700"
         assert argv[argv.index("--port") + 1] == "0" and "--bind" not in argv
         assert argv[argv.index("--protected-mode") + 1] == "yes"
-        password = argv[argv.index("--requirepass") + 1]
+        # Its password comes on stdin, never in its command line (every user reads that).
+        assert spec.stdin is not None and spec.stdin.startswith(b"requirepass ")
+        password = spec.stdin.decode().split()[1]
+        assert password not in " ".join(argv) and argv[1] == "-"
         assert len(password) >= 32  # 24 random bytes, URL-safe
         assert url == f"unix://:{password}@{sock}?db=0"
         passwords.add(password)
@@ -93,4 +96,5 @@ def test_the_embedded_redis_is_reachable_by_this_user_only_with_a_new_random_pas
     spec, url = embedded_redis(deep)
     argv = list(spec.argv)
     assert "--unixsocket" not in argv and argv[argv.index("--bind") + 1] == "127.0.0.1"
-    assert url.startswith(f"redis://:{argv[argv.index('--requirepass') + 1]}@127.0.0.1:")
+    assert spec.stdin is not None
+    assert url.startswith(f"redis://:{spec.stdin.decode().split()[1]}@127.0.0.1:")
