@@ -249,17 +249,24 @@ async def test_a_scale_up_whose_new_transcriber_cannot_start_leaves_the_pool_as_
     assert sup.status()["healthy"] is True
 
 
-async def test_a_scale_down_stops_a_transcriber_waiting_out_its_restart_backoff(
+async def two_transcribers(
     make: list[Supervisor], settings: Settings, backend: FakeBackend
-) -> None:
-    # It waited for the backoff to end, then for the exit of the incarnation it started.
-    settings = replace(settings, backoff_min=60.0, backoff_max=60.0)
+) -> tuple[Supervisor, dict[str, FakeHandle]]:
+    """A started supervisor of transcriber-0 and -1 that scales; their handles by name."""
     assert settings.redis_url is not None
     sup = Supervisor(settings, backend, [spec(), transcriber("transcriber-1")],
                      settings.redis_url, transcriber)  # fmt: skip
     make.append(sup)
     await sup.start()
-    handles = {h.spec.name: h for h in [await backend.next(), await backend.next()]}
+    return sup, {h.spec.name: h for h in [await backend.next(), await backend.next()]}
+
+
+async def test_a_scale_down_stops_a_transcriber_waiting_out_its_restart_backoff(
+    make: list[Supervisor], settings: Settings, backend: FakeBackend
+) -> None:
+    # It waited for the backoff to end, then for the exit of the incarnation it started.
+    settings = replace(settings, backoff_min=60.0, backoff_max=60.0)
+    sup, handles = await two_transcribers(make, settings, backend)
     handles["transcriber-1"].crash()
     (await backend.next()).crash()  # the first restart is at once, the second waits
     await asyncio.wait_for(sup.children["transcriber-1"].reach(State.BACKOFF), 10)
@@ -312,12 +319,7 @@ async def test_scale_counts_live_transcribers_and_never_leaves_fewer_than_asked(
 ) -> None:
     # Both FATAL, scale to 1: it kept the FATAL transcriber-0, stopped transcriber-1 and
     # left none live, answering 200.
-    assert settings.redis_url is not None
-    sup = Supervisor(settings, backend, [spec(), transcriber("transcriber-1")],
-                     settings.redis_url, transcriber)  # fmt: skip
-    make.append(sup)
-    await sup.start()
-    handles = {h.spec.name: h for h in [await backend.next(), await backend.next()]}
+    sup, handles = await two_transcribers(make, settings, backend)
     for name, handle in handles.items():
         await _fatal(sup, backend, handle, name)
     assert await sup.scale("transcriber", 1) == ["transcriber-0"]
