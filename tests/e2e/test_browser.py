@@ -133,7 +133,8 @@ async def test_page_resumes_after_the_gateway_is_killed_and_loses_no_audio(
     await expect(finals.nth(4)).to_be_attached(timeout=30_000)
 
     os.kill(gateway["pid"], signal.SIGKILL)
-    await expect(page.locator("#notes li")).to_contain_text("resumed after seq", timeout=30_000)
+    resumed = page.locator("#notes li", has_text="resumed after seq")
+    await expect(resumed).to_be_attached(timeout=30_000)
     count_then = await finals.count()
     await expect(finals.nth(count_then + 4)).to_be_attached(timeout=30_000)  # still streaming
 

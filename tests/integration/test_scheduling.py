@@ -53,11 +53,10 @@ async def test_sessions_sent_at_once_are_decoded_in_batches_and_each_close_follo
     client = Redis.from_url(redis_url)
     actor = Transcriber(settings, engine, client, "transcriber-0")  # type: ignore[arg-type]
     stop = asyncio.Event()
-    task = asyncio.create_task(actor.run(stop))
     speech = spoken([1, 2], pause_s=1.0)
     clients = [f"c{n}" for n in range(3)]
+    task = None
     try:
-        await asyncio.wait_for(actor.ready.wait(), 10)
         channels = [await Channel(redis, c).__aenter__() for c in clients]
         pipe = redis.pipeline(transaction=False)
         for n, client_id in enumerate(clients):  # three sessions' audio, all at once
@@ -69,6 +68,11 @@ async def test_sessions_sent_at_once_are_decoded_in_batches_and_each_close_follo
             close = SessionControl(f"s{n}", client_id, len(chunks), "close")
             pipe.xadd(keys.mailbox("transcriber-0"), {"m": close.encode()})
         await pipe.execute()
+        # Started once all of it waits in the mailbox: "at once" for the transcriber too
+        # (started first, its first read could wake on the first entry alone, and half
+        # an utterance read is due a partial).
+        task = asyncio.create_task(actor.run(stop))
+        await asyncio.wait_for(actor.ready.wait(), 10)
         for channel in channels:
             got = []
             while not got or not isinstance(got[-1], Flushed):
@@ -79,7 +83,8 @@ async def test_sessions_sent_at_once_are_decoded_in_batches_and_each_close_follo
             await channel.__aexit__()
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        if task is not None:
+            await asyncio.wait_for(task, 10)
         await client.aclose()
     assert any(len(batch) > 1 for batch in engine.batches), engine.batches
     assert all(all(batch) for batch in engine.batches), "a partial in a burst"
