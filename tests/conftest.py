@@ -51,6 +51,27 @@ def _docker_answers() -> bool:
 _DOCKER = _docker_answers()
 
 
+OWNER_LABEL = "hark.test.owner-pid"
+
+
+def _remove_orphans() -> None:
+    """Remove the Redis containers of test runs whose process is gone."""
+    import docker
+
+    client = docker.from_env(timeout=10)
+    try:
+        for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+            pid = int(container.labels.get(OWNER_LABEL, "0") or 0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                container.remove(force=True)
+            except PermissionError:
+                pass  # alive, another user's
+    finally:
+        client.close()
+
+
 def _has_image(name: str) -> bool:
     import docker
 
@@ -114,9 +135,12 @@ def redis_server() -> Iterator[RedisServer]:
 
         if not _has_image(testcontainers_config.ryuk_image):
             # Its reaper (which removes the container should this process be killed)
-            # cannot be pulled with no registry: the `with` removes it at the end.
+            # cannot be pulled with no registry: the `with` removes it at the end, and
+            # what a killed run left is removed here, by its owner's pid.
             testcontainers_config.ryuk_disabled = True
-        with RedisContainer("redis:7-alpine") as container:
+            _remove_orphans()
+        redis = RedisContainer("redis:7-alpine").with_kwargs(labels={OWNER_LABEL: str(os.getpid())})
+        with redis as container:
             host = container.get_container_host_ip()
             port = container.get_exposed_port(6379)
             yield RedisServer(f"redis://{host}:{port}/0", "testcontainers")
