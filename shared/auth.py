@@ -51,11 +51,16 @@ def require_admin(request: web.Request, token: str | None) -> None:
                          headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
 
+def admin_token_dir() -> Path:
+    """This user's folder of the admin tokens `hark up` made up."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
+    return Path(base) / "hark"
+
+
 def admin_token_path(status_port: int) -> Path:
     """Where `hark up` keeps the admin token it made up (no HARK_ADMIN_TOKEN given) for
     the `hark` commands of the same user to find: one file per status port, mode 0600."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or str(Path.home() / ".cache")
-    return Path(base) / "hark" / f"admin-token-{status_port}"
+    return admin_token_dir() / f"admin-token-{status_port}"
 
 
 def read_admin_token(status_url: str) -> str | None:

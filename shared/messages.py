@@ -19,6 +19,8 @@ from typing import Any, ClassVar, TypeVar
 
 import msgpack
 
+from shared.config import SAMPLE_WIDTHS
+
 VERSION = 1
 
 
@@ -159,6 +161,11 @@ class AudioChunk(Message):
     received_at: float  # gateway clock (time.time()) when the frame arrived
     start_s: float = 0.0  # seconds of the session's audio before this chunk
     end_silence: float = 0.0  # silence that ends an utterance; 0: the transcriber's default
+
+    @property
+    def seconds(self) -> float:
+        """How much audio this chunk holds."""
+        return len(self.data) / (SAMPLE_WIDTHS.get(self.encoding, 2) * self.sample_rate)
 
 
 @dataclass(slots=True)

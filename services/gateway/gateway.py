@@ -30,7 +30,7 @@ from shared import fds, keys, logs
 from shared.actor import ActorRuntime
 from shared.audit import Audit
 from shared.auth import ApiKeys, Principal, origin_allowed
-from shared.config import SAMPLE_WIDTHS, Settings
+from shared.config import Settings
 from shared.http_errors import json_error
 from shared.messages import ActorDown, AudioChunk, Message, SessionControl, Transcript
 from shared.redis_util import Coalescer
@@ -573,7 +573,7 @@ class Gateway:
         stored = self.coalescer.submit("XADD", keys.mailbox(session.actor), "*", "m",
                                        chunk.encode())  # fmt: skip
         session.last_seq = seq
-        session.audio_s += size / (SAMPLE_WIDTHS[session.fmt.encoding] * session.fmt.sample_rate)
+        session.audio_s += chunk.seconds
         session.storing.append(stored)
         stored.add_done_callback(functools.partial(self._stored, session, seq, chunk.start_s,
                                                    size))  # fmt: skip

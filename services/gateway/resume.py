@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 
 from services.gateway.protocol import AudioFormat, ClientError
 from shared import keys
-from shared.config import SAMPLE_WIDTHS
 from shared.messages import AudioChunk, MessageError, SessionControl, Transcript, decode
 from shared.redis_util import stream_entries, text_map
 
@@ -80,8 +79,7 @@ async def last_accepted(redis: Redis, actor: str, session_id: str) -> tuple[int,
     async for _, _, msg in session_entries(redis, actor, session_id):
         if isinstance(msg, AudioChunk) and msg.seq >= last:
             last = msg.seq
-            width = SAMPLE_WIDTHS.get(msg.encoding, 2)
-            seconds = msg.start_s + len(msg.data) / (width * msg.sample_rate)
+            seconds = msg.start_s + msg.seconds
     return last, seconds
 
 

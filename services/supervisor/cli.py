@@ -34,7 +34,7 @@ from services.supervisor.tree import (
     transcriber_spec,
 )
 from shared import actor, logs
-from shared.auth import ApiKeys, admin_token_path, read_admin_token
+from shared.auth import ApiKeys, admin_token_dir, admin_token_path, read_admin_token
 from shared.config import BACKENDS, ENGINES, LOG_FORMATS, Settings, SettingsError, redact_url
 
 log = logging.getLogger("services.supervisor")
@@ -255,7 +255,7 @@ def clean_leftovers() -> list[Path]:
         if mine and _dead(folder / OWNER_FILE):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
-    for owner in admin_token_path(0).parent.glob("admin-token-*.pid"):
+    for owner in admin_token_dir().glob("admin-token-*.pid"):
         if _dead(owner):
             token = owner.with_name(owner.name.removesuffix(".pid"))
             token.unlink(missing_ok=True)

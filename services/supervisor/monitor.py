@@ -58,16 +58,13 @@ async def check(supervisor: Supervisor) -> None:
         return
     values, lags, draining = replies[0], replies[1:-1], replies[-1]
     mono = time.monotonic()
-    if mono - began > settings.heartbeat_interval / 2 and supervisor.redis_ok:
-        # Answered, but late: the actors' beats waited as long. Their silence starts
-        # over rather than being counted against them.
+    if not supervisor.redis_ok or mono - began > settings.heartbeat_interval / 2:
+        # Nobody could beat while Redis was away, or answered late (the actors' beats
+        # waited as long): every silence starts over now, not counted against them.
         for child in actors:
             child.last_beat = mono
     if not supervisor.redis_ok:
-        # Nobody could beat while Redis was away: every silence starts over now.
         log.info("Redis reachable again")
-        for child in actors:
-            child.last_beat = mono
         supervisor.redis_ok = True
         supervisor.record("redis_reachable")
     for child, lag in zip(transcribers, lags, strict=True):

@@ -35,7 +35,7 @@ from services.transcriber.engines import BadInput, Engine, EngineSession, Job, R
 from shared import keys, logs
 from shared.actor import ActorRuntime, notify_ready
 from shared.audit import Audit
-from shared.config import SAMPLE_WIDTHS, Settings
+from shared.config import Settings
 from shared.messages import (
     ActorError,
     AudioChunk,
@@ -124,7 +124,7 @@ class Transcriber:
         self._counting_since: float | None = None  # when the decode under way began
         self.busy = 0.0  # its share of the time, smoothed over beats
         # Decoding seconds and audio seconds, each decayed over COST_WINDOW_S: their
-        # ratio is what a second of audio costs the engine (see _cost).
+        # ratio is what a second of audio costs the engine (see _busy).
         self._cost_busy = self._cost_audio = 0.0
         self._audio_s = 0.0  # audio taken in since the last beat
         self._broken = False  # a write of the decode loop failed: start over from Redis
@@ -365,7 +365,7 @@ class Transcriber:
                 sess.pending.append((msg.seq, entry_id))
                 touched[sess.session_id] = sess
                 results = sess.engine.feed(msg.seq, msg.data, msg.start_s)
-                self._audio_s += len(msg.data) / (SAMPLE_WIDTHS[msg.encoding] * msg.sample_rate)
+                self._audio_s += msg.seconds
             except BadInput as exc:  # tell the client; the chunk is done with
                 error = ActorError(msg.session_id, msg.client_id, msg.seq, exc.code, str(exc))
                 pipe.append(("PUBLISH", keys.transcripts(msg.client_id), error.encode()))
