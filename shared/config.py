@@ -29,7 +29,6 @@ MAX_BATCH_WAIT_S = 0.1
 MAX_ACK_WAIT_S = 0.1
 # Audio encodings clients may send, and their bytes per sample.
 SAMPLE_WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
-ENCODINGS = tuple(SAMPLE_WIDTHS)
 
 
 class SettingsError(ValueError):

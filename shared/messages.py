@@ -160,7 +160,12 @@ class AudioChunk(Message):
     sample_rate: int
     received_at: float  # gateway clock (time.time()) when the frame arrived
     start_s: float = 0.0  # seconds of the session's audio before this chunk
-    end_silence: float = 0.0  # silence that ends an utterance; 0: the transcriber's default
+    # The session's options, on each chunk (a transcriber may first meet a session at
+    # any chunk: after a restart, or a move). Empty or 0: the transcriber's default.
+    end_silence: float = 0.0  # silence that ends an utterance
+    language: str = ""  # a language code, or "auto"
+    prompt: str = ""
+    hotwords: str = ""
 
     @property
     def seconds(self) -> float:
@@ -182,6 +187,10 @@ class SessionControl(Message):
     client_id: str
     seq: int
     op: str
+    # At a close of compressed audio: the end of the stream that the gateway's decoder
+    # held back until it knew no more would come (in the format of the session's
+    # chunks); it belongs to chunk `seq` and is heard before the flush.
+    data: bytes = b""
 
 
 @dataclass(slots=True)
@@ -202,6 +211,22 @@ class Transcript(Message):
     start: float | None = None  # seconds of the session's audio, where the engine says
     end: float | None = None
     words: list[Any] = dataclasses.field(default_factory=list)  # [text, start, end, prob]
+    language: str | None = None  # the language heard, where the client asked to detect it
+
+
+@dataclass(slots=True)
+class SpeechEvent(Message):
+    """Voice activity in a session's audio, transcriber -> `transcripts:<client_id>`:
+    `event` "speech_started" (at `at`, seconds of the stream) or "utterance_end" (the
+    end of speech that a silence ended). Hints, not stored: after a transcriber restart
+    an event may come again (the gateway drops one it has sent)."""
+
+    KIND: ClassVar[str] = "speech_event"
+    session_id: str
+    client_id: str
+    seq: int  # the chunk it was heard in
+    event: str
+    at: float
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ reference text that goes with them."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 import wave
@@ -16,6 +17,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 import soxr
+
+from services.transcriber.engines import DEFAULT_OPTIONS, Decoded, Options
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 RATE = 16_000
@@ -34,9 +37,9 @@ class Recorder:
         self.partial_interval = partial_interval
         self.calls: list[tuple[bool, int]] = []  # (final, samples)
 
-    def transcribe(self, audio: Any, final: bool) -> tuple[str, list[Any]]:
+    def transcribe(self, audio: Any, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
         self.calls.append((final, len(audio)))
-        return f"{len(audio)} samples", []
+        return Decoded(f"{len(audio)} samples", [])
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,73 @@ def spoken(indices: list[int], pause_s: float, trim: bool = False, tail_s: float
     return Speech(np.concatenate(parts), RATE, " ".join(texts[i - 1] for i in indices))
 
 
+def clip(name: str, tail_s: float = 0.5) -> Speech:
+    """A clip of tests/data/options (see its make.sh) and its words, `tail_s` of
+    silence after it."""
+    folder = SPEECH.parent / "options"
+    texts = dict(line.split("\t") for line in (folder / "sentences.txt").read_text().splitlines())
+    with wave.open(str(folder / f"{name}.wav")) as wav:
+        assert wav.getframerate() == RATE and wav.getsampwidth() == 2
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.int16)
+    tail = np.zeros(int(tail_s * RATE), dtype=np.int16)
+    return Speech(np.concatenate([pcm, tail]), RATE, texts[name])
+
+
+def joined(parts: list[Speech], pause_s: float) -> Speech:
+    """Speeches at one rate in turn, `pause_s` of silence between them."""
+    gap = np.zeros(int(pause_s * parts[0].rate), dtype=np.int16)
+    pcm = np.concatenate([x for part in parts for x in (part.pcm, gap)][:-1])
+    return Speech(pcm, parts[0].rate, " ".join(part.text for part in parts))
+
+
+# container -> (codec, its sample format) for `encode`
+CODECS = {"webm": ("libopus", "s16"), "ogg": ("libopus", "s16"), "mp3": ("libmp3lame", "s16p"),
+          "flac": ("flac", "s16"), "wav": ("pcm_s16le", "s16")}  # fmt: skip
+
+
+def encode(speech: Speech, container: str) -> bytes:
+    """`speech` as a file of `container` (Opus at 32 kb/s in WebM and Ogg, as browsers
+    record), made by FFmpeg through PyAV."""
+    import av
+
+    codec, sample_format = CODECS[container]
+    rate = 48000 if codec == "libopus" else speech.rate
+    pcm = speech.at(rate).pcm
+    out = io.BytesIO()
+    with av.open(out, mode="w", format=container) as file:
+        stream: Any = file.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        if codec == "libopus":
+            stream.bit_rate = 32000  # what browsers record speech at, about
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        if sample_format != "s16":
+            frame = av.AudioResampler(format=sample_format, layout="mono",
+                                      rate=rate).resample(frame)[0]  # fmt: skip
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            file.mux(packet)
+    return out.getvalue()
+
+
+def g711(speech: Speech, law: str) -> bytes:
+    """`speech` (at its rate) as G.711 mu-law or A-law bytes, FFmpeg's encoder's."""
+    import av
+
+    codec: Any = av.CodecContext.create(f"pcm_{law}", "w")
+    codec.sample_rate, codec.layout, codec.format = speech.rate, "mono", "s16"
+    frame = av.AudioFrame.from_ndarray(speech.pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = speech.rate
+    return b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
+
+
+def pieces(data: bytes, speech: Speech, ms: int = 100) -> list[bytes]:
+    """An encoded stream of `speech` cut into as many frames as `ms` pieces of its audio,
+    as a recorder hands them out (cut anywhere, not at the format's own frames)."""
+    count = max(1, round(speech.seconds * 1000 / ms))
+    step = -(-len(data) // count)
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
 def monologue(seconds: float) -> Speech:
     """At least `seconds` of speech with no pause a voice activity detector would cut
     at: the sentences trimmed and joined 0.1 s apart, round again as needed."""
@@ -113,17 +183,20 @@ async def send(
     finalize_at: int | None = None,
     on_chunk: Callable[[int], Awaitable[None]] | None = None,
     query: str = "",
+    frames: list[bytes] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Stream `speech` to a gateway's `/ws` in 100 ms chunks, `speed` times real time
     (None: all at once), with a finalize after chunk `finalize_at` and a close at the
-    end; `on_chunk(n)` runs after chunk n is sent; `query`, more settings (`a=1&b=2`).
+    end; `on_chunk(n)` runs after chunk n is sent; `query`, more settings (`a=1&b=2`);
+    `frames`, what to send instead of the PCM chunks (the same speech encoded, in as
+    many pieces).
     Every reply (the greeting first), and the seconds from the close to the summary."""
     url = f"{ws_url}?sample_rate={speech.rate}" + (f"&{query}" if query else "")
     async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
         replies: list[dict[str, Any]] = [await ws.receive_json(timeout=30)]
         assert replies[0]["status"] == "ready", replies[0]
         began = asyncio.get_running_loop().time()
-        for index, chunk in enumerate(speech.chunks(), start=1):
+        for index, chunk in enumerate(frames or speech.chunks(), start=1):
             await ws.send_bytes(chunk)
             if index == finalize_at:
                 await ws.send_str('{"type": "finalize"}')

@@ -67,3 +67,12 @@ def test_the_capacity_benchmark_runs_two_live_speakers_and_measures_them() -> No
     assert (line["speakers"], line["refused"], line["finals"]) == (2, 0, 4)
     assert 0 <= line["wer"] <= 0.2 and line["final_latency_s"]["p50"] > 0
     assert set(line["cpu_s_per_s"]) == {"redis", "gateway", "transcriber-0", "transcriber-1"}
+
+
+def test_the_decoding_benchmark_decodes_every_encoding_whole() -> None:
+    done, lines = _bench("bench.decode", "--seconds", "10")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert [line["encoding"] for line in lines] == ["webm", "ogg", "mp3", "flac", "wav",
+                                                    "mulaw", "alaw"]  # fmt: skip
+    for line in lines:
+        assert abs(line["decoded_s"] - line["audio_s"]) < 0.1, line  # nothing held back lost

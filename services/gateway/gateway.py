@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.gateway import resume
+from services.gateway.decode import decoder_for
 from services.gateway.hub import Hub
 from services.gateway.limits import Lease, LimitExceeded, Limits
 from services.gateway.metrics import GatewayMetrics
@@ -30,7 +31,7 @@ from shared import fds, keys, logs
 from shared.actor import ActorRuntime
 from shared.audit import Audit
 from shared.auth import ApiKeys, Principal, origin_allowed
-from shared.config import Settings
+from shared.config import SAMPLE_WIDTHS, Settings
 from shared.http_errors import json_error
 from shared.messages import ActorDown, AudioChunk, Message, SessionControl, Transcript
 from shared.redis_util import Coalescer
@@ -554,18 +555,26 @@ class Gateway:
             except LimitExceeded as exc:
                 raise ClientError("rate_limited", exc.message,
                                   retry_after=round(exc.retry_after, 2)) from None  # fmt: skip
+        pcm, encoding, rate = data, session.fmt.encoding, session.fmt.sample_rate
+        if encoding not in SAMPLE_WIDTHS:  # compressed or telephone audio: PCM goes on
+            if session.decoder is None:
+                session.decoder = decoder_for(encoding, rate)
+            assert session.decoder is not None
+            pcm = await session.decoder.decode(data)
+            encoding, rate = "pcm_s16le", session.decoder.rate
         if len(session.storing) >= STORE_WINDOW:  # this client waits; the others do not
             await asyncio.wait([session.storing[0]])
         while session.lock.locked():  # the session is moving: its audio goes after the move
             async with session.lock:
                 pass
         # From here to the submit nothing awaits, so no move can come between.
-        seq = session.last_seq + 1
+        seq, fmt = session.last_seq + 1, session.fmt
         chunk = AudioChunk(
-            session_id=session.session_id, client_id=session.client_id, seq=seq, data=data,
-            encoding=session.fmt.encoding, sample_rate=session.fmt.sample_rate,
+            session_id=session.session_id, client_id=session.client_id, seq=seq, data=pcm,
+            encoding=encoding, sample_rate=rate,
             received_at=time.time(), start_s=session.audio_s,
-            end_silence=session.fmt.end_silence or 0.0,
+            end_silence=fmt.end_silence or 0.0, language=fmt.language or "",
+            prompt=fmt.prompt, hotwords=fmt.hotwords,
         )  # fmt: skip
         # The chunk is queued for Redis, not awaited: the session reads its next frame at
         # once, so a client is not held to one chunk per round trip. Acks leave in order
@@ -727,6 +736,12 @@ class Gateway:
 
     async def control(self, session: Session, op: str) -> None:
         control = SessionControl(session.session_id, session.client_id, session.last_seq, op)
+        if op == "close" and session.decoder is not None:
+            try:
+                control.data = await session.decoder.finish()
+            except ClientError as exc:  # the stream was not one: the client hears it now
+                session.client_error(exc.code)
+                session.send(session.error_reply(exc))
         try:
             async with session.lock:
                 await self.coalescer.execute("XADD", keys.mailbox(session.actor), "*", "m",
@@ -736,6 +751,8 @@ class Gateway:
 
     async def end(self, session: Session) -> None:
         self._forget(session)
+        if session.decoder is not None:
+            session.decoder.close()
         with contextlib.suppress(ClientError):  # Redis is away; the actor's idle sweep cleans up
             await self.control(session, "end")
         await session.drain(grace=2.0)

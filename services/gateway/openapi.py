@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.gateway.protocol import ENCODINGS
 from shared.openapi import (
     ADMIN_ERRORS,
     BOOL,
@@ -71,11 +72,19 @@ PATHS: dict[str, Any] = {
     "/ws": {"get": {
         "summary": "The native WebSocket protocol (see the README, 'Client protocol')",
         "parameters": [
-            {"name": "encoding", "in": "query", "schema": {"enum": ["pcm_s16le", "pcm_f32le"]}},
+            {"name": "encoding", "in": "query", "schema": {"enum": list(ENCODINGS)}},
             {"name": "sample_rate", "in": "query", "schema": INT},
             {"name": "interim", "in": "query", "schema": STR},
             {"name": "end_silence", "in": "query", "schema": NUM,
              "description": "seconds of silence that end an utterance (0.1..5)"},
+            {"name": "language", "in": "query", "schema": STR,
+             "description": "a language code (en, de, ...) or auto: detected per utterance"},
+            {"name": "prompt", "in": "query", "schema": STR,
+             "description": "earlier text: names, spelling, style (up to 1000 characters)"},
+            {"name": "hotwords", "in": "query", "schema": STR,
+             "description": "words and names to expect (up to 500 characters)"},
+            {"name": "events", "in": "query", "schema": STR,
+             "description": "true: speech_started and utterance_end replies"},
             {"name": "session_id", "in": "query", "schema": STR, "description": "to resume"},
             {"name": "resume_token", "in": "query", "schema": STR, "description": "to resume"},
             {"name": "token", "in": "query", "schema": STR,

@@ -8,13 +8,32 @@ a client can act on; the same code appears in the gateway's log.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shared.config import ENCODINGS
+from shared.config import SAMPLE_WIDTHS
+
+# What a client may send: PCM goes to the transcribers as it comes; the rest the
+# gateway decodes to PCM (services/gateway/decode.py).
+# encoding -> FFmpeg's demuxer (None: detected from the first bytes)
+CONTAINERS: dict[str, str | None] = {
+    "webm": "webm", "ogg": "ogg", "mp3": "mp3", "flac": "flac", "wav": "wav", "auto": None,
+}  # fmt: skip
+TELEPHONE = {"mulaw": "pcm_mulaw", "alaw": "pcm_alaw"}  # encoding -> FFmpeg's codec
+ENCODINGS = (*SAMPLE_WIDTHS, *TELEPHONE, *CONTAINERS)
+TELEPHONE_RATE = 8000  # G.711's own, unless the client says otherwise
 
 SAMPLE_RATES = range(8000, 48001)
 END_SILENCE_S = (0.1, 5.0)  # the silence that may end an utterance, seconds
+# A language code as whisper names languages (en, de, haw, yue), or auto; which ones an
+# engine knows, its transcriber says (bad_setting).
+LANGUAGE = re.compile(r"[a-z]{2,3}|auto")
+MAX_PROMPT_CHARS = 1000  # whisper takes the last 223 tokens of a prompt, about that
+MAX_HOTWORDS_CHARS = 500
+# What a client may set (query, `start`), as the session's record keeps it.
+SETTINGS = ("encoding", "sample_rate", "interim", "end_silence", "language", "prompt",
+            "hotwords", "events")  # fmt: skip
 
 
 class ClientError(Exception):
@@ -52,12 +71,26 @@ class AudioFormat:
     sample_rate: int = 16000
     interim: bool = True
     end_silence: float | None = None  # None: the transcribers' HARK_END_SILENCE
+    language: str | None = None  # None: the transcribers' HARK_LANGUAGE; "auto": detect
+    prompt: str = ""  # earlier text: names, spelling, style
+    hotwords: str = ""  # words to expect
+    events: bool = False  # speech_started / utterance_end replies
 
     def public(self) -> dict[str, Any]:
+        """The settings as the greeting and the session's record show them (those left
+        at their defaults, where new, left out)."""
         out: dict[str, Any] = {"encoding": self.encoding, "sample_rate": self.sample_rate,
                                "interim": self.interim}  # fmt: skip
         if self.end_silence is not None:
             out["end_silence"] = self.end_silence
+        if self.language is not None:
+            out["language"] = self.language
+        if self.prompt:
+            out["prompt"] = self.prompt
+        if self.hotwords:
+            out["hotwords"] = self.hotwords
+        if self.events:
+            out["events"] = True
         return out
 
     def updated(self, params: dict[str, Any]) -> AudioFormat:
@@ -70,6 +103,8 @@ class AudioFormat:
                     "bad_setting", f"encoding {encoding!r} is not one of {', '.join(ENCODINGS)}"
                 )
             fmt = replace(fmt, encoding=encoding)
+            if encoding in TELEPHONE and "sample_rate" not in params:
+                fmt = replace(fmt, sample_rate=TELEPHONE_RATE)
         if "sample_rate" in params:
             rate = _int(params["sample_rate"])
             if rate is None or rate not in SAMPLE_RATES:
@@ -90,6 +125,21 @@ class AudioFormat:
                 raise ClientError("bad_setting", f"end_silence {params['end_silence']!r} is not "
                                   f"a number of seconds in {low}..{high}")  # fmt: skip
             fmt = replace(fmt, end_silence=seconds)
+        if "language" in params:
+            language = params["language"]
+            if not isinstance(language, str) or not LANGUAGE.fullmatch(language):
+                raise ClientError("bad_setting", f"language {str(language)[:20]!r} is not a "
+                                  "language code (en, de, fr, ...) or auto")  # fmt: skip
+            fmt = replace(fmt, language=language)
+        if "prompt" in params:
+            fmt = replace(fmt, prompt=_text(params, "prompt", MAX_PROMPT_CHARS))
+        if "hotwords" in params:
+            fmt = replace(fmt, hotwords=_text(params, "hotwords", MAX_HOTWORDS_CHARS))
+        if "events" in params:
+            events = _bool(params["events"])
+            if events is None:
+                raise ClientError("bad_setting", f"events {params['events']!r} is not a boolean")
+            fmt = replace(fmt, events=events)
         return fmt
 
 
@@ -112,6 +162,15 @@ def parse_control(text: str) -> dict[str, Any]:
             f"unknown message type {msg['type'][:64]!r}; known: {', '.join(CONTROL_TYPES)}",
         )
     return msg
+
+
+def _text(params: dict[str, Any], name: str, most: int) -> str:
+    text = params[name]
+    if not isinstance(text, str) or len(text) > most or not text.isprintable():
+        raise ClientError(
+            "bad_setting", f"{name} must be a string of at most {most} printable characters"
+        )
+    return text
 
 
 def _int(value: Any) -> int | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from services.gateway.protocol import AudioFormat, ClientError
+from services.gateway.protocol import SETTINGS, AudioFormat, ClientError
 from shared import keys
 from shared.messages import AudioChunk, MessageError, SessionControl, Transcript, decode
 from shared.redis_util import stream_entries, text_map
@@ -59,9 +59,7 @@ async def load(redis: Redis, session_id: str, token: str, key: str = "") -> Resu
         raise refused
     if record.get("key", "") != key:
         raise refused
-    fmt = AudioFormat().updated(
-        {k: record[k] for k in ("encoding", "sample_rate", "interim", "end_silence") if k in record}
-    )
+    fmt = AudioFormat().updated({k: record[k] for k in SETTINGS if k in record})
     return Resumable(session_id, record["client_id"], record["actor"], fmt,
                      closed=record.get("closed") == "1",
                      created_at=float(record.get("created_at", "0")))  # fmt: skip

@@ -16,10 +16,11 @@ from typing import Any, cast
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http import WebSocketWriter
 
+from services.gateway.decode import AudioDecoder
 from services.gateway.limits import Lease
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.protocol import AudioFormat, ClientError, error_reply
-from shared.messages import ActorError, Flushed, Message, Transcript
+from shared.messages import ActorError, Flushed, Message, SpeechEvent, Transcript
 from shared.tasks import Event
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class Session:
         self.last_seq = 0  # last seq given to an accepted chunk
         self.seq_mark = 0  # last_seq when the gateway last fell behind (see _shed_loop)
         self.lease: Lease | None = None  # its hold on the per-key/per-address limits
+        self.decoder: AudioDecoder | None = None  # for audio that is not PCM, from its first
         self.deadline: asyncio.TimerHandle | None = None  # HARK_LIMIT_SESSION_S
         self.acked_seq = 0
         self.audio_s = 0.0  # seconds of audio accepted (for chunk timestamps)
@@ -177,7 +179,8 @@ class Session:
         # that takes over during a close waits for it (see Gateway._resume).
         self.marking: Event | None = None
         self.opened_at = time.time()
-        self._held: list[Transcript] = []
+        self._held: list[Transcript | SpeechEvent] = []  # results that wait for their ack
+        self._event_at: dict[str, float] = {}  # the time of the last event of each kind sent
         self._backlog: list[Message] | None = None  # live results held during a replay
         self.ended = Event()
         # Held around every write to the actor's mailbox, and while the session moves to
@@ -360,8 +363,8 @@ class Session:
         if self._held:
             ready = [t for t in self._held if t.seq <= seq]
             self._held = [t for t in self._held if t.seq > seq]
-            for transcript in ready:
-                self._deliver(transcript)
+            for result in ready:
+                self._deliver(result)
 
     def ack_reply(self, seq: int, size: int) -> None:
         """The client's ack of an accepted chunk (a protocol adapter may differ)."""
@@ -390,7 +393,7 @@ class Session:
     def on_message(self, msg: Message) -> None:
         if self._backlog is not None:
             self._backlog.append(msg)
-        elif isinstance(msg, Transcript):
+        elif isinstance(msg, Transcript | SpeechEvent):
             if msg.seq > self.acked_seq:  # result overtook the ack of its chunk
                 self._held.append(msg)
             else:
@@ -416,8 +419,15 @@ class Session:
         self.stats.errors += 1
         self.metrics.errors.labels(code).inc()
 
-    def _deliver(self, t: Transcript, replayed: bool = False) -> None:
+    def _deliver(self, t: Transcript | SpeechEvent, replayed: bool = False) -> None:
         if t.seq <= self.delivered_seq:  # redelivered after a transcriber restart
+            return
+        if isinstance(t, SpeechEvent):
+            # Each kind comes later in the stream than the last: one heard again in the
+            # audio a restarted transcriber reads again is not.
+            if self.fmt.events and t.at > self._event_at.get(t.event, -1.0):
+                self._event_at[t.event] = t.at
+                self.event_reply(t)
             return
         if not t.final and not self.fmt.interim:
             return
@@ -433,6 +443,12 @@ class Session:
         else:
             self.metrics.partials += 1
         self.transcript_reply(t, replayed)
+
+    def event_reply(self, event: SpeechEvent) -> None:
+        """Tell the client of voice activity (a protocol adapter may say it otherwise)."""
+        where = "start" if event.event == "speech_started" else "end"
+        self.send({"status": event.event, "session_id": self.session_id, "seq": event.seq,
+                   where: event.at})  # fmt: skip
 
     def transcript_reply(self, t: Transcript, replayed: bool) -> None:
         """Send a result to the client (a protocol adapter may hold it instead).
@@ -451,6 +467,8 @@ class Session:
         if t.words:
             extra["words"] = [{"word": w, "start": s, "end": e, "conf": p}
                               for w, s, e, p in t.words]  # fmt: skip
+        if t.language is not None:
+            extra["language"] = t.language
         if replayed:
             extra["replayed"] = True
         if extra:

@@ -31,7 +31,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from services.transcriber.engines import BadInput, Engine, EngineSession, Job, Result
+from services.transcriber.engines import BadInput, Engine, EngineSession, Job, Options, Result
 from shared import keys, logs
 from shared.actor import ActorRuntime, notify_ready
 from shared.audit import Audit
@@ -43,6 +43,7 @@ from shared.messages import (
     Message,
     MessageError,
     SessionControl,
+    SpeechEvent,
     Transcript,
     decode,
 )
@@ -381,6 +382,13 @@ class Transcriber:
                     pipe.append(("PUBLISH", keys.transcripts(msg.client_id), flushed))
                 return
             touched[msg.session_id] = sess_or_none
+            if msg.data:  # the end of a compressed stream, decoded at its close
+                try:
+                    self._publish(pipe, sess_or_none, sess_or_none.engine.feed(msg.seq, msg.data,
+                                                                               0.0))  # fmt: skip
+                except BadInput:
+                    log.info("%s: the tail of session %s's audio is not usable", self.name,
+                             msg.session_id)  # fmt: skip
             self._flush(pipe, sess_or_none, entry_id, msg)
         else:
             raise MessageError(f"a transcriber mailbox does not take {msg.KIND!r}")
@@ -544,8 +552,10 @@ class Transcriber:
         """The session of `chunk`, opened with its format at its first chunk."""
         sess = self.sessions.get(chunk.session_id)
         if sess is None:
+            options = Options(chunk.end_silence or None, chunk.language or None, chunk.prompt,
+                              chunk.hotwords)  # fmt: skip
             engine_session = self.engine.open_session(
-                chunk.session_id, chunk.encoding, chunk.sample_rate, chunk.end_silence or None
+                chunk.session_id, chunk.encoding, chunk.sample_rate, options
             )
             sess = _Session(chunk.session_id, chunk.client_id, engine_session)
             self.sessions[chunk.session_id] = sess
@@ -553,11 +563,17 @@ class Transcriber:
 
     def _publish(self, pipe: list[Command], sess: _Session, results: list[Result]) -> None:
         for result in results:
+            if result.event:  # a hint for the client: published, not stored
+                at = result.start if result.start is not None else result.end
+                event = SpeechEvent(sess.session_id, sess.client_id, result.seq, result.event,
+                                    at or 0.0)  # fmt: skip
+                pipe.append(("PUBLISH", keys.transcripts(sess.client_id), event.encode()))
+                continue
             payload = Transcript(
                 session_id=sess.session_id, client_id=sess.client_id, seq=result.seq,
                 text=result.text, final=result.final, actor=self.name,
                 received_at=sess.received_at, start=result.start, end=result.end,
-                words=[list(w) for w in result.words],
+                words=[list(w) for w in result.words], language=result.language,
             ).encode()  # fmt: skip
             if result.final:
                 # Stored before published and before the XACK that follows in this pipeline,

@@ -81,8 +81,11 @@ async def test_page_streams_the_microphone_and_shows_live_transcripts(
     await page.goto(f"http://127.0.0.1:{tree.port}/")
     await expect(page.locator("#state")).to_have_text("idle")
 
+    await page.select_option("#language", "de")  # the engine's language, for the session
     await page.click("#start")
     await expect(page.locator("#state")).to_have_text("streaming", timeout=20_000)
+    await expect(page.locator("#heard")).to_have_text("de")
+    assert await page.locator("#language").is_disabled()  # fixed while the session lasts
     # Each 100 ms frame of 16 kHz 16-bit mono is 3200 bytes; 5 finals is half a second.
     finals = page.locator("#transcripts li")
     await expect(finals.nth(4)).to_be_attached(timeout=30_000)

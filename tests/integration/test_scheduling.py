@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.transcriber.actor import Transcriber
-from services.transcriber.engines import Job
+from services.transcriber.engines import DEFAULT_OPTIONS, Job, Options
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
 from shared import keys
 from shared.config import Settings
@@ -36,9 +36,9 @@ class BatchingEngine:
         self.batches: list[list[bool]] = []  # the `final` of each job, batch by batch
 
     def open_session(
-        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+        self, session_id: str, encoding: str, sample_rate: int, options: Options = DEFAULT_OPTIONS
     ) -> UtteranceSession:
-        return open_session(self.recorder, self.vad, encoding, sample_rate, end_silence or 0.6)
+        return open_session(self.recorder, self.vad, encoding, sample_rate, 0.6, options)
 
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
         self.batches.append([job.final for job in jobs])

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.transcriber.actor import Transcriber
-from services.transcriber.engines import Immediate, Job, Result
+from services.transcriber.engines import DEFAULT_OPTIONS, Immediate, Job, Options, Result
 from services.transcriber.engines.mock import MockEngine
 from shared import keys
 from shared.config import MAX_BATCH_WAIT_S, Settings
@@ -224,7 +224,7 @@ class _EveryOtherEngine:
         self.fed = asyncio.Event()
 
     def open_session(
-        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+        self, session_id: str, encoding: str, sample_rate: int, options: Options = DEFAULT_OPTIONS
     ) -> _EveryOther:
         return _EveryOther(self.fed)
 
@@ -355,7 +355,7 @@ class _StuckEngine:
         self.release = threading.Event()
 
     def open_session(
-        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+        self, session_id: str, encoding: str, sample_rate: int, options: Options = DEFAULT_OPTIONS
     ) -> _Stuck:
         return _Stuck(self.release)
 
@@ -424,7 +424,7 @@ class _SteadyEngine:
     blocking = True
 
     def open_session(
-        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
+        self, session_id: str, encoding: str, sample_rate: int, options: Options = DEFAULT_OPTIONS
     ) -> _Steady:
         return _Steady()
 

@@ -45,7 +45,7 @@ def test_a_session_sets_the_silence_that_ends_its_utterances(value: object, seco
 
 @pytest.mark.parametrize(
     "params",
-    [{"encoding": "mp3"}, {"sample_rate": "fast"}, {"sample_rate": 100}, {"sample_rate": True},
+    [{"encoding": "aac"}, {"sample_rate": "fast"}, {"sample_rate": 100}, {"sample_rate": True},
      {"interim": "maybe"}, {"end_silence": "0.05"}, {"end_silence": 6}, {"end_silence": "nan"},
      {"end_silence": True}, {"end_silence": "soon"}],
 )  # fmt: skip
@@ -53,3 +53,34 @@ def test_unusable_audio_setting_is_refused(params: dict[str, object]) -> None:
     with pytest.raises(ClientError) as err:
         AudioFormat().updated(params)
     assert err.value.code == "bad_setting"
+
+
+def test_a_session_chooses_its_language_prompt_hotwords_and_events() -> None:
+    fmt = AudioFormat().updated(
+        {"language": "auto", "prompt": "Notes: Siobhan met Krzysztof.", "hotwords": "Siobhan",
+         "events": "true"}
+    )  # fmt: skip
+    assert (fmt.language, fmt.prompt, fmt.hotwords, fmt.events) == (
+        "auto", "Notes: Siobhan met Krzysztof.", "Siobhan", True)  # fmt: skip
+    # The record keeps them as strings; read back (a resume), they are the same.
+    record = {k: str(int(v) if isinstance(v, bool) else v) for k, v in fmt.public().items()}
+    assert AudioFormat().updated(record) == fmt
+    assert set(AudioFormat().public()) == {"encoding", "sample_rate", "interim"}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"language": "english"}, {"language": "EN"}, {"language": ""}, {"language": 7},
+     {"prompt": "x" * 1001}, {"prompt": "a\x00b"}, {"hotwords": ["a"]}, {"hotwords": "y" * 501},
+     {"events": "sometimes"}],
+)  # fmt: skip
+def test_unusable_session_option_is_refused(params: dict[str, object]) -> None:
+    with pytest.raises(ClientError) as err:
+        AudioFormat().updated(params)
+    assert err.value.code == "bad_setting" and next(iter(params)) in err.value.message
+
+
+def test_telephone_audio_is_8_khz_unless_the_client_says_otherwise() -> None:
+    assert AudioFormat().updated({"encoding": "mulaw"}).sample_rate == 8000
+    assert AudioFormat().updated({"encoding": "alaw", "sample_rate": "16000"}).sample_rate == 16000
+    assert AudioFormat().updated({"encoding": "webm"}).sample_rate == 16000  # the stream's own

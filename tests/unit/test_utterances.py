@@ -162,3 +162,25 @@ def test_float_audio_cuts_the_same_utterances_as_16_bit(vad: object) -> None:
         sess.flush()
         ends.append([r.end for r in drain(sess)])
     assert ends[0] == ends[1] and len(ends[0]) == 2
+
+
+def test_speech_events_bracket_each_utterance_and_a_cut_for_length_is_no_end(
+    vad: object,
+) -> None:
+    sess = session(vad, Recorder())
+    speech = spoken([1, 2], pause_s=1.2, tail_s=1.0)
+    events = []
+    for seq, chunk in enumerate(speech.chunks(), start=1):
+        events += [(r.event, r.start, r.end) for r in sess.feed(seq, chunk, (seq - 1) / 10)]
+    kinds = [kind for kind, _, _ in events]
+    assert kinds == ["speech_started", "utterance_end"] * 2, events
+    assert events[0][1] < events[1][2] < events[2][1] < events[3][2] <= speech.seconds
+    finals = [(r.start, r.end) for r in (sess.flush() or drain(sess))]
+    assert len(finals) == 2
+    # A minute with no pause is cut for length: one start, no end until its flush.
+    sess = session(vad, Recorder())
+    speech = monologue(60)
+    kinds = []
+    for seq, chunk in enumerate(speech.chunks(), start=1):
+        kinds += [r.event for r in sess.feed(seq, chunk, (seq - 1) / 10)]
+    assert kinds == ["speech_started"], kinds

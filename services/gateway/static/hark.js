@@ -62,6 +62,8 @@ function onReply(event) {
       session = { id: msg.session_id, token: msg.resume_token };
       $("session").textContent = msg.session_id;
       $("actor").textContent = msg.actor;
+      $("heard").textContent = msg.language === "auto" ? "detecting" : (msg.language || "default");
+      $("language").disabled = true; // fixed for the session
       addItem("notes", `connected: session ${msg.session_id.slice(0, 8)}… on ${msg.actor}, ` +
         `${msg.sample_rate} Hz ${msg.encoding}`);
       live = true;
@@ -85,6 +87,7 @@ function onReply(event) {
       while (pending.length && pending[0].seq <= msg.seq) pending.shift();
       break;
     case "transcript":
+      if (msg.language) $("heard").textContent = `${msg.language} (detected)`;
       if (msg.final) {
         bump("finals");
         lastFinal = Math.max(lastFinal, msg.seq);
@@ -169,6 +172,8 @@ async function start() {
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const params = new URLSearchParams({ encoding: "pcm_s16le", sample_rate: "16000" });
+  const language = $("language").value;
+  if (language) params.set("language", language); // else the server's HARK_LANGUAGE
   if (session) {
     params.set("session_id", session.id);
     params.set("resume_token", session.token);
@@ -256,6 +261,7 @@ function teardown() {
   retryDelay = 200;
   $("start").disabled = false;
   $("stop").disabled = true;
+  $("language").disabled = false;
 }
 
 $("start").addEventListener("click", start);

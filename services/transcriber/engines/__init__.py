@@ -16,16 +16,46 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from shared.config import Settings
 
 Word = tuple[str, float, float, float]  # text, start s, end s, probability
 
 
+# Events a session's voice activity raises (see Result.event).
+SPEECH_STARTED = "speech_started"
+UTTERANCE_END = "utterance_end"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What a client chose for its session; the engine's defaults where it did not.
+
+    `language`: a language code the engine knows, "auto" to detect it per utterance,
+    None for the engine's own. `prompt`: text that came before (spelling, style,
+    context); `hotwords`: words and names to expect. An engine that cannot honour an
+    option refuses the session (BadInput with code `bad_setting`) rather than
+    ignore it silently; `prompt` and `hotwords` it may take as hints only.
+    """
+
+    end_silence: float | None = None  # seconds of silence that end an utterance
+    language: str | None = None
+    prompt: str = ""
+    hotwords: str = ""
+
+
+DEFAULT_OPTIONS = Options()
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
-    """A transcript: `seq` is the last chunk it covers; times in seconds of the stream."""
+    """A transcript: `seq` is the last chunk it covers; times in seconds of the stream.
+
+    With `event` set it is no transcript but a voice-activity event of the stream
+    (SPEECH_STARTED at `start`, UTTERANCE_END at `end`): no text, nothing committed.
+    `language`: the language the engine heard, where the client asked it to detect one.
+    """
 
     seq: int
     text: str
@@ -33,6 +63,16 @@ class Result:
     start: float | None = None
     end: float | None = None
     words: tuple[Word, ...] = ()
+    language: str | None = None
+    event: str = ""
+
+
+class Decoded(NamedTuple):
+    """A recogniser's output for one utterance: times of words relative to its audio."""
+
+    text: str
+    words: list[Word]
+    language: str | None = None  # what it detected, where it was asked to
 
 
 @dataclass(slots=True)
@@ -47,12 +87,19 @@ class Job:
     run: Callable[[], Any]
     finish: Callable[[Any], list[Result]]
     audio: Any = None  # what `run` decodes, for an engine that decodes jobs in batches
+    options: Options = DEFAULT_OPTIONS  # its session's, for a batch of several sessions
 
 
 class BadInput(ValueError):
-    """Audio the engine cannot use; `code` is the client-facing error code."""
+    """Audio (or a setting) the engine cannot use; `code` is the client-facing error code."""
 
     code = "bad_audio"
+
+
+class BadSetting(BadInput):
+    """A session option the engine cannot honour."""
+
+    code = "bad_setting"
 
 
 class EngineUnavailable(RuntimeError):
@@ -119,10 +166,11 @@ class Engine(Protocol):
     blocking: bool  # True: calls take long (model inference) and run off the event loop
 
     def open_session(
-        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
-    ) -> EngineSession:
-        """A session of audio in `encoding` at `sample_rate`; `end_silence` (seconds), the
-        silence that ends an utterance, where the client chose one."""
+        self, session_id: str, encoding: str, sample_rate: int,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> EngineSession:  # fmt: skip
+        """A session of audio in `encoding` at `sample_rate`, with the client's `options`
+        (BadSetting for one the engine cannot honour)."""
         ...
 
 

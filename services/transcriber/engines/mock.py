@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from services.transcriber.engines import Immediate, Result
+from services.transcriber.engines import DEFAULT_OPTIONS, Immediate, Options, Result
 from services.transcriber.engines.audio import AudioError
 
 
@@ -42,6 +42,8 @@ class MockEngine:
     blocking = False
 
     def open_session(
-        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
-    ) -> MockSession:
+        self, session_id: str, encoding: str, sample_rate: int,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> MockSession:  # fmt: skip
+        """A session; it hears no speech, so it takes every option and uses none."""
         return MockSession(encoding)

@@ -52,6 +52,7 @@ class Utterance:
     audio: Audio
     start: int
     end: int
+    forced: bool = False  # cut for length, in the middle of speech (no pause)
 
 
 class Segmenter:
@@ -162,7 +163,7 @@ class Segmenter:
         hi = max(lo + 1, n - guard)
         at = min(range(lo, hi), key=self._probs.__getitem__) + 1  # the quiet window stays
         audio = np.concatenate(self._speech[:at])
-        utterance = Utterance(audio, self._start, self._start + len(audio))
+        utterance = Utterance(audio, self._start, self._start + len(audio), forced=True)
         self._speech, self._probs = self._speech[at:], self._probs[at:]
         self._start += len(audio)
         self._quiet = 0

@@ -18,7 +18,7 @@ import msgpack
 import numpy as np
 import pocketsphinx  # noqa: F401 - missing, the engine is unavailable at start, not in the worker
 
-from services.transcriber.engines import Word
+from services.transcriber.engines import DEFAULT_OPTIONS, BadSetting, Decoded, Options
 from services.transcriber.engines.segmenter import Audio
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
 from shared.config import Settings
@@ -106,17 +106,23 @@ class SphinxEngine:
         return cls(settings.partial_interval, settings.end_silence)
 
     def open_session(
-        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
-    ) -> UtteranceSession:
-        return open_session(self, self._vad, encoding, sample_rate,
-                            end_silence or self.end_silence)  # fmt: skip
+        self, session_id: str, encoding: str, sample_rate: int,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> UtteranceSession:  # fmt: skip
+        """A session; `prompt` and `hotwords` are hints it does not take (its model has
+        no such input), a language other than English it refuses."""
+        if options.language not in (None, "en"):
+            raise BadSetting(f"language {options.language!r}: the sphinx engine knows "
+                             "English only (en); the whisper engine knows many")  # fmt: skip
+        return open_session(self, self._vad, encoding, sample_rate, self.end_silence, options)
 
-    def transcribe(self, audio: Audio, final: bool) -> tuple[str, list[Word]]:
+    def transcribe(self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
         pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         reply = self._worker.call(pcm, final)
         words = reply["words"]
         assert isinstance(words, tuple)
-        return str(reply["text"]), [(str(w), float(s), float(e), float(p)) for w, s, e, p in words]
+        timed = [(str(w), float(s), float(e), float(p)) for w, s, e, p in words]
+        return Decoded(str(reply["text"]), timed)
 
     def close(self) -> None:
         """End the decoder process now (else it ends with this engine or this process)."""

@@ -21,7 +21,15 @@ from typing import Any, Protocol
 import numpy as np
 from faster_whisper.vad import get_vad_model
 
-from services.transcriber.engines import Job, Result, Word
+from services.transcriber.engines import (
+    DEFAULT_OPTIONS,
+    SPEECH_STARTED,
+    UTTERANCE_END,
+    Decoded,
+    Job,
+    Options,
+    Result,
+)
 from services.transcriber.engines.audio import Decoder
 from services.transcriber.engines.segmenter import RATE, Audio, Segmenter, StreamingVad, Utterance
 
@@ -33,7 +41,7 @@ class Recognizer(Protocol):
 
     partial_interval: float
 
-    def transcribe(self, audio: Audio, final: bool) -> tuple[str, list[Word]]:
+    def transcribe(self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
         """Its text, and for a final its words (times relative to the audio)."""
         ...
 
@@ -44,11 +52,13 @@ def vad_model() -> Any:
 
 
 def open_session(
-    recognizer: Recognizer, vad: Any, encoding: str, rate: int, end_silence: float = 0.6
-) -> UtteranceSession:
-    """A session whose utterances end after `end_silence` seconds of silence."""
-    segmenter = Segmenter(StreamingVad(vad), silence_s=end_silence)
-    return UtteranceSession(recognizer, Decoder(encoding, rate), segmenter)
+    recognizer: Recognizer, vad: Any, encoding: str, rate: int, end_silence: float = 0.6,
+    options: Options = DEFAULT_OPTIONS,
+) -> UtteranceSession:  # fmt: skip
+    """A session whose utterances end after `end_silence` seconds of silence (the
+    client's `options.end_silence` where it chose one)."""
+    segmenter = Segmenter(StreamingVad(vad), silence_s=options.end_silence or end_silence)
+    return UtteranceSession(recognizer, Decoder(encoding, rate), segmenter, options)
 
 
 @dataclass(slots=True)
@@ -64,8 +74,13 @@ class UtteranceSession:
     """One client session: audio decoding, segmentation, the finals owed, what is
     committed."""
 
-    def __init__(self, recognizer: Recognizer, decoder: Decoder, segmenter: Segmenter) -> None:
+    def __init__(
+        self, recognizer: Recognizer, decoder: Decoder, segmenter: Segmenter,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> None:  # fmt: skip
         self._recognizer = recognizer
+        self._options = options
+        self._speaking = False  # speech_started said for the speech in progress
         self._decoder = decoder
         self._segmenter = segmenter
         self._chunks: deque[tuple[int, int]] = deque()  # (seq, samples decoded after it)
@@ -100,10 +115,28 @@ class UtteranceSession:
         samples = self._decoder.decode(audio)
         self._decoded += len(samples)
         self._chunks.append((seq, self._decoded))
+        events: list[Result] = []
         for utterance in self._segmenter.feed(samples):
             self._owe(utterance)
+            self._speech_events(events, seq, utterance)
+        self._speech_events(events, seq, None)
         self._advance()
-        return []
+        return events
+
+    def _speech_events(self, out: list[Result], seq: int, cut: Utterance | None) -> None:
+        """Voice activity events for chunk `seq`: speech that starts (in an utterance
+        `cut` here, or in the one in progress), an utterance that ends in silence (not
+        one cut for length: the speaker goes on)."""
+        base, seg = self._base_s or 0.0, self._segmenter
+        start = cut.start if cut is not None else seg.speech_start
+        if not self._speaking and (cut is not None or seg.in_speech):
+            self._speaking = True
+            out.append(Result(seq, "", False, start=round(base + start / RATE, 3),
+                              event=SPEECH_STARTED))  # fmt: skip
+        if cut is not None and not cut.forced:
+            self._speaking = False
+            out.append(Result(seq, "", False, end=round(base + cut.end / RATE, 3),
+                              event=UTTERANCE_END))  # fmt: skip
 
     def flush(self) -> list[Result]:
         tail = self._decoder.flush()
@@ -117,6 +150,7 @@ class UtteranceSession:
         if last is not None:
             self._owe(last)
         self._sealed = self._last_seq
+        self._speaking = False  # a flush is a cut: speech after it starts anew
         self._advance()
         return []
 
@@ -135,12 +169,12 @@ class UtteranceSession:
             return None
         owed = self._owed[0]
         self._busy = True
-        audio = owed.utterance.audio
+        audio, options = owed.utterance.audio, self._options
 
-        def run() -> tuple[str, list[Word]]:
-            return self._recognizer.transcribe(audio, final=True)
+        def run() -> Decoded:
+            return self._recognizer.transcribe(audio, True, options)
 
-        return Job(True, owed.since, run, self._finished, audio)
+        return Job(True, owed.since, run, self._finished, audio, options)
 
     def partial_since(self, early: float = 0.0) -> float | None:
         seg = self._segmenter
@@ -160,32 +194,32 @@ class UtteranceSession:
         self._partial_at = seg.position
         since, self._partial_time = self._partial_time, time.monotonic()
         audio, seq, start = seg.current(), self._last_seq, seg.speech_start
+        options = self._options
 
-        def run() -> tuple[str, list[Word]]:
-            return self._recognizer.transcribe(audio, final=False)
+        def run() -> Decoded:
+            return self._recognizer.transcribe(audio, False, options)
 
-        def finish(out: tuple[str, list[Word]]) -> list[Result]:
-            text = out[0]
+        def finish(out: Decoded) -> list[Result]:
             # Worthless once its utterance was cut meanwhile: the final follows.
-            if not text or not seg.in_speech or seg.speech_start != start:
+            if not out.text or not seg.in_speech or seg.speech_start != start:
                 return []
-            return [Result(seq, text, False)]
+            return [Result(seq, out.text, False, language=out.language)]
 
-        return Job(False, since, run, finish, audio)
+        return Job(False, since, run, finish, audio, options)
 
-    def _finished(self, out: tuple[str, list[Word]]) -> list[Result]:
+    def _finished(self, out: Decoded) -> list[Result]:
         owed = self._owed.popleft()
         self._busy = False
         self._done += 1
         self._advance()
-        text, words = out
+        text, words, language = out
         if not text:
             return []
         base = self._base_s or 0.0
         start = base + owed.utterance.start / RATE
         timed = tuple((w, round(start + a, 3), round(start + b, 3), p) for w, a, b, p in words)
         return [Result(owed.seq, text, True, round(start, 3),
-                       round(base + owed.utterance.end / RATE, 3), timed)]  # fmt: skip
+                       round(base + owed.utterance.end / RATE, 3), timed, language)]  # fmt: skip
 
     def _owe(self, utterance: Utterance) -> None:
         self._partial_at = self._segmenter.position
@@ -196,8 +230,8 @@ class UtteranceSession:
             # Two utterances end in one chunk (a client's chunks can be long): one final.
             prev = self._owed[-1]
             audio = np.concatenate([prev.utterance.audio, utterance.audio])
-            self._owed[-1] = _Owed(Utterance(audio, prev.utterance.start, utterance.end),
-                                   prev.seq, prev.since)  # fmt: skip
+            joined = Utterance(audio, prev.utterance.start, utterance.end, utterance.forced)
+            self._owed[-1] = _Owed(joined, prev.seq, prev.since)
             return
         if self._owed and self._owed[-1].seq >= seq:
             log.warning("two finals end in chunk %d; the gateway keeps the first", seq)

@@ -31,7 +31,15 @@ from faster_whisper.transcribe import (
     merge_punctuations,
 )
 
-from services.transcriber.engines import EngineUnavailable, Job, Word
+from services.transcriber.engines import (
+    DEFAULT_OPTIONS,
+    BadSetting,
+    Decoded,
+    EngineUnavailable,
+    Job,
+    Options,
+    Word,
+)
 from services.transcriber.engines.model_store import ModelUnavailable, default_cache_dir, resolve
 from services.transcriber.engines.segmenter import Audio
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
@@ -46,14 +54,14 @@ PAD_S = 3.0
 FRAMES_PER_S = 100  # mel frames
 MAX_FRAMES = 3000  # the encoder's own limit: 30 s
 MAX_NEW_TOKENS = 220  # half of whisper's 448: no utterance of 25 s says more
+MAX_LENGTH = 448  # the decoder's positions: prompt and text together
+MAX_PROMPT_TOKENS = 223  # faster-whisper keeps the last half of them for earlier text
 NO_SPEECH = 0.6  # faster-whisper's thresholds: a text this likely silence, and
 LOW_LOGPROB = -1.0  # this unsure, is no text
 LOOPING = 2.4  # compression ratio past which a text repeats itself
 # Punctuation joined to the word beside it: faster-whisper's defaults.
 PREPEND = "\"'“¿([{-"
 APPEND = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001
-
-Decoded = tuple[str, list[Word]]
 
 
 class WhisperEngine:
@@ -76,7 +84,7 @@ class WhisperEngine:
         self.batch_size = batch_size if self.batched else 1
         self.model = WhisperModel(model, device=device, compute_type=compute_type,
                                   cpu_threads=threads or min(4, os.cpu_count() or 1))  # fmt: skip
-        self._tokenizer: Tokenizer | None = None
+        self._tokenizers: dict[str, Tokenizer] = {}
         self._suppress: list[int] | None = None
         self._vad = vad_model()
 
@@ -96,14 +104,21 @@ class WhisperEngine:
         )  # fmt: skip
 
     def open_session(
-        self, session_id: str, encoding: str, sample_rate: int, end_silence: float | None = None
-    ) -> UtteranceSession:
-        return open_session(self, self._vad, encoding, sample_rate,
-                            end_silence or self.end_silence)  # fmt: skip
+        self, session_id: str, encoding: str, sample_rate: int,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> UtteranceSession:  # fmt: skip
+        """A session; BadSetting for a language this model does not know."""
+        language, known = options.language, self.model.supported_languages
+        if language is not None and language not in (*known, "auto"):
+            raise BadSetting(f"language {language!r} is not one this whisper model knows "
+                             f"({', '.join(known[:8])}, ...; or auto)")  # fmt: skip
+        if language == "auto" and not self.model.model.is_multilingual:
+            raise BadSetting("language 'auto': this whisper model knows English only")
+        return open_session(self, self._vad, encoding, sample_rate, self.end_silence, options)
 
-    def transcribe(self, audio: Audio, final: bool) -> Decoded:
+    def transcribe(self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
         """Text of the audio, and for a final its words (times relative to the audio)."""
-        return self.decode([audio], final)[0]
+        return self.decode([audio], final, [options])[0]
 
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
         """Decode several sessions' jobs at once: the finals together, the partials
@@ -113,55 +128,104 @@ class WhisperEngine:
             picked = [i for i, job in enumerate(jobs) if job.final is final]
             if picked:
                 audio = [jobs[i].audio for i in picked]
-                for i, decoded in zip(picked, self.decode(audio, final), strict=True):
+                options = [jobs[i].options for i in picked]
+                for i, decoded in zip(picked, self.decode(audio, final, options), strict=True):
                     out[i] = decoded
         return out
 
-    def decode(self, audio: Sequence[Audio | None], final: bool) -> list[Decoded]:
-        """Texts (and for finals words) of utterances, in one pass through the model."""
+    def decode(
+        self, audio: Sequence[Audio | None], final: bool, options: Sequence[Options] | None = None
+    ) -> list[Decoded]:
+        """Texts (and for finals words) of utterances, in one pass through the model,
+        each with its session's options (language, prompt, hotwords)."""
+        options = options or [DEFAULT_OPTIONS] * len(audio)
         if not self.batched:
-            return [self._fallback(a, final) for a in audio]
-        tokenizer = self._tokenizer_()
+            return [self._fallback(a, final, o) for a, o in zip(audio, options, strict=True)]
         extractor = self.model.feature_extractor
         features = [extractor(a if a is not None else np.zeros(0, np.float32))[:, :-1]
                     for a in audio]  # fmt: skip
         longest = max(f.shape[1] for f in features)
         frames = min(MAX_FRAMES, math.ceil(longest / FRAMES_PER_S + PAD_S) * FRAMES_PER_S)
         batch = np.stack([_fit(f, frames) for f in features])
+        # CTranslate2 decodes a batch only where every prompt's start token sits at the
+        # same place: sessions with earlier text (prompt, hotwords) of different lengths
+        # are decoded in groups, their rows cut from the batch's encoder output.
+        groups = self._groups(options)
         encoded = self.model.model.encode(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(batch)),
-            # Rows of a batch are cut apart for word timings: on the host.
-            to_cpu=final and len(features) > 1 and self.model.model.device == "cuda",
-        )
-        prompt = self.model.get_prompt(tokenizer, [], without_timestamps=True)
-        results = self.model.model.generate(
-            encoded, [prompt] * len(features), beam_size=self.beam_size if final else 1,
-            max_length=len(prompt) + MAX_NEW_TOKENS, return_scores=True,
-            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=self._suppress,
+            # Rows of a batch are cut apart for word timings or groups: on the host.
+            to_cpu=(final or len(groups) > 1) and len(features) > 1
+            and self.model.model.device == "cuda",
         )  # fmt: skip
+        languages = self._languages(encoded, options)
+        tokenizers = [self._tokenizer(language) for language in languages]
+        prompts = [self._prompt(tok, o) for tok, o in zip(tokenizers, options, strict=True)]
+        results: list[Any] = [None] * len(features)
+        for rows in groups:
+            part = encoded if len(groups) == 1 else _rows(encoded, rows)
+            mine = [prompts[i] for i in rows]
+            generated = self.model.model.generate(
+                part, mine, beam_size=self.beam_size if final else 1,
+                max_length=min(MAX_LENGTH, max(map(len, mine)) + MAX_NEW_TOKENS),
+                return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+                suppress_tokens=self._suppress,
+            )  # fmt: skip
+            for i, result in zip(rows, generated, strict=True):
+                results[i] = result
         out: list[Decoded] = []
         texts: list[list[int]] = []
-        for result in results:
+        for result, tokenizer, o, language in zip(results, tokenizers, options, languages,
+                                                   strict=True):  # fmt: skip
             tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
             if result.no_speech_prob > NO_SPEECH and result.scores[0] < LOW_LOGPROB:
                 tokens = []  # silence, said with little conviction: say nothing
             texts.append(tokens)
-            out.append((tokenizer.decode(tokens).strip(), []))
+            detected = language if o.language == "auto" else None
+            out.append(Decoded(tokenizer.decode(tokens).strip(), [], detected))
         if not final:
             return out
-        for i, (text, _) in enumerate(out):
-            if text and get_compression_ratio(text) > LOOPING:
-                log.info("a final looped (%r...): decoded again with fallbacks", text[:40])
-                out[i] = self._fallback(audio[i], final=True)
+        for i, decoded in enumerate(out):
+            if decoded.text and get_compression_ratio(decoded.text) > LOOPING:
+                log.info("a final looped (%r...): decoded again with fallbacks", decoded.text[:40])
+                out[i] = self._fallback(audio[i], True, options[i])
                 texts[i] = []
         frames_of = [min(frames, f.shape[1]) for f in features]
-        for i, words in enumerate(self._words(tokenizer, texts, encoded, frames_of)):
+        for i, words in enumerate(self._words(tokenizers, texts, encoded, frames_of)):
             if words:
-                out[i] = (out[i][0], words)
+                out[i] = out[i]._replace(words=words)
         return out
 
+    def _languages(self, encoded: Any, options: Sequence[Options]) -> list[str]:
+        """The language each row is decoded in: its session's, the engine's, or for
+        "auto" the one whisper hears in it (one step of the decoder, for the batch)."""
+        default = self.language or "en"
+        languages = [o.language or default for o in options]
+        if "auto" in languages:
+            heard = self.model.model.detect_language(encoded)
+            languages = [ranked[0][0][2:-2] if language == "auto" else language
+                         for language, ranked in zip(languages, heard, strict=True)]  # fmt: skip
+        return languages
+
+    def _groups(self, options: Sequence[Options]) -> list[list[int]]:
+        """Rows whose prompts put the start token at the same place (see decode)."""
+        tokenizer = self._tokenizer(self.language or "en")  # the language moves nothing
+        groups: dict[int, list[int]] = {}
+        for i, o in enumerate(options):
+            start = self._prompt(tokenizer, o).index(tokenizer.sot)
+            groups.setdefault(start, []).append(i)
+        return list(groups.values())
+
+    def _prompt(self, tokenizer: Tokenizer, options: Options) -> list[int]:
+        """The decoder's prompt: the session's earlier text and hotwords (as
+        faster-whisper builds it), then the language and task."""
+        earlier = tokenizer.encode(" " + options.prompt.strip()) if options.prompt.strip() else []
+        prompt: list[int] = self.model.get_prompt(tokenizer, earlier[-MAX_PROMPT_TOKENS:],
+                                     without_timestamps=True,
+                                     hotwords=options.hotwords.strip() or None)  # fmt: skip
+        return prompt
+
     def _words(
-        self, tokenizer: Tokenizer, texts: list[list[int]], encoded: Any, frames: list[int]
+        self, tokenizers: list[Tokenizer], texts: list[list[int]], encoded: Any, frames: list[int]
     ) -> list[list[Word]]:
         """Word timings of each text, by whisper's cross-attention (as faster-whisper)."""
         words: list[list[Word]] = []
@@ -170,21 +234,25 @@ class WhisperEngine:
                 words.append([])
                 continue
             one = encoded if len(texts) == 1 else _row(encoded, i)
-            alignment = self.model.find_alignment(tokenizer, [tokens], one, frames[i])[0]
+            alignment = self.model.find_alignment(tokenizers[i], [tokens], one, frames[i])[0]
             merge_punctuations(alignment, PREPEND, APPEND)
             words.append([(w["word"].strip(), round(float(w["start"]), 3),
                            round(float(w["end"]), 3), round(float(w["probability"]), 3))
                           for w in alignment if w["word"].strip()])  # fmt: skip
         return words
 
-    def _fallback(self, audio: Audio | None, final: bool) -> Decoded:
+    def _fallback(self, audio: Audio | None, final: bool, session: Options) -> Decoded:
         """faster-whisper's own decoding (30 s input, temperature fallbacks; a partial
         greedy, at one temperature, without timestamps)."""
         options: dict[str, Any] = (
             {"word_timestamps": True} if final else {"temperature": 0.0, "without_timestamps": True}
         )
-        segments, _ = self.model.transcribe(
-            audio if audio is not None else np.zeros(0, np.float32), language=self.language,
+        language = session.language or self.language
+        segments, info = self.model.transcribe(
+            audio if audio is not None else np.zeros(0, np.float32),
+            language=None if language == "auto" else language,
+            initial_prompt=session.prompt.strip() or None,
+            hotwords=session.hotwords.strip() or None,
             beam_size=self.beam_size if final else 1, vad_filter=False,
             condition_on_previous_text=False, **options,
         )  # fmt: skip
@@ -195,15 +263,20 @@ class WhisperEngine:
             for w in segment.words or []:
                 words.append((w.word.strip(), round(w.start, 3), round(w.end, 3),
                               round(w.probability, 3)))  # fmt: skip
-        return "".join(texts).strip(), words
+        detected = info.language if language == "auto" else None
+        return Decoded("".join(texts).strip(), words, detected)
 
-    def _tokenizer_(self) -> Tokenizer:
-        if self._tokenizer is None:
-            model, language = self.model, self.language or "en"
-            self._tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
-                                        task="transcribe", language=language)  # fmt: skip
-            self._suppress = get_suppressed_tokens(self._tokenizer, [-1])
-        return self._tokenizer
+    def _tokenizer(self, language: str) -> Tokenizer:
+        """The tokenizer of `language` (its start sequence names the language)."""
+        tokenizer = self._tokenizers.get(language)
+        if tokenizer is None:
+            model = self.model
+            tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual,
+                                  task="transcribe", language=language)  # fmt: skip
+            self._tokenizers[language] = tokenizer
+            if self._suppress is None:  # the same for every language
+                self._suppress = get_suppressed_tokens(tokenizer, [-1])
+        return tokenizer
 
 
 def cpu_share(transcribers: int) -> int:
@@ -221,5 +294,10 @@ def _fit(features: np.ndarray[Any, Any], frames: int) -> np.ndarray[Any, Any]:
 
 def _row(encoded: Any, i: int) -> Any:
     """Row `i` of a batch's encoder output, as a batch of one."""
+    return _rows(encoded, [i])
+
+
+def _rows(encoded: Any, rows: list[int]) -> Any:
+    """Some rows of a batch's encoder output, as a batch."""
     array = np.asarray(encoded)
-    return ctranslate2.StorageView.from_array(np.ascontiguousarray(array[i : i + 1]))
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(array[rows]))
