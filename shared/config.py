@@ -125,6 +125,8 @@ class Settings:
     whisper_decoder: str = field(default="batched", metadata=_env("HARK_WHISPER_DECODER"))
     cache_dir: str | None = field(default=None, metadata=_env("HARK_CACHE_DIR"))
     session_queue: int = field(default=256, metadata=_env("HARK_SESSION_QUEUE"))
+    # The largest file POST /v1/audio/transcriptions takes (OpenAI's own limit: 25 MB).
+    max_file_bytes: int = field(default=25 * 1024 * 1024, metadata=_env("HARK_MAX_FILE_BYTES"))
     # Admission control. A gateway holds at most this many sessions; more get HTTP 503.
     max_sessions: int = field(default=10_000, metadata=_env("HARK_MAX_SESSIONS"))
     # Seconds a connection may take to send its whole HTTP request (the WebSocket
@@ -174,8 +176,8 @@ class Settings:
         positive = (
             "transcribers", "max_chunk_bytes", "heartbeat_interval", "heartbeat_misses",
             "shutdown_timeout", "restart_period", "partial_interval", "backoff_min", "backoff_max",
-            "session_queue", "max_sessions", "handshake_timeout", "max_lag", "max_store_lag",
-            "audit_maxlen",
+            "session_queue", "max_file_bytes", "max_sessions", "handshake_timeout", "max_lag",
+            "max_store_lag", "audit_maxlen",
             "results_maxlen", "results_ttl", "token_ttl", "max_deliveries",
             "limit_sessions", "limit_chunks_per_s", "limit_bytes_per_s", "limit_session_s",
             "batch_size", "end_silence", "max_busy",

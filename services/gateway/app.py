@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from services.gateway import files
 from services.gateway.gateway import Gateway
 from services.gateway.openapi import OPENAPI
 from services.gateway.vosk_server import handle_vosk
@@ -41,6 +42,7 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
     app.router.add_get("/ws", ws_route)
     app.router.add_get("/vosk", vosk_route)
     app.router.add_get("/original", original_route)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions_route)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/config", config)
@@ -61,6 +63,10 @@ async def ws_route(request: web.Request) -> web.StreamResponse:
 
 async def original_route(request: web.Request) -> web.StreamResponse:
     return await request.app[GATEWAY].handle_original(request)
+
+
+async def transcriptions_route(request: web.Request) -> web.StreamResponse:
+    return await files.handle(request.app[GATEWAY], request)
 
 
 async def vosk_route(request: web.Request) -> web.StreamResponse:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import queue
 import threading
 from typing import Any, Protocol
@@ -184,7 +185,7 @@ class StreamDecoder:
             self._signal(-1)
 
     def _emit(self, frames: list[Any]) -> None:
-        pcm = [f.to_ndarray().astype("<i2").tobytes() for f in frames]
+        pcm = [samples.tobytes() for samples in _samples(frames)]
         with self._lock:
             self._out += pcm
 
@@ -203,6 +204,35 @@ class StreamDecoder:
             self._waiting = None
             if not done.done():
                 done.set_result(None)
+
+
+Pcm = np.ndarray[Any, np.dtype[np.int16]]
+
+
+def decode_file(data: bytes) -> Pcm:
+    """A whole file's first audio stream as 16 kHz mono 16-bit samples (a file sent to
+    POST /v1/audio/transcriptions). ClientError `bad_audio` where FFmpeg cannot read it,
+    or it holds no audio."""
+    parts: list[Pcm] = []
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise ClientError("bad_audio", "the file holds no audio")
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=OUT_RATE)
+            for frame in container.decode(container.streams.audio[0]):
+                parts += _samples(resampler.resample(frame))
+            parts += _samples(resampler.resample(None))
+    except av.FFmpegError as exc:
+        why = _describe(exc)
+        raise ClientError("bad_audio", f"the file could not be decoded ({why})") from None
+    if not parts:
+        raise ClientError("bad_audio", "the file's audio is empty")
+    return np.concatenate(parts)
+
+
+def _samples(frames: list[Any]) -> list[Pcm]:
+    """Resampled frames (s16, mono) as little-endian 16-bit samples."""
+    return [f.to_ndarray().reshape(-1).astype("<i2") for f in frames]
 
 
 def _describe(exc: Exception) -> str:

@@ -253,16 +253,24 @@ class Gateway:
 
     @contextlib.contextmanager
     def admitted(self, request: web.Request, new: bool = True) -> Iterator[web.WebSocketResponse]:
-        """Let a handshake in, or raise its HTTP error: the Origin and the credentials, the
-        gateway's load (for a `new` session: a resume was counted already), the limits of
-        its key and address. Inside: the connection's WebSocket, not prepared yet; its
+        """Let a handshake in, or raise its HTTP error (see let_in). Inside: the
+        connection's WebSocket, not prepared yet."""
+        with self.let_in(request, new) as protocols:
+            yield self._websocket(protocols)
+
+    @contextlib.contextmanager
+    def let_in(self, request: web.Request, new: bool = True) -> Iterator[tuple[str, ...]]:
+        """Let a request that opens sessions in (a handshake, a file to transcribe), or
+        raise its HTTP error: the Origin and the credentials, the gateway's load (for
+        `new` sessions: a resume was counted already), the limits of its key and
+        address. Inside: the subprotocols to answer a handshake with; the request's
         hold on the limits is given back at the end."""
         protocols = self._check_access(request)
         if new:
             self.admit()
         lease = self._enter(request)
         try:
-            yield self._websocket(protocols)
+            yield protocols
         finally:
             self.limits.release(lease)
 

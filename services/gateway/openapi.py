@@ -24,7 +24,8 @@ COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
 
 SESSION = obj(
     ["session_id", "client_id", "protocol", "transcriber", "chunks", "last_seq"],
-    session_id=STR, client_id=STR, protocol={"enum": ["ws", "vosk"]}, transcriber=STR,
+    session_id=STR, client_id=STR, protocol={"enum": ["ws", "vosk", "original", "file"]},
+    transcriber=STR,
     encoding=STR, sample_rate=INT, interim=BOOL, opened_at=NUM, age_s=NUM, chunks=INT, bytes=INT,
     finals=INT, errors=INT, last_seq=INT, delivered_seq=INT, queued_replies=INT, closing=BOOL,
 )  # fmt: skip
@@ -60,6 +61,65 @@ UPGRADE = {
                     "than HARK_MAX_LAG behind"),
             "headers": {"Retry-After": {"schema": STR, "description": "seconds"}}},
 }  # fmt: skip
+
+OPENAI_ERROR = obj(
+    ["error"],
+    error=obj(
+        ["message", "type", "param", "code"],
+        message=STR,
+        type=STR,
+        param=maybe("string"),
+        code=maybe("string"),
+    ),
+)
+RETRY = {"headers": {"Retry-After": {"schema": STR, "description": "seconds"}}}
+
+
+def openai_error(description: str) -> dict[str, Any]:
+    return json_body(OPENAI_ERROR, description)
+
+
+WORD = obj(["word", "start", "end"], word=STR, start=NUM, end=NUM)
+SEGMENT = obj(
+    ["id", "start", "end", "text"], id=INT, seek=INT, start=NUM, end=NUM, text=STR,
+    tokens={"type": "array", "items": INT}, temperature=NUM, avg_logprob=NUM,
+    compression_ratio=NUM, no_speech_prob=NUM,
+)  # fmt: skip
+TRANSCRIPTION = {"oneOf": [
+    obj(["text"], text=STR),  # json
+    obj(["task", "language", "duration", "text"], task={"const": "transcribe"}, language=STR,
+        duration=NUM, text=STR, segments={"type": "array", "items": SEGMENT},
+        words={"type": "array", "items": WORD}),  # verbose_json
+]}  # fmt: skip
+TRANSCRIPTIONS = {"post": {
+    "summary": "A file's transcript, as OpenAI's POST /v1/audio/transcriptions answers "
+               "(see the README, 'Files: OpenAI's transcription API')",
+    "security": [{"apiKey": []}, {}],
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": obj(
+        ["file", "model"],
+        file={"type": "string", "contentMediaType": "application/octet-stream",
+              "description": "audio FFmpeg reads, up to HARK_MAX_FILE_BYTES"},
+        model={**STR, "description": "accepted; the engine is hark's"},
+        language={**STR, "description": "a language code, or auto"},
+        prompt=STR, hotwords={**STR, "description": "hark's own: words and names to expect"},
+        response_format={"enum": ["json", "text", "srt", "vtt", "verbose_json"]},
+        **{"timestamp_granularities[]": {"type": "array",
+                                         "items": {"enum": ["word", "segment"]}}},
+    )}}},
+    "responses": {
+        "200": {"description": "json and verbose_json as JSON; text, srt and vtt as text",
+                "content": {"application/json": {"schema": TRANSCRIPTION},
+                            "text/plain": {"schema": STR}}},
+        "400": openai_error("not multipart, no file or model, a bad setting, or not audio "
+                            "(code invalid_file_format)"),
+        "401": openai_error("API keys are set and the request carries no valid key"),
+        "403": openai_error("forbidden_origin: the Origin is not in HARK_ALLOWED_ORIGINS"),
+        "413": openai_error("the file is larger than HARK_MAX_FILE_BYTES"),
+        "429": {**openai_error("the API key or the address holds HARK_LIMIT_SESSIONS"), **RETRY},
+        "503": {**openai_error("overloaded (as a handshake), or a piece of the file could not "
+                               "be finished: try again"), **RETRY},
+    },
+}}  # fmt: skip
 
 PATHS: dict[str, Any] = {
     "/": {"get": {
@@ -99,6 +159,7 @@ PATHS: dict[str, Any] = {
                           "{status: received, size}, then {client_id, text, status: "
                           "transcript}", "responses": UPGRADE,
                           "security": [{"apiKey": []}, {"token": []}, {}]}},
+    "/v1/audio/transcriptions": TRANSCRIPTIONS,
     "/token": {"post": {
         "summary": "A short-lived token for a browser's WebSocket, for an API key",
         "security": [{"apiKey": []}],

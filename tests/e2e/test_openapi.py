@@ -3,6 +3,8 @@ the live responses (openapi-core validates each one against the document)."""
 
 from __future__ import annotations
 
+import io
+import wave
 from typing import Any
 
 import aiohttp
@@ -43,9 +45,21 @@ NOT_EXERCISED = {
     ("/audit", "get", "403"),
     ("/ws", "get", "429"), ("/vosk", "get", "429"),  # tests/security/test_limits.py
     ("/token", "post", "404"),  # a gateway without keys: tests/security/test_auth.py
+    ("/v1/audio/transcriptions", "post", "429"), ("/v1/audio/transcriptions", "post", "503"),
     ("/actors/{name}/drain", "delete", "404"), ("/actors/{name}/drain", "delete", "409"),
     ("/actors/{name}/restart", "post", "409"),
 }  # fmt: skip
+
+
+def _wav() -> bytes:
+    """A second of 16 kHz silence as a WAV file."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16_000)
+        wav.writeframes(b"\0" * 32_000)
+    return out.getvalue()
 
 
 class Checker:
@@ -120,6 +134,20 @@ async def _gateway_calls(tree: Tree, http: aiohttp.ClientSession) -> Checker:
         await check.call("GET", path, path, 401)  # no key
         await check.call("GET", path, path, 403, headers={**CLIENT, "Origin": "https://x.example"})
     await check.call("GET", "/ws", "/ws", 400, headers=CLIENT)  # not an upgrade
+    files = "/v1/audio/transcriptions"
+    for answer, status, headers in (
+        (None, 401, {}),
+        (None, 403, {**CLIENT, "Origin": "https://x.example"}),
+        (b"not audio", 400, CLIENT),
+        (b"\0" * 200_000, 413, CLIENT),
+        (_wav(), 200, CLIENT),
+    ):
+        form = aiohttp.FormData({"model": "whisper-1"})
+        form.add_field("file", answer or _wav(), filename="a.wav")
+        await check.call("POST", files, files, status, headers=headers, data=form)
+    form = aiohttp.FormData({"model": "whisper-1", "response_format": "text"})
+    form.add_field("file", _wav(), filename="a.wav")
+    await check.call("POST", files, files, 200, headers=CLIENT, data=form)
     await check.call("GET", "/original", "/original", 400, headers=CLIENT)
     await check.call("POST", "/token", "/token", 401)
     await check.call("POST", "/token", "/token", 400, headers=CLIENT, data=b"[1]")
@@ -171,7 +199,7 @@ async def test_every_documented_answer_is_what_the_live_servers_send(
 ) -> None:
     tree = await start_tree(redis_url=redis_url, env={
         "HARK_ADMIN_TOKEN": TOKEN, "HARK_API_KEYS": f"test:{API_KEY}",
-        "HARK_ALLOWED_ORIGINS": ORIGIN,
+        "HARK_ALLOWED_ORIGINS": ORIGIN, "HARK_MAX_FILE_BYTES": "100000",
     })  # fmt: skip
     async with aiohttp.ClientSession() as http:
         gateway = await _gateway_calls(tree, http)
