@@ -31,10 +31,11 @@ from shared.config import Settings, SettingsError
 from shared.http_errors import json_error
 
 
-def bearer(request: web.Request) -> str | None:
-    """The credential of an `Authorization: Bearer <credential>` header, if there is one."""
+def bearer(request: web.Request, schemes: tuple[str, ...] = ("bearer",)) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` header (or of another of
+    `schemes`, lower case), if there is one."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return given or None if scheme.lower() == "bearer" else None
+    return given or None if scheme.lower() in schemes else None
 
 
 def require_admin(request: web.Request, token: str | None) -> None:
@@ -175,19 +176,28 @@ class ApiKeys:
     def _mac(self, key: str, payload: str) -> str:
         return _b64(hmac.digest(self._keys[key], _TOKEN_CONTEXT + payload.encode(), "sha256"))
 
-    def authenticate(self, request: web.Request) -> tuple[Principal, str | None]:
+    def authenticate(
+        self, request: web.Request, schemes: tuple[str, ...] = ("bearer",)
+    ) -> tuple[Principal, str | None]:
         """The principal of a WebSocket handshake, and the subprotocol to answer with
-        (the token's, when it came that way). Raises 401, saying nothing more."""
-        given = bearer(request)
+        (the token's, when it came that way). Raises 401, saying nothing more.
+
+        A key comes as `Authorization: <scheme> KEY`, one of `schemes`; where those
+        include "token" (Deepgram's `Authorization: Token KEY`), also as Deepgram's
+        browsers send it: the subprotocols `token, KEY`."""
+        given = bearer(request, schemes)
         found: Principal | None = None
         protocol = None
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "")
+                   .split(",")]  # fmt: skip
         if given is not None:
             found = self.check_key(given.strip())
         elif "token" in request.query:
             found = self.check_token(request.query["token"])
+        elif "token" in schemes and len(offered) == 2 and offered[0] == "token":
+            protocol = "token"
+            found = self.check_key(offered[1])
         else:
-            offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "")
-                       .split(",")]  # fmt: skip
             tokens = [p for p in offered if p.startswith(TOKEN_PROTOCOL)]
             if tokens:
                 protocol = tokens[0]

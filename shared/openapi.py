@@ -79,6 +79,13 @@ def document(title: str, description: str, paths: dict[str, Any]) -> dict[str, A
                     "scheme": "bearer",
                     "description": "a key of HARK_API_KEYS / HARK_API_KEYS_FILE",
                 },
+                "deepgramKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "Token <a key of HARK_API_KEYS>, as Deepgram's SDKs send "
+                    "it (or Bearer <key>, or the subprotocols token, <key>)",
+                },
                 "token": {
                     "type": "apiKey",
                     "in": "query",

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.gateway import files
+from services.gateway import deepgram, files
 from services.gateway.gateway import Gateway
 from services.gateway.openapi import OPENAPI
 from services.gateway.vosk_server import handle_vosk
@@ -43,6 +43,7 @@ def create_app(settings: Settings, redis: Redis, name: str = "gateway") -> web.A
     app.router.add_get("/vosk", vosk_route)
     app.router.add_get("/original", original_route)
     app.router.add_post("/v1/audio/transcriptions", transcriptions_route)
+    app.router.add_get("/v1/listen", listen_route)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/config", config)
@@ -67,6 +68,10 @@ async def original_route(request: web.Request) -> web.StreamResponse:
 
 async def transcriptions_route(request: web.Request) -> web.StreamResponse:
     return await files.handle(request.app[GATEWAY], request)
+
+
+async def listen_route(request: web.Request) -> web.StreamResponse:
+    return await deepgram.handle_listen(request.app[GATEWAY], request)
 
 
 async def vosk_route(request: web.Request) -> web.StreamResponse:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import zlib
 from collections import Counter
@@ -31,6 +30,7 @@ from services.gateway.decode import Pcm, decode_file
 from services.gateway.gateway import Gateway
 from services.gateway.protocol import AudioFormat, ClientError
 from services.gateway.session import Session
+from shared.http_errors import described
 from shared.messages import Transcript
 
 log = logging.getLogger(__name__)
@@ -104,16 +104,11 @@ def _http_errors() -> Any:
     try:
         yield
     except web.HTTPException as exc:
-        try:
-            body = json.loads(exc.text or "{}")
-        except ValueError:
-            body = {}
+        code, message, headers = described(exc)
         kind = {401: "invalid_request_error", 429: "rate_limit_exceeded"}.get(
             exc.status, "server_error" if exc.status >= 500 else "invalid_request_error"
         )
-        headers = {k: v for k, v in exc.headers.items() if k in ("Retry-After", "WWW-Authenticate")}
-        raise ApiError(exc.status, body.get("error", exc.reason), kind=kind,
-                       code=body.get("code"), headers=headers) from None  # fmt: skip
+        raise ApiError(exc.status, message, kind=kind, code=code, headers=headers) from None
 
 
 async def _read(request: web.Request, most: int) -> Request:

@@ -252,20 +252,25 @@ class Gateway:
                          headers={"Retry-After": retry})  # fmt: skip
 
     @contextlib.contextmanager
-    def admitted(self, request: web.Request, new: bool = True) -> Iterator[web.WebSocketResponse]:
+    def admitted(
+        self, request: web.Request, new: bool = True, schemes: tuple[str, ...] = ("bearer",)
+    ) -> Iterator[web.WebSocketResponse]:
         """Let a handshake in, or raise its HTTP error (see let_in). Inside: the
         connection's WebSocket, not prepared yet."""
-        with self.let_in(request, new) as protocols:
+        with self.let_in(request, new, schemes) as protocols:
             yield self._websocket(protocols)
 
     @contextlib.contextmanager
-    def let_in(self, request: web.Request, new: bool = True) -> Iterator[tuple[str, ...]]:
+    def let_in(
+        self, request: web.Request, new: bool = True, schemes: tuple[str, ...] = ("bearer",)
+    ) -> Iterator[tuple[str, ...]]:
         """Let a request that opens sessions in (a handshake, a file to transcribe), or
-        raise its HTTP error: the Origin and the credentials, the gateway's load (for
-        `new` sessions: a resume was counted already), the limits of its key and
-        address. Inside: the subprotocols to answer a handshake with; the request's
-        hold on the limits is given back at the end."""
-        protocols = self._check_access(request)
+        raise its HTTP error: the Origin and the credentials (a key in an Authorization
+        header of one of `schemes`), the gateway's load (for `new` sessions: a resume
+        was counted already), the limits of its key and address. Inside: the
+        subprotocols to answer a handshake with; the request's hold on the limits is
+        given back at the end."""
+        protocols = self._check_access(request, schemes)
         if new:
             self.admit()
         lease = self._enter(request)
@@ -274,7 +279,9 @@ class Gateway:
         finally:
             self.limits.release(lease)
 
-    def _check_access(self, request: web.Request) -> tuple[str, ...]:
+    def _check_access(
+        self, request: web.Request, schemes: tuple[str, ...] = ("bearer",)
+    ) -> tuple[str, ...]:
         """Let a handshake through or raise: 403 for an Origin not allowed, 401 without a
         valid key or token (where keys are set). Returns the subprotocols to answer with."""
         if not origin_allowed(request, self.settings.allowed_origins):
@@ -284,7 +291,7 @@ class Gateway:
         if self.keys is None:
             return ()
         try:
-            principal, protocol = self.keys.authenticate(request)
+            principal, protocol = self.keys.authenticate(request, schemes)
         except web.HTTPUnauthorized:
             self.metrics.errors.labels("unauthorized").inc()
             raise

@@ -24,8 +24,8 @@ COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
 
 SESSION = obj(
     ["session_id", "client_id", "protocol", "transcriber", "chunks", "last_seq"],
-    session_id=STR, client_id=STR, protocol={"enum": ["ws", "vosk", "original", "file"]},
-    transcriber=STR,
+    session_id=STR, client_id=STR, transcriber=STR,
+    protocol={"enum": ["ws", "vosk", "original", "file", "deepgram"]},
     encoding=STR, sample_rate=INT, interim=BOOL, opened_at=NUM, age_s=NUM, chunks=INT, bytes=INT,
     finals=INT, errors=INT, last_seq=INT, delivered_seq=INT, queued_replies=INT, closing=BOOL,
 )  # fmt: skip
@@ -121,6 +121,25 @@ TRANSCRIPTIONS = {"post": {
     },
 }}  # fmt: skip
 
+DG_ERROR = obj(["err_code", "err_msg"], err_code=STR, err_msg=STR, request_id=STR)
+LISTEN = {"get": {
+    "summary": "Deepgram's live streaming protocol (see the README, 'Deepgram's clients')",
+    "parameters": [{"name": name, "in": "query", "schema": STR} for name in (
+        "model", "encoding", "sample_rate", "channels", "language", "interim_results",
+        "endpointing", "utterance_end_ms", "vad_events", "keywords", "keyterm")],
+    "security": [{"deepgramKey": []}, {}],
+    "responses": {
+        "101": {"description": "WebSocket upgrade"},
+        "400": json_body(DG_ERROR, "a setting hark cannot take (an encoding, channels > 1, "
+                         "a rate outside 8000..48000), or not a WebSocket request"),
+        "401": json_body(DG_ERROR, "API keys are set and the handshake carries no valid key"),
+        "403": json_body(DG_ERROR, "the Origin is not in HARK_ALLOWED_ORIGINS"),
+        "429": {**json_body(DG_ERROR, "the API key or the address holds HARK_LIMIT_SESSIONS"),
+                **RETRY},
+        "503": {**json_body(DG_ERROR, "overloaded, as a /ws handshake"), **RETRY},
+    },
+}}  # fmt: skip
+
 PATHS: dict[str, Any] = {
     "/": {"get": {
         "summary": "The web page; the original service's JSON status with Accept: application/json",
@@ -160,6 +179,7 @@ PATHS: dict[str, Any] = {
                           "transcript}", "responses": UPGRADE,
                           "security": [{"apiKey": []}, {"token": []}, {}]}},
     "/v1/audio/transcriptions": TRANSCRIPTIONS,
+    "/v1/listen": LISTEN,
     "/token": {"post": {
         "summary": "A short-lived token for a browser's WebSocket, for an API key",
         "security": [{"apiKey": []}],

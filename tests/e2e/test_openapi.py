@@ -46,6 +46,7 @@ NOT_EXERCISED = {
     ("/ws", "get", "429"), ("/vosk", "get", "429"),  # tests/security/test_limits.py
     ("/token", "post", "404"),  # a gateway without keys: tests/security/test_auth.py
     ("/v1/audio/transcriptions", "post", "429"), ("/v1/audio/transcriptions", "post", "503"),
+    ("/v1/listen", "get", "101"), ("/v1/listen", "get", "429"), ("/v1/listen", "get", "503"),
     ("/actors/{name}/drain", "delete", "404"), ("/actors/{name}/drain", "delete", "409"),
     ("/actors/{name}/restart", "post", "409"),
 }  # fmt: skip
@@ -134,6 +135,12 @@ async def _gateway_calls(tree: Tree, http: aiohttp.ClientSession) -> Checker:
         await check.call("GET", path, path, 401)  # no key
         await check.call("GET", path, path, 403, headers={**CLIENT, "Origin": "https://x.example"})
     await check.call("GET", "/ws", "/ws", 400, headers=CLIENT)  # not an upgrade
+    listen = "/v1/listen"
+    dg_key = {"Authorization": f"Token {API_KEY}"}
+    await check.call("GET", listen, listen, 401)
+    await check.call("GET", listen, listen, 403, headers={**dg_key, "Origin": "https://x.example"})
+    await check.call("GET", listen + "?encoding=speex", listen, 400, headers=dg_key)
+    await check.call("GET", listen, listen, 400, headers=dg_key)  # not an upgrade
     files = "/v1/audio/transcriptions"
     for answer, status, headers in (
         (None, 401, {}),
