@@ -13,13 +13,17 @@ import shutil
 import signal
 import struct
 import subprocess
+import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, async_playwright, expect
 
+from tests import wer
 from tests.conftest import TreeFactory
+from tests.e2e.test_real_speech import BOUND
+from tests.speech import spoken
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
@@ -149,6 +153,47 @@ async def test_page_resumes_after_the_gateway_is_killed_and_loses_no_audio(
     assert seqs == list(range(1, sent + 1)), "a frame was lost or transcribed twice"
     assert await page.locator("#errors li").count() == 0, await page.inner_text("#errors")
     assert (await tree.actor("gateway"))["pid"] != gateway["pid"]
+
+
+async def test_page_sends_opus_from_the_browsers_recorder_and_real_speech_comes_back(
+    start_tree: TreeFactory, redis_url: str, chromium: str, tmp_path: Path
+) -> None:
+    # Chromium's fake microphone plays a recording of real speech, once.
+    speech = spoken([1, 3, 4], pause_s=1.0, tail_s=2.0)
+    wav = tmp_path / "speech.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(speech.rate)
+        out.writeframes(speech.pcm.astype("<i2").tobytes())
+    tree = await start_tree(redis_url=redis_url, transcribers=1, env={"HARK_ENGINE": "whisper"})
+    flags = [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={wav}%noloop"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium, args=flags)
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{tree.port}/")
+        await page.select_option("#send", "opus")
+        await page.click("#start")
+        await expect(page.locator("#state")).to_have_text("streaming", timeout=20_000)
+        await expect(page.locator("#notes li").first).to_contain_text("webm")
+        finals = page.locator("#transcripts li")
+        await expect(finals.nth(2)).to_be_attached(timeout=40_000)  # a final a sentence
+        await page.click("#stop")
+        await expect(page.locator("#state")).to_have_text("closed", timeout=20_000)
+        said = " ".join(await finals.all_inner_texts())
+        summary = await page.inner_text("#summary")
+        errors = await page.locator("#errors li").all_inner_texts()
+        await browser.close()
+    assert not errors, errors
+    assert "transcript complete" in summary, summary
+    rate = wer.errors(speech.text, said) / len(wer.normalise(speech.text))
+    print(f"Opus from the page: WER {rate:.3f}: {said!r}")
+    assert rate <= BOUND, said
+    # What went over the wire: Opus, not PCM (an eighth of its bytes, about).
+    sent = (await tree.gateway_stats(lambda stats: True))["audio_bytes"]
+    print(f"{sent} bytes of Opus for {speech.seconds:.1f} s: {sent / (len(speech.pcm) * 2):.3f} "
+          "of the 16 kHz PCM")  # fmt: skip
+    assert sent < len(speech.pcm) * 2 / 4
 
 
 def _png_size(png: bytes) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-// hark's web page: microphone -> AudioWorklet (16 kHz Int16, 100 ms frames) -> /ws -> replies.
+// hark's web page: microphone -> AudioWorklet (16 kHz Int16, 100 ms frames) or MediaRecorder
+// (Opus, 100 ms pieces) -> /ws -> replies.
 "use strict";
 
 const FRAME_SAMPLES = 1600; // 100 ms at 16 kHz
@@ -14,6 +15,11 @@ let stopping = false, retryDelay = 200, retryUntil = 0;
 let live = false; // a greeting came on this connection: frames may go out
 let analyser = null, levelData = null; // the input level meter
 let finals = []; // {seq, text, start, end}: what the downloads hold, in order
+// Opus: a MediaRecorder per connection (a container is decoded from its start, so a
+// resumed session gets a new stream), its pieces sent in the order it made them.
+const OPUS_TYPES = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus"];
+let recorder = null, opusType = null, made = Promise.resolve();
+let fresh = true; // nothing of this recorder's stream has been sent yet
 
 function setState(text) { $("state").textContent = text; }
 function bump(name) { count[name] += 1; $(name).textContent = String(count[name]); }
@@ -68,10 +74,19 @@ function onReply(event) {
         `${msg.sample_rate} Hz ${msg.encoding}`);
       live = true;
       retryUntil = 0;
-      pending.forEach((f) => ws.send(f.buf)); // captured while connecting
+      // A new session after one that was lost (bad_resume) needs a stream from its start.
+      if (opusType && !fresh) { pending = []; sentSeq = 0; record(); }
+      pending.forEach((f) => { ws.send(f.buf); fresh = false; }); // captured while connecting
       setState("streaming");
       break;
     case "resumed":
+      if (opusType) { // the rest of the old stream cannot be decoded alone: a new one
+        const lost = pending.filter((f) => f.seq > msg.last_seq).length;
+        if (lost) addItem("errors", `resumed: ${lost} Opus piece(s) not acked are lost (PCM keeps them)`);
+        pending = [];
+        sentSeq = msg.last_seq;
+        record();
+      }
       // The server holds every frame up to last_seq; the rest go again, renumbered in order.
       pending = pending.filter((f) => f.seq > msg.last_seq);
       pending.forEach((f, i) => { f.seq = msg.last_seq + 1 + i; ws.send(f.buf); });
@@ -137,22 +152,19 @@ async function start() {
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true },
     });
     ctx = new AudioContext();
-    const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));
-    await ctx.audioWorklet.addModule(url);
-    node = new AudioWorkletNode(ctx, "hark-capture");
     session = null; lastFinal = 0; sentSeq = 0; pending = []; stopping = false;
     $("summary").hidden = true;
-    node.port.onmessage = (e) => {
-      pending.push({ seq: ++sentSeq, buf: e.data });
-      bump("sent");
-      if (pending.length > MAX_PENDING) {
-        pending.shift();
-        addItem("errors", "connection down too long: oldest audio dropped");
-      }
-      if (live && ws.readyState === WebSocket.OPEN) ws.send(e.data);
-    };
     const source = ctx.createMediaStreamSource(stream);
-    source.connect(node);
+    opusType = $("send").value === "opus" ? OPUS_TYPES.find((t) => MediaRecorder.isTypeSupported(t)) : null;
+    if (!opusType) { // PCM: the worklet makes the frames
+      const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));
+      await ctx.audioWorklet.addModule(url);
+      node = new AudioWorkletNode(ctx, "hark-capture");
+      node.port.onmessage = (e) => onFrame(e.data);
+      source.connect(node);
+    }
+    $("send").disabled = true;
+    if (opusType) record(); // from now: what it makes while connecting waits in pending
     analyser = ctx.createAnalyser();
     analyser.fftSize = 1024;
     levelData = new Float32Array(analyser.fftSize);
@@ -169,9 +181,35 @@ async function start() {
   }
 }
 
+// A frame of audio: kept until acked (resent after a resume), sent when connected.
+function onFrame(buf) {
+  pending.push({ seq: ++sentSeq, buf });
+  bump("sent");
+  if (pending.length > MAX_PENDING) {
+    pending.shift();
+    addItem("errors", "connection down too long: oldest audio dropped");
+  }
+  if (live && ws.readyState === WebSocket.OPEN) { ws.send(buf); fresh = false; }
+}
+
+// Opus: a new recorder, its pieces every 100 ms; what an older one made is dropped.
+function record() {
+  if (recorder) { recorder.ondataavailable = null; if (recorder.state !== "inactive") recorder.stop(); }
+  recorder = new MediaRecorder(stream, { mimeType: opusType, audioBitsPerSecond: 32000 });
+  fresh = true;
+  const mine = recorder;
+  recorder.ondataavailable = (e) => {
+    if (!e.data.size) return;
+    made = made.then(() => e.data.arrayBuffer()).then((buf) => { if (recorder === mine) onFrame(buf); });
+  };
+  recorder.start(100);
+}
+
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const params = new URLSearchParams({ encoding: "pcm_s16le", sample_rate: "16000" });
+  const params = new URLSearchParams(opusType
+    ? { encoding: opusType.includes("webm") ? "webm" : "ogg" }
+    : { encoding: "pcm_s16le", sample_rate: "16000" });
   const language = $("language").value;
   if (language) params.set("language", language); // else the server's HARK_LANGUAGE
   if (session) {
@@ -212,8 +250,14 @@ function stop() {
   stopping = true;
   setState("closing");
   if (node) node.port.onmessage = null; // no audio after close
-  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "close" }));
-  else { setState("closed"); teardown(); }
+  const close = () => {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "close" }));
+    else { setState("closed"); teardown(); }
+  };
+  if (recorder && recorder.state !== "inactive") {
+    recorder.onstop = () => made.then(close); // its last piece goes first
+    recorder.stop();
+  } else close();
 }
 
 // Is the microphone working? The input's RMS level, redrawn with the screen.
@@ -254,6 +298,8 @@ function save(kind) {
 }
 
 function teardown() {
+  if (recorder && recorder.state !== "inactive") recorder.stop();
+  recorder = null;
   if (stream) stream.getTracks().forEach((t) => t.stop());
   if (ctx) ctx.close();
   stream = ctx = node = analyser = null;
@@ -262,8 +308,12 @@ function teardown() {
   $("start").disabled = false;
   $("stop").disabled = true;
   $("language").disabled = false;
+  $("send").disabled = false;
 }
 
 $("start").addEventListener("click", start);
+if (!window.MediaRecorder || !OPUS_TYPES.some((t) => MediaRecorder.isTypeSupported(t))) {
+  $("send").querySelector("option[value=opus]").disabled = true; // this browser records no Opus
+}
 $("stop").addEventListener("click", stop);
 ["txt", "srt", "vtt"].forEach((kind) => $(`save-${kind}`).addEventListener("click", () => save(kind)));
