@@ -9,6 +9,7 @@ process of a tree agrees on them.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,13 @@ MAX_BATCH_WAIT_S = 0.1
 MAX_ACK_WAIT_S = 0.1
 # Audio encodings clients may send, and their bytes per sample.
 SAMPLE_WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
+# What `diarize=true` needs, as the gateway and the transcribers say when it is missing.
+DIARIZE_EXTRA = "hark's diarize extra: .venv/bin/pip install -e '.[diarize]' -c constraints.txt"
+
+
+def diarize_available() -> bool:
+    """Whether the diarize extra (services/transcriber/speakers.py) is installed here."""
+    return importlib.util.find_spec("resemblyzer") is not None
 
 
 class SettingsError(ValueError):

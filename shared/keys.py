@@ -29,6 +29,11 @@ def results(session_id: str) -> str:
     return f"hark:results:{{{session_id}}}"
 
 
+def speakers(session_id: str) -> str:
+    """A diarized session's speakers (services/transcriber/speakers.py)."""
+    return f"hark:speakers:{{{session_id}}}"
+
+
 def session(session_id: str) -> str:
     return f"hark:session:{{{session_id}}}"
 

@@ -166,6 +166,7 @@ class AudioChunk(Message):
     language: str = ""  # a language code, or "auto"
     prompt: str = ""
     hotwords: str = ""
+    diarize: bool = False  # speaker labels on its finals
 
     @property
     def seconds(self) -> float:
@@ -212,6 +213,7 @@ class Transcript(Message):
     end: float | None = None
     words: list[Any] = dataclasses.field(default_factory=list)  # [text, start, end, prob]
     language: str | None = None  # the language heard, where the client asked to detect it
+    speaker: str | None = None  # who said it ("S1", "S2", ...), where the client asked
 
 
 @dataclass(slots=True)

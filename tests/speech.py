@@ -217,3 +217,38 @@ async def pace(began: float, at_s: float) -> None:
     delay = began + at_s - asyncio.get_running_loop().time()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Who spoke when in a dialogue: seconds of the stream, the voice, the words."""
+
+    start: float
+    end: float
+    speaker: str
+    text: str
+
+
+def dialogue(
+    together: tuple[int, ...] = (), pause_s: float = 0.8, tail_s: float = 1.0
+) -> tuple[Speech, list[Turn]]:
+    """The dialogue of tests/data/dialogue (16 turns, three voices, about a minute):
+    `pause_s` of silence between turns, none before the turns numbered in `together`
+    (1-based: one speaker answers the other without a pause). The speech and its truth."""
+    folder = SPEECH.parent / "dialogue"
+    lines = [line.split("\t") for line in (folder / "turns.txt").read_text().splitlines()]
+    parts: list[Pcm] = []
+    turns: list[Turn] = []
+    at = 0
+    for number, (voice, text) in enumerate(lines, start=1):
+        if number > 1 and number not in together:
+            parts.append(np.zeros(int(pause_s * RATE), dtype=np.int16))
+            at += int(pause_s * RATE)
+        with wave.open(str(folder / f"{number:02d}.wav")) as wav:
+            pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.int16)
+        parts.append(pcm)
+        turns.append(Turn(at / RATE, (at + len(pcm)) / RATE, voice, text))
+        at += len(pcm)
+    parts.append(np.zeros(int(tail_s * RATE), dtype=np.int16))
+    speech = Speech(np.concatenate(parts), RATE, " ".join(t.text for t in turns))
+    return speech, turns

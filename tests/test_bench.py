@@ -76,3 +76,13 @@ def test_the_decoding_benchmark_decodes_every_encoding_whole() -> None:
                                                     "mulaw", "alaw"]  # fmt: skip
     for line in lines:
         assert abs(line["decoded_s"] - line["audio_s"]) < 0.1, line  # nothing held back lost
+
+
+def test_the_diarization_benchmark_scores_the_dialogue_with_and_without_labels() -> None:
+    done, lines = _bench("bench.diarize", "--rounds", "1")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    plain, voiced, total = lines
+    assert (plain["diarize"], voiced["diarize"]) == (False, True)
+    assert plain["complete"] and voiced["complete"] and voiced["wer"] == plain["wer"]
+    assert voiced["labels"] == ["S1", "S2", "S3"] and voiced["word_accuracy_after_pause"] >= 0.95
+    assert 0 <= voiced["der"] < 1 and total["cpu_ratio_diarize_over_plain"] > 0

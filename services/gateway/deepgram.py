@@ -93,6 +93,8 @@ def listen_format(query: MultiMapping[str]) -> tuple[AudioFormat, Listen]:
     words += query.getall("keyterm", [])
     if words:
         params["hotwords"] = ", ".join(words)
+    if _true(query.get("diarize")) or query.get("diarize_model"):
+        params["diarize"] = "true"  # bad_setting where hark's diarize extra is missing
     fmt = AudioFormat().updated(params)
     listen = Listen(model=query.get("model", "hark")[:64],
                     vad_events=_true(query.get("vad_events")),
@@ -153,6 +155,9 @@ class DeepgramSession(Session):
         words = [{"word": _WORD_EDGES.sub("", w.strip()).lower(), "start": s, "end": e,
                   "confidence": round(p, 4), "punctuated_word": w.strip()}
                  for w, s, e, p in t.words]  # fmt: skip
+        if t.speaker is not None:  # Deepgram's speakers are numbers from 0: S1 is 0
+            for word in words:
+                word["speaker"] = int(t.speaker[1:]) - 1
         confidence = sum(w["confidence"] for w in words) / len(words) if words else 0.0
         alternative: dict[str, Any] = {
             "transcript": t.text.strip(),

@@ -75,6 +75,7 @@ class Request:
     language: str | None = None
     prompt: str = ""
     hotwords: str = ""
+    diarize: bool = False
     response_format: str = "json"
     granularities: list[str] = field(default_factory=lambda: ["segment"])
 
@@ -141,6 +142,7 @@ async def _read(request: web.Request, most: int) -> Request:
     asked.language = first.get("language") or None
     asked.prompt = first.get("prompt", "")
     asked.hotwords = first.get("hotwords", "")  # hark's own (openai: extra_body=...)
+    asked.diarize = first.get("diarize", "false").lower() == "true"  # hark's own, too
     asked.response_format = first.get("response_format", "json")
     if asked.response_format not in FORMATS:
         raise ApiError(400, f"response_format {asked.response_format!r} is not one of "
@@ -170,7 +172,7 @@ def _too_large(most: int) -> ApiError:
 def _format(asked: Request) -> AudioFormat:
     """The pieces' session settings; a bad one is a 400 naming it."""
     params: dict[str, Any] = {"interim": False}
-    for name in ("language", "prompt", "hotwords"):
+    for name in ("language", "prompt", "hotwords", "diarize"):
         value = getattr(asked, name)
         if value:
             params[name] = value
@@ -246,7 +248,9 @@ async def transcribe(
 ) -> list[Transcript]:
     """The file's finals, in its time: its pieces through as many sessions at once as
     there are live transcribers."""
-    cuts = pieces(pcm)
+    # Speaker labels are a session's own: a diarized file goes whole through one session
+    # (one transcriber), so S1 is the same voice from its start to its end.
+    cuts = [(0, len(pcm))] if fmt.diarize else pieces(pcm)
     room = asyncio.Semaphore(max(1, len(gateway.router.live)))
 
     async def one(start: int, end: int) -> list[Transcript]:
@@ -337,6 +341,10 @@ def respond(
     if "word" in asked.granularities:
         body["words"] = [{"word": w, "start": s, "end": e} for t in finals
                          for w, s, e, _ in t.words]  # fmt: skip
+        if asked.diarize:
+            speakers = [t.speaker for t in finals for _ in t.words]
+            for word, speaker in zip(body["words"], speakers, strict=True):
+                word["speaker"] = speaker
     return web.json_response(body)
 
 
@@ -350,7 +358,7 @@ def _segment(index: int, t: Transcript) -> dict[str, Any]:
         "text": " " + t.text.strip(), "tokens": [], "temperature": 0.0,
         "avg_logprob": round(float(np.mean(np.log(probs))), 4) if probs else 0.0,
         "compression_ratio": round(len(raw) / len(zlib.compress(raw)), 4) if raw else 0.0,
-        "no_speech_prob": 0.0,
+        "no_speech_prob": 0.0, **({"speaker": t.speaker} if t.speaker else {}),
     }  # fmt: skip
 
 

@@ -589,7 +589,7 @@ class Gateway:
             encoding=encoding, sample_rate=rate,
             received_at=time.time(), start_s=session.audio_s,
             end_silence=fmt.end_silence or 0.0, language=fmt.language or "",
-            prompt=fmt.prompt, hotwords=fmt.hotwords,
+            prompt=fmt.prompt, hotwords=fmt.hotwords, diarize=fmt.diarize,
         )  # fmt: skip
         # The chunk is queued for Redis, not awaited: the session reads its next frame at
         # once, so a client is not held to one chunk per round trip. Acks leave in order

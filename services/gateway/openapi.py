@@ -102,6 +102,7 @@ TRANSCRIPTIONS = {"post": {
         model={**STR, "description": "accepted; the engine is hark's"},
         language={**STR, "description": "a language code, or auto"},
         prompt=STR, hotwords={**STR, "description": "hark's own: words and names to expect"},
+        diarize={**STR, "description": "hark's own: true for speaker labels"},
         response_format={"enum": ["json", "text", "srt", "vtt", "verbose_json"]},
         **{"timestamp_granularities[]": {"type": "array",
                                          "items": {"enum": ["word", "segment"]}}},
@@ -126,7 +127,7 @@ LISTEN = {"get": {
     "summary": "Deepgram's live streaming protocol (see the README, 'Deepgram's clients')",
     "parameters": [{"name": name, "in": "query", "schema": STR} for name in (
         "model", "encoding", "sample_rate", "channels", "language", "interim_results",
-        "endpointing", "utterance_end_ms", "vad_events", "keywords", "keyterm")],
+        "endpointing", "utterance_end_ms", "vad_events", "keywords", "keyterm", "diarize")],
     "security": [{"deepgramKey": []}, {}],
     "responses": {
         "101": {"description": "WebSocket upgrade"},
@@ -164,6 +165,8 @@ PATHS: dict[str, Any] = {
              "description": "words and names to expect (up to 500 characters)"},
             {"name": "events", "in": "query", "schema": STR,
              "description": "true: speech_started and utterance_end replies"},
+            {"name": "diarize", "in": "query", "schema": STR,
+             "description": "true: a speaker label on every final and word (diarize extra)"},
             {"name": "session_id", "in": "query", "schema": STR, "description": "to resume"},
             {"name": "resume_token", "in": "query", "schema": STR, "description": "to resume"},
             {"name": "token", "in": "query", "schema": STR,

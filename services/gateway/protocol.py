@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shared.config import SAMPLE_WIDTHS
+from shared.config import DIARIZE_EXTRA, SAMPLE_WIDTHS, diarize_available
 
 # What a client may send: PCM goes to the transcribers as it comes; the rest the
 # gateway decodes to PCM (services/gateway/decode.py).
@@ -33,7 +33,7 @@ MAX_PROMPT_CHARS = 1000  # whisper takes the last 223 tokens of a prompt, about 
 MAX_HOTWORDS_CHARS = 500
 # What a client may set (query, `start`), as the session's record keeps it.
 SETTINGS = ("encoding", "sample_rate", "interim", "end_silence", "language", "prompt",
-            "hotwords", "events")  # fmt: skip
+            "hotwords", "events", "diarize")  # fmt: skip
 
 
 class ClientError(Exception):
@@ -75,6 +75,7 @@ class AudioFormat:
     prompt: str = ""  # earlier text: names, spelling, style
     hotwords: str = ""  # words to expect
     events: bool = False  # speech_started / utterance_end replies
+    diarize: bool = False  # a speaker label on each final and its words
 
     def public(self) -> dict[str, Any]:
         """The settings as the greeting and the session's record show them (those left
@@ -91,6 +92,8 @@ class AudioFormat:
             out["hotwords"] = self.hotwords
         if self.events:
             out["events"] = True
+        if self.diarize:
+            out["diarize"] = True
         return out
 
     def updated(self, params: dict[str, Any]) -> AudioFormat:
@@ -140,6 +143,13 @@ class AudioFormat:
             if events is None:
                 raise ClientError("bad_setting", f"events {params['events']!r} is not a boolean")
             fmt = replace(fmt, events=events)
+        if "diarize" in params:
+            diarize = _bool(params["diarize"])
+            if diarize is None:
+                raise ClientError("bad_setting", f"diarize {params['diarize']!r} is not a boolean")
+            if diarize and not diarize_available():
+                raise ClientError("bad_setting", f"diarize=true needs {DIARIZE_EXTRA}")
+            fmt = replace(fmt, diarize=diarize)
         return fmt
 
 

@@ -464,9 +464,14 @@ class Session:
         extra: dict[str, Any] = {}
         if t.start is not None:
             extra["start"], extra["end"] = t.start, t.end
+        if t.speaker is not None:
+            extra["speaker"] = t.speaker
         if t.words:
             extra["words"] = [{"word": w, "start": s, "end": e, "conf": p}
                               for w, s, e, p in t.words]  # fmt: skip
+            if t.speaker is not None:
+                for word in extra["words"]:
+                    word["speaker"] = t.speaker
         if t.language is not None:
             extra["language"] = t.language
         if replayed:

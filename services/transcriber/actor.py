@@ -31,7 +31,17 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from services.transcriber.engines import BadInput, Engine, EngineSession, Job, Options, Result
+from services.transcriber import speakers
+from services.transcriber.engines import (
+    BadInput,
+    Decoded,
+    Engine,
+    EngineSession,
+    Job,
+    Options,
+    Result,
+)
+from services.transcriber.speakers import Speakers
 from shared import keys, logs
 from shared.actor import ActorRuntime, notify_ready
 from shared.audit import Audit
@@ -98,6 +108,7 @@ class _Session:
     has_results: bool = False  # a final of this incarnation created its results stream
     markers: deque[_Marker] = field(default_factory=deque)  # controls not yet answered
     writing: bool = False  # the decode loop's writes for it are on their way to Redis
+    speakers: Speakers | None = None  # a diarized session's speakers (read at its open)
 
 
 class Transcriber:
@@ -361,6 +372,9 @@ class Transcriber:
         if isinstance(msg, AudioChunk):
             try:
                 sess = self._session(msg)
+                if msg.diarize and sess.speakers is None:  # what it knew, before a restart
+                    stored = await self.redis.get(keys.speakers(msg.session_id))
+                    sess.speakers = Speakers.decode(stored if isinstance(stored, bytes) else None)
                 sess.received_at = msg.received_at
                 sess.last_seen = time.monotonic()
                 sess.pending.append((msg.seq, entry_id))
@@ -467,8 +481,10 @@ class Transcriber:
 
         def run() -> list[Any]:
             if run_batch is not None and len(jobs) > 1:
-                return list(run_batch(jobs))
-            return [job.run() for job in jobs]
+                outs = list(run_batch(jobs))
+            else:
+                outs = [job.run() for job in jobs]
+            return [_voiced(job, out) for job, out in zip(jobs, outs, strict=True)]
 
         self._counting_since = time.monotonic()
         try:
@@ -553,7 +569,10 @@ class Transcriber:
         sess = self.sessions.get(chunk.session_id)
         if sess is None:
             options = Options(chunk.end_silence or None, chunk.language or None, chunk.prompt,
-                              chunk.hotwords)  # fmt: skip
+                              chunk.hotwords, chunk.diarize)  # fmt: skip
+            if chunk.diarize:
+                speakers.require()
+                speakers.preload()
             engine_session = self.engine.open_session(
                 chunk.session_id, chunk.encoding, chunk.sample_rate, options
             )
@@ -569,11 +588,18 @@ class Transcriber:
                                     at or 0.0)  # fmt: skip
                 pipe.append(("PUBLISH", keys.transcripts(sess.client_id), event.encode()))
                 continue
+            speaker = None
+            if result.final and sess.speakers is not None:
+                length = (result.end or 0.0) - (result.start or 0.0)
+                speaker = sess.speakers.assign(result.voice, length)
+                pipe.append(("SET", keys.speakers(sess.session_id), sess.speakers.encode(),
+                             "EX", self.settings.results_ttl))  # fmt: skip
             payload = Transcript(
                 session_id=sess.session_id, client_id=sess.client_id, seq=result.seq,
                 text=result.text, final=result.final, actor=self.name,
                 received_at=sess.received_at, start=result.start, end=result.end,
                 words=[list(w) for w in result.words], language=result.language,
+                speaker=speaker,
             ).encode()  # fmt: skip
             if result.final:
                 # Stored before published and before the XACK that follows in this pipeline,
@@ -617,6 +643,17 @@ class Transcriber:
         """Have the decode loop look at the session if it owes work now."""
         if _owes(sess):
             self._due[sess.session_id] = sess
+
+
+def _voiced(job: Job, out: Any) -> Any:
+    """A final's output with its speaker's voice, where its session diarizes (in the
+    decode thread: the embedding costs about what a partial does)."""
+    if job.final and job.options.diarize and isinstance(out, Decoded) and out.text:
+        try:
+            return out._replace(voice=speakers.embed(job.audio))
+        except Exception:  # the final goes out all the same, with the likeliest speaker
+            log.exception("a voice embedding failed")
+    return out
 
 
 def _owes(sess: _Session) -> bool:

@@ -149,11 +149,13 @@ async def test_telephone_audio_in_a_burst_with_a_finalize_and_a_kill(
             os.kill(transcriber["pid"], signal.SIGKILL)
 
     messages = await stream(tree.port, frames, speed=None, during=during, encoding="mulaw",
-                            sample_rate=8000)  # fmt: skip
+                            sample_rate=8000, diarize="true")  # fmt: skip
     assert not of(messages, "Error")
     results = of(messages, "Results")
     assert all(r.is_final for r in results), "interim_results is off by default"
     check_words(speech, said(results))
+    speakers = {w.speaker for r in results for w in r.channel.alternatives[0].words}
+    assert speakers == {0}, speakers  # one voice: Deepgram numbers speakers from 0
     flags = [(r.speech_final, r.from_finalize) for r in results]
     assert flags == [(True, False), (False, True), (True, False)], flags
     assert of(messages, "Metadata") and messages[-1].type == "Metadata"

@@ -17,10 +17,10 @@ import numpy as np
 import openai
 import pytest
 
-from tests import wer
+from tests import diarization, wer
 from tests.conftest import TreeFactory
 from tests.e2e.test_real_speech import BOUND
-from tests.speech import Speech, encode, sentences, spoken
+from tests.speech import Speech, dialogue, encode, sentences, spoken
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -169,3 +169,24 @@ async def test_errors_come_in_openais_shapes(start_tree: TreeFactory, redis_url:
     # And a good one still goes through (the mock engine: the plumbing, not the words).
     ok = await api.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
     assert ok.text
+
+
+async def test_a_diarized_file_labels_each_word_with_its_speaker(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    tree = await start_tree(redis_url=redis_url, transcribers=2, env=WHISPER)
+    speech, turns = dialogue()
+    answer = await client(tree.port).audio.transcriptions.create(
+        model="whisper-1", file=("meeting.flac", encode(speech, "flac")),
+        response_format="verbose_json", timestamp_granularities=["word", "segment"],
+        extra_body={"diarize": "true"},
+    )  # fmt: skip
+    assert error_rate(speech, answer.text) <= BOUND
+    segments, words = answer.segments or [], answer.words or []
+    labels = {s.model_extra["speaker"] for s in segments}
+    assert labels == {"S1", "S2", "S3"}, labels
+    finals = [{"speaker": w.model_extra["speaker"], "words": [{"start": w.start, "end": w.end,
+               "speaker": w.model_extra["speaker"]}]} for w in words]  # fmt: skip
+    accuracy, judged = diarization.word_accuracy(turns, finals)
+    print(f"word speaker accuracy {accuracy:.3f} of {judged} words")
+    assert accuracy >= 0.95

@@ -70,13 +70,12 @@ def test_utterances_decoded_eight_at_a_time_stay_within_five_percent_with_word_t
     decoded = []
     for start in range(0, len(audio), 8):
         decoded += engine.decode(audio[start : start + 8], final=True)
-    errors = sum(
-        wer.errors(ref, text) for ref, (text, _, _) in zip(sentences, decoded, strict=True)
-    )
+    errors = sum(wer.errors(ref, out.text) for ref, out in zip(sentences, decoded, strict=True))
     words = sum(len(wer.normalise(ref)) for ref in sentences)
     print(f"batched WER {errors / words:.3f} ({errors}/{words})")
     assert errors / words <= BOUND
-    for (text, timed, _), clip in zip(decoded, audio, strict=True):
-        assert [w for w, _, _, _ in timed], text
+    for out, clip in zip(decoded, audio, strict=True):
+        timed = out.words
+        assert [w for w, _, _, _ in timed], out.text
         starts = [s for _, s, _, _ in timed]
         assert starts == sorted(starts) and timed[-1][2] <= len(clip) / 16000 + 0.5

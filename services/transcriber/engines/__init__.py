@@ -43,6 +43,7 @@ class Options:
     language: str | None = None
     prompt: str = ""
     hotwords: str = ""
+    diarize: bool = False  # each final's voice is embedded (services/transcriber/speakers.py)
 
 
 DEFAULT_OPTIONS = Options()
@@ -65,6 +66,7 @@ class Result:
     words: tuple[Word, ...] = ()
     language: str | None = None
     event: str = ""
+    voice: Any = None  # the utterance's voice embedding, where the session diarizes
 
 
 class Decoded(NamedTuple):
@@ -73,6 +75,7 @@ class Decoded(NamedTuple):
     text: str
     words: list[Word]
     language: str | None = None  # what it detected, where it was asked to
+    voice: Any = None  # the speaker's voice embedding (the actor adds it; see speakers.py)
 
 
 @dataclass(slots=True)

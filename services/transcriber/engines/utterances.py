@@ -212,14 +212,14 @@ class UtteranceSession:
         self._busy = False
         self._done += 1
         self._advance()
-        text, words, language = out
-        if not text:
+        if not out.text:
             return []
         base = self._base_s or 0.0
         start = base + owed.utterance.start / RATE
-        timed = tuple((w, round(start + a, 3), round(start + b, 3), p) for w, a, b, p in words)
-        return [Result(owed.seq, text, True, round(start, 3),
-                       round(base + owed.utterance.end / RATE, 3), timed, language)]  # fmt: skip
+        timed = tuple((w, round(start + a, 3), round(start + b, 3), p) for w, a, b, p in out.words)
+        return [Result(owed.seq, out.text, True, round(start, 3),
+                       round(base + owed.utterance.end / RATE, 3), timed, out.language,
+                       voice=out.voice)]  # fmt: skip
 
     def _owe(self, utterance: Utterance) -> None:
         self._partial_at = self._segmenter.position
