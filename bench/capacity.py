@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.capacity --speakers 4 [--engine whisper|sphinx] [--naive]
     .venv/bin/python -m bench.capacity --sweep 1,2,4,6,8
     .venv/bin/python -m bench.capacity --speakers 16 --ramp 3
+    .venv/bin/python -m bench.capacity --sweep 2,4,6 --query diarize=true
 
 Each K starts `hark up` as shipped (its defaults: two transcribers, embedded Redis,
 free loopback ports) and opens K sessions, each streaming the recorded sentences of
@@ -23,6 +24,7 @@ prints the ratios of the two in the same run. `--sweep` runs the K given, and sa
 the largest that held the targets. `--ramp S` starts the speakers S seconds apart
 instead, as people arrive, to see hark past its capacity: the sessions it refuses
 (HTTP 503 with Retry-After) are counted, and the targets are judged on those it took.
+`--query` gives every session more settings (`diarize=true`: speakers labelled).
 """
 
 from __future__ import annotations
@@ -46,14 +48,15 @@ from tests.speech import Speech, pace, sentences, spoken
 WER_BOUND, P50_BOUND, P95_BOUND, PARTIAL_BOUND = 0.05, 0.8, 1.5, 1.5
 
 
-async def speaker(url: str, speech: Speech, delay: float) -> dict[str, Any]:
+async def speaker(url: str, speech: Speech, delay: float, query: str = "") -> dict[str, Any]:
     """One live speaker: what came back, with arrival times (seconds after its audio
     began)."""
     await asyncio.sleep(delay)  # speakers do not start in step
     events: list[tuple[float, dict[str, Any]]] = []
     async with aiohttp.ClientSession() as http:
         try:
-            ws = await http.ws_connect(f"{url}?sample_rate={speech.rate}")
+            ws = await http.ws_connect(f"{url}?sample_rate={speech.rate}"
+                                       + (f"&{query}" if query else ""))  # fmt: skip
         except aiohttp.WSServerHandshakeError as exc:
             retry = exc.headers.get("Retry-After") if exc.headers else None
             return {"refused": exc.status, "retry_after": retry}
@@ -155,6 +158,7 @@ def run_k(
     env: dict[str, str],
     transcribers: int = 2,
     ramp: float = 0.0,
+    query: str = "",
 ) -> dict[str, Any]:
     hark = Hark(transcribers=transcribers, engine=engine, env=env)
     try:
@@ -169,7 +173,10 @@ def run_k(
 
         async def all_of() -> list[dict[str, Any]]:
             return await asyncio.gather(
-                *(speaker(hark.url, sp, delay) for sp, delay in zip(speech, delays, strict=True))
+                *(
+                    speaker(hark.url, sp, delay, query)
+                    for sp, delay in zip(speech, delays, strict=True)
+                )
             )
 
         seen: dict[str, dict[str, float]] = {}
@@ -200,7 +207,8 @@ def run_k(
         hark.stop()
     return {"speakers": k, "engine": engine, "transcribers": transcribers,
             "settings": {k_: v for k_, v in env.items() if k_ != "HARK_LOG_LEVEL"},
-            **({"ramp_s": ramp} if ramp else {}), **measure(speech, runs, refusals_ok=ramp > 0),
+            **({"ramp_s": ramp} if ramp else {}), **({"query": query} if query else {}),
+            **measure(speech, runs, refusals_ok=ramp > 0),
             "cpu_s_per_s": cpu, "transcribers_seen": dict(sorted(seen.items())),
             "audio_s": round(speech[0].seconds, 1)}  # fmt: skip
 
@@ -216,6 +224,8 @@ def main() -> None:
                         help="a setting for the tree (again for more)")  # fmt: skip
     parser.add_argument("--ramp", type=float, default=0.0, metavar="S",
                         help="start the speakers S seconds apart (0: within a second)")  # fmt: skip
+    parser.add_argument("--query", default="", metavar="A=B&C=D",
+                        help="more settings for every session, e.g. diarize=true")  # fmt: skip
     parser.add_argument("--naive", action="store_true",
                         help="also each K with faster-whisper's own decoding; ratios")  # fmt: skip
     args = parser.parse_args()
@@ -223,7 +233,8 @@ def main() -> None:
     best = None
     env = {"HARK_LOG_LEVEL": "WARNING", **dict(kv.split("=", 1) for kv in args.set)}
     for k in ks:
-        line = run_k(k, args.engine, args.sentences, env, args.transcribers, args.ramp)
+        line = run_k(k, args.engine, args.sentences, env, args.transcribers, args.ramp,
+                     args.query)  # fmt: skip
         print(json.dumps(line), flush=True)
         if line["targets_hold"]:
             best = k

@@ -214,6 +214,8 @@ class Transcript(Message):
     words: list[Any] = dataclasses.field(default_factory=list)  # [text, start, end, prob]
     language: str | None = None  # the language heard, where the client asked to detect it
     speaker: str | None = None  # who said it ("S1", "S2", ...), where the client asked
+    # Each word's speaker where more than one speaks in it (else: every word is speaker's).
+    speakers: list[Any] = dataclasses.field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -63,16 +63,26 @@ def word_accuracy(
 def error_rate(turns: Sequence[Turn], finals: Sequence[dict[str, Any]], seconds: float) -> float:
     """The diarization error rate, on 10 ms frames: speech with no final (missed), finals
     over silence (false alarm) and speech under the wrong speaker (confusion), over the
-    speech. Finals span their utterance's start to end (no overlap of speakers here)."""
+    speech. A final spans its utterance's start to end, each stretch of it its word's
+    speaker (no overlap of speakers here)."""
     frames = int(seconds / FRAME_S) + 1
     truth = np.full(frames, "", dtype=object)
     said = np.full(frames, "", dtype=object)
     for turn in turns:
         truth[int(turn.start / FRAME_S) : int(turn.end / FRAME_S)] = turn.speaker
     for final in finals:
-        if final.get("start") is not None:
-            said[int(final["start"] / FRAME_S) : int(final["end"] / FRAME_S)] = final.get(
-                "speaker", "-")  # fmt: skip
+        if final.get("start") is None:
+            continue
+        # Each word's speaker from the end of the word before (the final's start) to its
+        # own end; the last word's to the final's end.
+        at = final["start"]
+        for word in final.get("words", []):
+            said[int(at / FRAME_S) : int(word["end"] / FRAME_S)] = word.get(
+                "speaker", final.get("speaker", "-"))  # fmt: skip
+            at = max(at, word["end"])
+        said[int(at / FRAME_S) : int(final["end"] / FRAME_S)] = (
+            final["words"][-1].get("speaker", "-") if final.get("words")
+            else final.get("speaker", "-"))  # fmt: skip
     both = [(str(h), str(t)) for h, t in zip(said, truth, strict=True) if h and t]
     mapping = _best(both) if both else {}
     speech = sum(1 for t in truth if t)

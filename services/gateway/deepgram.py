@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from services.gateway.gateway import Gateway, refuse
 from services.gateway.protocol import END_SILENCE_S, AudioFormat, ClientError
-from services.gateway.session import Session
+from services.gateway.session import Session, word_speakers
 from shared.http_errors import described, json_error
 from shared.messages import SpeechEvent, Transcript
 
@@ -156,8 +156,8 @@ class DeepgramSession(Session):
                   "confidence": round(p, 4), "punctuated_word": w.strip()}
                  for w, s, e, p in t.words]  # fmt: skip
         if t.speaker is not None:  # Deepgram's speakers are numbers from 0: S1 is 0
-            for word in words:
-                word["speaker"] = int(t.speaker[1:]) - 1
+            for word, speaker in zip(words, word_speakers(t), strict=True):
+                word["speaker"] = int(str(speaker)[1:]) - 1
         confidence = sum(w["confidence"] for w in words) / len(words) if words else 0.0
         alternative: dict[str, Any] = {
             "transcript": t.text.strip(),

@@ -29,7 +29,7 @@ from services.gateway.decode import OUT_RATE as RATE
 from services.gateway.decode import Pcm, decode_file
 from services.gateway.gateway import Gateway
 from services.gateway.protocol import AudioFormat, ClientError
-from services.gateway.session import Session
+from services.gateway.session import Session, word_speakers
 from shared.http_errors import described
 from shared.messages import Transcript
 
@@ -342,7 +342,7 @@ def respond(
         body["words"] = [{"word": w, "start": s, "end": e} for t in finals
                          for w, s, e, _ in t.words]  # fmt: skip
         if asked.diarize:
-            speakers = [t.speaker for t in finals for _ in t.words]
+            speakers = [s for t in finals for s in word_speakers(t)]
             for word, speaker in zip(body["words"], speakers, strict=True):
                 word["speaker"] = speaker
     return web.json_response(body)

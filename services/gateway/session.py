@@ -470,8 +470,8 @@ class Session:
             extra["words"] = [{"word": w, "start": s, "end": e, "conf": p}
                               for w, s, e, p in t.words]  # fmt: skip
             if t.speaker is not None:
-                for word in extra["words"]:
-                    word["speaker"] = t.speaker
+                for word, speaker in zip(extra["words"], word_speakers(t), strict=True):
+                    word["speaker"] = speaker
         if t.language is not None:
             extra["language"] = t.language
         if replayed:
@@ -576,3 +576,10 @@ class Session:
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.debug("closing a websocket failed", exc_info=task.exception())
+
+
+def word_speakers(t: Transcript) -> list[str | None]:
+    """The speaker of each of a final's words: its own, or the final's."""
+    if len(t.speakers) == len(t.words):
+        return [str(s) for s in t.speakers]
+    return [t.speaker] * len(t.words)

@@ -588,10 +588,10 @@ class Transcriber:
                                     at or 0.0)  # fmt: skip
                 pipe.append(("PUBLISH", keys.transcripts(sess.client_id), event.encode()))
                 continue
-            speaker = None
+            speaker: str | None = None
+            word_speakers: list[str] = []
             if result.final and sess.speakers is not None:
-                length = (result.end or 0.0) - (result.start or 0.0)
-                speaker = sess.speakers.assign(result.voice, length)
+                speaker, word_speakers = _who(sess.speakers, result)
                 pipe.append(("SET", keys.speakers(sess.session_id), sess.speakers.encode(),
                              "EX", self.settings.results_ttl))  # fmt: skip
             payload = Transcript(
@@ -599,7 +599,7 @@ class Transcriber:
                 text=result.text, final=result.final, actor=self.name,
                 received_at=sess.received_at, start=result.start, end=result.end,
                 words=[list(w) for w in result.words], language=result.language,
-                speaker=speaker,
+                speaker=speaker, speakers=word_speakers,
             ).encode()  # fmt: skip
             if result.final:
                 # Stored before published and before the XACK that follows in this pipeline,
@@ -654,6 +654,27 @@ def _voiced(job: Job, out: Any) -> Any:
         except Exception:  # the final goes out all the same, with the likeliest speaker
             log.exception("a voice embedding failed")
     return out
+
+
+def _who(speakers: Speakers, result: Result) -> tuple[str, list[str]]:
+    """A final's speaker, and each word's where more than one speaks in it (else none:
+    every word is the final's speaker's)."""
+    start = result.start or 0.0
+    turns = speakers.label(result.voice, (result.end or start) - start)
+    if len(turns) == 1:
+        return turns[0][1], []
+    said: list[str] = []
+    for _, word_start, word_end, _ in result.words:
+        middle = (word_start + word_end) / 2 - start
+        said.append([label for at, label in turns if at <= middle][-1] if middle >= 0
+                    else turns[0][1])  # fmt: skip
+    if not said:
+        return turns[0][1], []
+    # The final's own speaker: whose words take longest.
+    spoken: dict[str, float] = {}
+    for (_, word_start, word_end, _), label in zip(result.words, said, strict=True):
+        spoken[label] = spoken.get(label, 0.0) + word_end - word_start
+    return max(spoken, key=lambda label: spoken[label]), said
 
 
 def _owes(sess: _Session) -> bool:

@@ -1,6 +1,7 @@
 """Speaker labels (`diarize=true`) with real speech through `hark up` (whisper): the
-project's three-voice dialogue gets three speakers in the right places, with a
-transcriber killed in the middle of it; one voice gets one speaker."""
+project's three-voice dialogue gets three speakers in the right places, word by word
+where one answers another without a pause, with a transcriber killed in the middle of
+it; one voice gets one speaker."""
 
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ async def test_a_dialogue_gets_its_speakers_through_a_transcriber_kill(
     finals = check_whole(replies, speech)
     assert (await tree.actor("transcriber-0"))["restarts"] == 1
     labels = {f["speaker"] for f in finals}
-    assert all(w["speaker"] == f["speaker"] for f in finals for w in f["words"])
     paused = set(range(1, len(turns) + 1)) - {n for t in TOGETHER for n in (t - 1, t)}
     accuracy, words = diarization.word_accuracy(turns, finals, paused)
     joined, joined_words = diarization.word_accuracy(
@@ -53,6 +53,10 @@ async def test_a_dialogue_gets_its_speakers_through_a_transcriber_kill(
     )
     assert labels == {"S1", "S2", "S3"}, [(f["speaker"], f["text"]) for f in finals]
     assert accuracy >= 0.95
+    # A known voice that answers without a pause gets its own words (0.94 measured).
+    assert joined >= 0.8
+    split = [f for f in finals if len({w["speaker"] for w in f["words"]}) > 1]
+    assert split, "no final holds two speakers' words"
 
 
 async def test_one_voice_gets_one_speaker(start_tree: TreeFactory, redis_url: str) -> None:
