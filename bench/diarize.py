@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.diarize [--rounds 2] [--speed 0]
 
 Starts `hark up --engine whisper --transcribers 1` (embedded Redis, free loopback
-ports) and streams the project's three-voice dialogue (tests/data/dialogue: 16 turns,
+ports) and streams the project's three-voice dialogue (tests/data/dialogue: 18 turns,
 about a minute; turns 6 and 12 follow the one before with no pause) through it,
 `--rounds` times without `diarize` and as many with, alternating (the first round
 warms up), at `--speed` times

@@ -232,7 +232,7 @@ class Turn:
 def dialogue(
     together: tuple[int, ...] = (), pause_s: float = 0.8, tail_s: float = 1.0
 ) -> tuple[Speech, list[Turn]]:
-    """The dialogue of tests/data/dialogue (16 turns, three voices, about a minute):
+    """The dialogue of tests/data/dialogue (18 turns, three voices, 64 s):
     `pause_s` of silence between turns, none before the turns numbered in `together`
     (1-based: one speaker answers the other without a pause). The speech and its truth."""
     folder = SPEECH.parent / "dialogue"

@@ -38,7 +38,9 @@ async def test_a_dialogue_gets_its_speakers_through_a_transcriber_kill(
 
     replies, _ = await send(tree.ws_url, speech, speed=4.0, query="diarize=true", on_chunk=kill)
     assert killed.is_set() and replies[0]["diarize"] is True
-    finals = check_whole(replies, speech)
+    # Whisper base misses a few of flite's words here (2.7-4.6 % measured, the same with
+    # and without diarize: bench.diarize); what this test bounds is the labels.
+    finals = check_whole(replies, speech, bound=0.08)
     assert (await tree.actor("transcriber-0"))["restarts"] == 1
     labels = {f["speaker"] for f in finals}
     paused = set(range(1, len(turns) + 1)) - {n for t in TOGETHER for n in (t - 1, t)}
