@@ -230,21 +230,28 @@ class Turn:
 
 
 def dialogue(
-    together: tuple[int, ...] = (), pause_s: float = 0.8, tail_s: float = 1.0
+    together: tuple[int, ...] = (),
+    pause_s: float = 0.8,
+    tail_s: float = 1.0,
+    voices: tuple[str, ...] = (),
 ) -> tuple[Speech, list[Turn]]:
     """The dialogue of tests/data/dialogue (18 turns, three voices, 64 s):
     `pause_s` of silence between turns, none before the turns numbered in `together`
-    (1-based: one speaker answers the other without a pause). The speech and its truth."""
+    (1-based: one speaker answers the other without a pause); only the turns of `voices`
+    where given (numbered as kept). The speech and its truth."""
     folder = SPEECH.parent / "dialogue"
     lines = [line.split("\t") for line in (folder / "turns.txt").read_text().splitlines()]
+    files = [folder / f"{n:02d}.wav" for n in range(1, len(lines) + 1)]
+    kept = [(f, line) for f, line in zip(files, lines, strict=True)
+            if not voices or line[0] in voices]  # fmt: skip
     parts: list[Pcm] = []
     turns: list[Turn] = []
     at = 0
-    for number, (voice, text) in enumerate(lines, start=1):
+    for number, (path, (voice, text)) in enumerate(kept, start=1):
         if number > 1 and number not in together:
             parts.append(np.zeros(int(pause_s * RATE), dtype=np.int16))
             at += int(pause_s * RATE)
-        with wave.open(str(folder / f"{number:02d}.wav")) as wav:
+        with wave.open(str(path)) as wav:
             pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.int16)
         parts.append(pcm)
         turns.append(Turn(at / RATE, (at + len(pcm)) / RATE, voice, text))

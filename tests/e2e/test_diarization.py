@@ -1,7 +1,7 @@
 """Speaker labels (`diarize=true`) with real speech through `hark up` (whisper): the
 project's three-voice dialogue gets three speakers in the right places, word by word
 where one answers another without a pause, with a transcriber killed in the middle of
-it; one voice gets one speaker."""
+it; two of its voices get two speakers; one voice gets one speaker."""
 
 from __future__ import annotations
 
@@ -61,9 +61,20 @@ async def test_a_dialogue_gets_its_speakers_through_a_transcriber_kill(
     assert split, "no final holds two speakers' words"
 
 
-async def test_one_voice_gets_one_speaker(start_tree: TreeFactory, redis_url: str) -> None:
+async def test_one_voice_gets_one_speaker_and_two_voices_two_at_once(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
     tree = await start_tree(redis_url=redis_url, transcribers=1, env=WHISPER)
-    speech = spoken([1, 3, 5, 7, 9], pause_s=1.0, tail_s=0.5)
-    replies, _ = await send(tree.ws_url, speech, query="diarize=true")
-    finals = check_whole(replies, speech)
+    one = spoken([1, 3, 5, 7, 9], pause_s=1.0, tail_s=0.5)
+    two, turns = dialogue(voices=("slt", "rms"))  # a woman and a man, 13 turns
+    (alone, _), (pair, _) = await asyncio.gather(
+        send(tree.ws_url, one, query="diarize=true"),
+        send(tree.ws_url, two, query="diarize=true"),
+    )
+    finals = check_whole(alone, one)
     assert len(finals) == 5 and {f["speaker"] for f in finals} == {"S1"}, finals
+    finals = check_whole(pair, two, bound=0.08)
+    accuracy, words = diarization.word_accuracy(turns, finals)
+    print(f"two voices: word accuracy {accuracy:.3f} of {words} words")
+    assert {f["speaker"] for f in finals} == {"S1", "S2"}
+    assert accuracy >= 0.95
