@@ -329,6 +329,9 @@ class Transcriber:
                 sess.refreshed_at = now
                 pipe.append(("EXPIRE", keys.results(sess.session_id), self.settings.results_ttl))
                 pipe.append(("EXPIRE", keys.session(sess.session_id), self.settings.results_ttl))
+                if sess.speakers is not None:  # who spoke lives as long as what was said
+                    pipe.append(("EXPIRE", keys.speakers(sess.session_id),
+                                 self.settings.results_ttl))  # fmt: skip
         self._commit(pipe, acks)
         if self.runtime.beat_due():
             busy, cost = self._busy()
