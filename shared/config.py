@@ -122,11 +122,13 @@ class Settings:
     # Where the whisper model runs (cpu, or cuda where CTranslate2 finds a GPU), its
     # weights' type (int8 on the CPU; float16 or int8_float16 suit a GPU), threads for one
     # transcriber's model (0: the cores shared among the transcribers), and how many
-    # sessions' utterances one pass through the model takes at most.
+    # sessions' utterances one pass through the model takes at most (None: 8 on a GPU, 1
+    # on the CPU, where a batch took as long as its jobs one by one and each waited for
+    # the whole: bench/RESULTS.md, issue 22 fourth round).
     device: str = field(default="cpu", metadata=_env("HARK_DEVICE"))
     compute_type: str = field(default="int8", metadata=_env("HARK_COMPUTE_TYPE"))
     whisper_threads: int = field(default=0, metadata=_env("HARK_WHISPER_THREADS"))
-    batch_size: int = field(default=8, metadata=_env("HARK_BATCH_SIZE"))
+    batch_size: int | None = field(default=None, metadata=_env("HARK_BATCH_SIZE"))
     # batched: hark's own passes through the model (input sized to the audio, several
     # sessions at once); faster-whisper: the library's decoding, 30 s windows, one
     # utterance at a time, with its temperature fallbacks (what hark did before).

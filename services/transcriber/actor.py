@@ -71,6 +71,12 @@ IDLE_SESSION_S = 600.0
 # (bench/RESULTS.md, issue 22: at 8 speakers the wait for a partial's p95 1.6-1.7 s
 # became 1.3-1.5 s, finals as fast).
 EARLY_PARTIAL_S = 0.3
+# The order of work, earliest deadline first: a final should be out this long after
+# it is owed (its cut: finals are wanted 0.8 s after the speech at the median, 0.6 s
+# of which is the end silence), a partial this long after the last one (or the start
+# of its utterance): one at least every 1.5 s, less what decoding it takes.
+FINAL_SLACK_S = 0.3
+PARTIAL_SLACK_S = 1.2
 # The weight of the latest beat's share in the busy share a heartbeat reports (beats
 # come every half interval: a few seconds of history).
 BUSY_WEIGHT = 0.25
@@ -481,10 +487,12 @@ class Transcriber:
         have been due a moment later (not counting them, a session's cost read a third
         of what it was: 16 speakers arriving 3 s apart were all let in)."""
         run_batch = getattr(self.engine, "run_batch", None)
+        todo = [job for job in jobs if job.ready is None]  # the others were decoded ahead
 
         def run() -> list[Any]:
-            if run_batch is not None and len(jobs) > 1:
-                outs = list(run_batch(jobs))
+            if run_batch is not None and len(todo) > 1:
+                done = iter(run_batch(todo))
+                outs = [job.ready if job.ready is not None else next(done) for job in jobs]
             else:
                 outs = [job.run() for job in jobs]
             return [_voiced(job, out) for job, out in zip(jobs, outs, strict=True)]
@@ -498,36 +506,44 @@ class Transcriber:
                 self._counting_since = None
 
     def _next_jobs(self, most: int) -> tuple[list[tuple[_Session, Job]], bool]:
-        """Up to `most` jobs of different sessions: the oldest finals owed, then the
-        partials waited for longest (none for a session whose flush is on its way: its
-        final makes it worthless); if none of those, partials due soon (then True)."""
+        """Up to `most` jobs of different sessions and of one kind (final or partial):
+        the job whose result is due first (earliest deadline: see FINAL_SLACK_S), and
+        the others of its kind by their deadlines; none for a session whose flush is on
+        its way (its final makes a partial worthless). If none is due, partials due
+        soon (then True)."""
+        due: list[tuple[float, bool, _Session]] = []
+        for sid, sess in list(self._due.items()):
+            if not _owes(sess) or self.sessions.get(sid) is not sess:
+                del self._due[sid]  # forgotten until its next audio
+                continue
+            engine = sess.engine
+            if (since := engine.final_since()) is not None:
+                due.append((since + FINAL_SLACK_S, True, sess))
+            elif not sess.markers and (since := engine.partial_since()) is not None:
+                due.append((since + PARTIAL_SLACK_S, False, sess))
         picked: list[tuple[_Session, Job]] = []
+        if due:
+            due.sort(key=lambda d: d[0])
+            kind = due[0][1]
+            for _, final, sess in due:
+                if final is kind and len(picked) < most:
+                    job = sess.engine.final_job() if final else sess.engine.partial_job()
+                    if job is not None:
+                        picked.append((sess, job))
+            return picked, False
         taken: set[str] = set()
 
-        def final(s: _Session) -> float | None:
-            return None if s.session_id in taken else s.engine.final_since()
-
-        def partial(s: _Session, early: float = 0.0) -> float | None:
+        def soon(s: _Session) -> float | None:
             if s.session_id in taken or s.markers:
                 return None
-            return s.engine.partial_since(early)
+            return s.engine.partial_since(EARLY_PARTIAL_S)
 
-        def soon(s: _Session) -> float | None:
-            return partial(s, EARLY_PARTIAL_S)
-
-        for since in (final, partial, soon):
-            if since is soon and picked:
-                return picked, False
-            while len(picked) < most and (sess := self._oldest(since)) is not None:
-                engine = sess.engine
-                if since is final:
-                    job = engine.final_job()
-                else:
-                    job = engine.partial_job(EARLY_PARTIAL_S if since is soon else 0.0)
-                if job is None:
-                    break
-                taken.add(sess.session_id)
-                picked.append((sess, job))
+        while len(picked) < most and (next_ := self._oldest(soon)) is not None:
+            job = next_.engine.partial_job(EARLY_PARTIAL_S)
+            if job is None:
+                break
+            taken.add(next_.session_id)
+            picked.append((next_, job))
         return picked, bool(picked)
 
     def _oldest(self, since: Callable[[_Session], float | None]) -> _Session | None:

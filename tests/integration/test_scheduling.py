@@ -1,17 +1,18 @@
 """The transcriber's decode loop against a real Redis, with real speech and an engine
 that records what it is asked to decode: batches across sessions, finals before the
-answers to the flushes that follow them."""
+answers to the flushes that follow them; the result due first decoded first."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from services.transcriber.actor import Transcriber
+from services.transcriber.actor import Transcriber, _Session
 from services.transcriber.engines import DEFAULT_OPTIONS, Job, Options
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
 from shared import keys
@@ -90,3 +91,51 @@ async def test_sessions_sent_at_once_are_decoded_in_batches_and_each_close_follo
     assert all(all(batch) for batch in engine.batches), "a partial in a burst"
     # Nothing stays pending: every chunk is covered by a published final.
     assert (await redis.xpending(keys.mailbox("transcriber-0"), keys.GROUP))["pending"] == 0
+
+
+class _Owing:
+    """An engine session that owes a final or a partial since a given time."""
+
+    def __init__(self, final: float | None = None, partial: float | None = None) -> None:
+        self.final, self.partial = final, partial
+
+    def final_since(self) -> float | None:
+        return self.final
+
+    def partial_since(self, early: float = 0.0) -> float | None:
+        return self.partial
+
+    def final_job(self) -> Job | None:
+        return None if self.final is None else Job(True, self.final, lambda: None, lambda _: [])
+
+    def partial_job(self, early: float = 0.0) -> Job | None:
+        if self.partial is None:
+            return None
+        return Job(False, self.partial, lambda: None, lambda _: [])
+
+
+@pytest.mark.parametrize(
+    ("final_age", "partial_age", "first"),
+    [
+        (0.0, 1.0, "partial"),  # due 1.2 s after it began: before the final, 0.3 s after its cut
+        (0.0, 0.5, "final"),
+        (0.5, 1.3, "final"),
+    ],
+)
+async def test_the_result_due_first_is_decoded_first_final_or_partial(
+    redis_url: str, final_age: float, partial_age: float, first: str
+) -> None:
+    # A final is wanted FINAL_SLACK_S after its cut, a partial PARTIAL_SLACK_S after the
+    # last one (or its utterance's start): finals go first, but no longer starve a
+    # partial that is about to miss its 1.5 s.
+    client = Redis.from_url(redis_url)
+    engine = BatchingEngine()
+    actor = Transcriber(Settings(redis_url=redis_url), engine, client, "t-0")  # type: ignore[arg-type]
+    now = time.monotonic()
+    for sid, owing in (("f", _Owing(final=now - final_age)),
+                       ("p", _Owing(partial=now - partial_age))):  # fmt: skip
+        actor.sessions[sid] = actor._due[sid] = _Session(sid, sid, owing)  # type: ignore[arg-type]
+    picked, early = actor._next_jobs(4)
+    await client.aclose()
+    assert not early and len(picked) == 1  # one kind a pass
+    assert picked[0][0].session_id == first[0]

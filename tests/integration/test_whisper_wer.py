@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import wave
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -79,3 +80,38 @@ def test_utterances_decoded_eight_at_a_time_stay_within_five_percent_with_word_t
         assert [w for w, _, _, _ in timed], out.text
         starts = [s for _, s, _, _ in timed]
         assert starts == sorted(starts) and timed[-1][2] <= len(clip) / 16000 + 0.5
+
+
+class _Spy:
+    """The CTranslate2 model, its `generate` calls recorded; `loop` makes each text a
+    loop, as whisper writes for some audio cut in the middle of a word."""
+
+    def __init__(self, model: object, loop: list[int] | None = None) -> None:
+        self._model, self._loop = model, loop
+        self.max_lengths: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._model, name)
+
+    def generate(self, encoded: object, prompts: list[list[int]], **kw: object) -> object:
+        self.max_lengths.append(int(kw["max_length"]) - max(map(len, prompts)))  # type: ignore[call-overload]
+        if self._loop is None:
+            return self._model.generate(encoded, prompts, **kw)  # type: ignore[attr-defined]
+        return [SimpleNamespace(sequences_ids=[self._loop], scores=[-0.1], no_speech_prob=0.0)
+                for _ in prompts]  # fmt: skip
+
+
+def test_a_partials_text_is_bounded_by_its_length_and_one_that_loops_says_nothing() -> None:
+    engine = WhisperEngine(str(packaged_model(default_cache_dir())))
+    with wave.open(str(SPEECH / "11.wav")) as wav:
+        audio = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(np.float32) / 32768
+    second = audio[:16000]  # a second of a sentence, as a partial takes it
+    engine.model.model = spy = _Spy(engine.model.model)
+    assert engine.decode([second], False)[0].text
+    assert engine.decode([second], True)[0].text
+    # Whisper writes no more than 6 tokens a second of speech: 8 a second for a partial,
+    # 12 for a final, and 16 more, where 220 bound every text before.
+    assert spy.max_lengths == [8 + 16, 12 + 16]
+    tokenizer = engine._tokenizer("en")
+    engine.model.model = _Spy(spy._model, tokenizer.encode(" a cup of") * 8)
+    assert engine.decode([second], False)[0].text == ""

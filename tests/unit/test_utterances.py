@@ -4,13 +4,19 @@ detector, a recogniser that only records what it is asked to decode."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
 
-from services.transcriber.engines import drain
+from services.transcriber.engines import DEFAULT_OPTIONS, Decoded, Options, drain
 from services.transcriber.engines.segmenter import RATE
-from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
+from services.transcriber.engines.utterances import (
+    FIRST_PARTIAL_S,
+    UtteranceSession,
+    open_session,
+    vad_model,
+)
 from tests.speech import Recorder, Speech, monologue, spoken
 
 
@@ -52,12 +58,13 @@ def test_a_monologue_with_no_pause_becomes_finals_of_at_most_25_s_with_nothing_d
 
 
 @pytest.mark.parametrize("early", [0.0, 0.3])
-def test_a_partial_waits_until_the_utterance_has_lasted_the_interval(
+def test_a_partial_waits_until_the_utterance_has_lasted_the_first_partials_time(
     vad: object, early: float
 ) -> None:
     # A partial of the first few windows of an utterance is mostly silence and preroll:
-    # whisper makes "Thank you." of such audio. None is due before a second of it, or
-    # `early` sooner (what an idle engine asks for).
+    # whisper makes "Thank you." of such audio. None is due before FIRST_PARTIAL_S of
+    # it, the next ones an interval after the one before, each `early` sooner (what an
+    # idle engine asks for).
     speech = spoken([1, 2, 3], pause_s=1.0)
     sess = session(vad, recorder := Recorder())
     for seq, chunk in enumerate(speech.chunks(), start=1):
@@ -67,8 +74,93 @@ def test_a_partial_waits_until_the_utterance_has_lasted_the_interval(
             job.finish(job.run())
     partials = [n for final, n in recorder.calls if not final]
     assert len(partials) >= 3
-    assert min(partials) >= (1.0 - early) * RATE  # partial_interval 1.0 s
-    assert min(partials) < (1.0 - early) * RATE + 1600  # and no later than its chunk
+    first = (FIRST_PARTIAL_S - early) * RATE
+    assert first <= min(partials) < first + 1600  # and no later than its chunk
+    # Within an utterance (partials grow), an interval (1 s, less `early`) apart at least.
+    steps = [b - a for a, b in itertools.pairwise(partials) if b > a]
+    assert steps and min(steps) >= (1.0 - early) * RATE
+
+
+class Quiet(Recorder):
+    """A recogniser that hears nothing in a partial (too little of a word yet)."""
+
+    def transcribe(self, audio: Any, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
+        out = super().transcribe(audio, final, options)
+        return out if final else Decoded("", [])
+
+
+def test_a_partial_that_says_nothing_makes_the_next_due_half_an_interval_later(
+    vad: object,
+) -> None:
+    sess = session(vad, recorder := Quiet())
+    chunks = monologue(6).chunks()
+    seq = 0
+    while (job := sess.partial_job()) is None:
+        seq += 1
+        sess.feed(seq, chunks[seq - 1], (seq - 1) / 10)
+    assert job.finish(job.run()) == []  # nothing heard: nothing sent
+    at = seq
+    while sess.partial_since() is None:
+        seq += 1
+        sess.feed(seq, chunks[seq - 1], (seq - 1) / 10)
+    assert 4 <= seq - at <= 6, seq - at  # half of the 1 s interval, in 100 ms chunks
+    assert len(recorder.calls) == 1
+
+
+def test_a_final_is_decoded_while_the_pause_that_ends_it_runs_out_and_is_ready_at_the_cut(
+    vad: object,
+) -> None:
+    # Each utterance's audio is settled once the speaker has been silent a moment: its
+    # final is decoded then, before the silence that ends it has run out; at the cut it
+    # goes out without a second decode, the same as a final decoded after the cut.
+    speech = spoken([1, 2, 3], pause_s=1.0, tail_s=1.0)
+    sess = session(vad, recorder := Recorder())
+    ahead_at: list[int] = []  # finals cut when each decode was handed out
+    finals = []
+    for seq, chunk in enumerate(speech.chunks(), start=1):
+        sess.feed(seq, chunk, (seq - 1) / 10)
+        while (job := sess.final_job()) is not None:
+            if job.ready is None:
+                ahead_at.append(sess.finals_cut)
+            finals += job.finish(job.run())
+    assert [r.final for r in finals] == [True] * 3
+    assert ahead_at == [0, 1, 2]  # each decoded before its own cut
+    assert [f for f, _ in recorder.calls] == [True] * 3  # and once
+    after = session(vad, Recorder())  # the same audio, decoded only once cut
+    feed_all(after, speech)
+    after.flush()
+    assert [(r.seq, r.start, r.end, r.text) for r in drain(after)] == [
+        (r.seq, r.start, r.end, r.text) for r in finals
+    ]
+
+
+@pytest.mark.parametrize("decoded", ["in the pause", "after it"])
+def test_a_speaker_who_goes_on_after_a_short_pause_gets_the_early_decode_as_a_partial(
+    vad: object, decoded: str
+) -> None:
+    speech = spoken([1, 2], pause_s=0.4, trim=True, tail_s=1.0)
+    sess = session(vad, recorder := Recorder())
+    chunks = speech.chunks()
+    seq = 0
+    while (job := sess.final_job()) is None:
+        seq += 1
+        sess.feed(seq, chunks[seq - 1], (seq - 1) / 10)
+    assert sess.finals_cut == 0  # settled in the pause, not cut
+    out = job.run()
+    paused = seq
+    results = job.finish(out) if decoded == "in the pause" else []
+    for n in range(paused + 1, paused + 8):  # the second sentence begins meanwhile
+        results += [r for r in sess.feed(n, chunks[n - 1], (n - 1) / 10) if not r.event]
+    if decoded == "after it":
+        results = job.finish(out)
+    assert sess.finals_cut == 0
+    assert [(r.final, r.text) for r in results] == [(False, out.text)]
+    for n in range(paused + 8, len(chunks) + 1):
+        sess.feed(n, chunks[n - 1], (n - 1) / 10)
+    sess.flush()
+    finals = drain(sess)
+    assert len(finals) == 1 and finals[0].end is not None and finals[0].end > 4.0
+    assert recorder.calls[-1][1] > recorder.calls[0][1]  # both sentences, decoded again
 
 
 def test_in_a_burst_only_the_newest_state_of_an_utterance_is_decoded_as_a_partial(

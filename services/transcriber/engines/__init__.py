@@ -91,6 +91,7 @@ class Job:
     finish: Callable[[Any], list[Result]]
     audio: Any = None  # what `run` decodes, for an engine that decodes jobs in batches
     options: Options = DEFAULT_OPTIONS  # its session's, for a batch of several sessions
+    ready: Any = None  # what `run` gives, known already (a final decoded ahead of its cut)
 
 
 class BadInput(ValueError):
@@ -139,7 +140,8 @@ class EngineSession(Protocol):
         ...
 
     def final_since(self) -> float | None:
-        """When the final `final_job` would hand out became owed; None if there is none."""
+        """When the final `final_job` would hand out became owed (or, for an utterance
+        whose end is settled but not yet cut, could be decoded ahead); None if none."""
         ...
 
     def final_job(self) -> Job | None:

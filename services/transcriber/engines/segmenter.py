@@ -101,6 +101,19 @@ class Segmenter:
         """Where the utterance in progress starts (preroll included); `position` if none."""
         return self._start if self._speech else self.position - WINDOW * len(self._preroll)
 
+    def settled(self) -> tuple[int, int] | None:
+        """Where the utterance in progress will lie if it ends at this silence (its
+        start and length in samples), once that is known: after TAIL_WINDOWS of silence
+        its audio no longer changes unless speech resumes. None otherwise."""
+        if not self._speech or self._quiet < TAIL_WINDOWS:
+            return None
+        return self._start, (len(self._speech) - self._quiet + TAIL_WINDOWS) * WINDOW
+
+    def settled_audio(self) -> Audio:
+        """The audio of `settled()`: what its final will decode if speech does not resume."""
+        keep = len(self._speech) - self._quiet + TAIL_WINDOWS
+        return np.concatenate(self._speech[:keep])
+
     def current(self) -> Audio:
         """The audio of the utterance in progress, for a partial result."""
         if not self._speech:
@@ -140,6 +153,8 @@ class Segmenter:
         if len(self._pending) and self._speech:
             self._speech.append(self._pending)
             self._probs.append(0.0)
+            if self._quiet:  # a scrap of the silence: trimmed with it, so a final
+                self._quiet += 1  # decoded ahead of this cut (`settled`) still fits
         self.position += len(self._pending)  # kept in step with the samples taken
         self._pending = np.zeros(0, dtype=np.float32)
         # A flush is a cut: what follows starts afresh, as a replay after it would.

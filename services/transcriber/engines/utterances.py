@@ -5,7 +5,11 @@ audio in is cheap (resampling, voice activity); recognition is owed as jobs that
 actor's scheduler runs: one final per utterance (cut by `silence_s` of silence, the
 maximum length, `finalize` or `close`), with start and end times and word timings,
 and while a person speaks a partial of the utterance as it stands, at most one per
-`partial_interval` seconds of new speech. A chunk counts as committed only once every
+`partial_interval` seconds of new speech. Once the speaker has paused long enough for
+the utterance's audio to be settled (`Segmenter.settled`) its final is decoded ahead,
+while the silence that ends it runs out: at the cut it is ready (one speaker's finals
+came 0.32 s after the speech at the median, 0.53 s before: bench/RESULTS.md); if the
+speaker goes on instead, its text goes out as a partial. A chunk counts as committed only once every
 utterance it belongs to has its final, so a restarted actor replays just the audio
 of the finals still owed and of the utterance in progress, and rebuilds them.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +38,14 @@ from services.transcriber.engines.audio import Decoder
 from services.transcriber.engines.segmenter import RATE, Audio, Segmenter, StreamingVad, Utterance
 
 log = logging.getLogger(__name__)
+
+# An utterance's first partial once it has lasted this long (its 0.29 s of audio before
+# the speech included; `early` sooner for an idle engine). A partial at least every 1.5 s from the
+# start of the speech (issue 22) leaves the scheduler room only if the first is due well
+# before that: at 1 s, 13 of the 17 waits over 1.5 s at 8 speakers (128 sentences)
+# were for the first. One that says nothing (too little of a word yet) makes the next
+# due half an interval later.
+FIRST_PARTIAL_S = 0.7
 
 
 class Recognizer(Protocol):
@@ -68,6 +80,7 @@ class _Owed:
     utterance: Utterance
     seq: int  # the chunk its end lies in: the final's seq
     since: float  # when it was cut (monotonic)
+    ready: Decoded | None = None  # decoded ahead of its cut
 
 
 class UtteranceSession:
@@ -92,7 +105,12 @@ class UtteranceSession:
         self._partial_at = 0  # segmenter position of the last partial (or final)
         self._partial_time = time.monotonic()  # when the last partial was handed out
         self._owed: deque[_Owed] = deque()
-        self._busy = False  # the oldest owed final is being decoded
+        self._busy = False  # the oldest owed final (or one ahead) is being decoded
+        # The settled utterance in progress and since when (see Segmenter.settled); the
+        # last one handed out to be decoded ahead; what that gave, until its cut.
+        self._settled: tuple[tuple[int, int], float] | None = None
+        self._ahead_key: tuple[int, int] | None = None
+        self._ahead: tuple[tuple[int, int], Decoded] | None = None
         self._cut = 0
         self._done = 0
 
@@ -120,8 +138,25 @@ class UtteranceSession:
             self._owe(utterance)
             self._speech_events(events, seq, utterance)
         self._speech_events(events, seq, None)
+        self._settle(events, seq)
         self._advance()
         return events
+
+    def _settle(self, out: list[Result], seq: int) -> None:
+        """Note whether the utterance in progress is settled (see `Segmenter.settled`);
+        if the speaker goes on after a final was decoded ahead, its text is a partial."""
+        seg = self._segmenter
+        key = seg.settled()
+        if self._ahead is not None and key != self._ahead[0]:
+            (start, _), decoded = self._ahead
+            self._ahead = None
+            fresh = seg.position - self._partial_at < self._recognizer.partial_interval * RATE
+            if decoded.text and seg.in_speech and seg.speech_start == start and fresh:
+                out.append(Result(seq, decoded.text, False, language=decoded.language))
+        if key is None:
+            self._settled = None
+        elif self._settled is None or self._settled[0] != key:
+            self._settled = (key, time.monotonic())
 
     def _speech_events(self, out: list[Result], seq: int, cut: Utterance | None) -> None:
         """Voice activity events for chunk `seq`: speech that starts (in an utterance
@@ -155,8 +190,12 @@ class UtteranceSession:
         return []
 
     def final_since(self) -> float | None:
-        if self._busy or not self._owed:
+        if self._busy:
             return None
+        if not self._owed:  # the utterance in progress, if its final may go ahead
+            if self._settled is None or self._settled[0] == self._ahead_key:
+                return None
+            return self._settled[1]
         owed = self._owed[0]
         if owed.seq >= self._last_seq and owed.seq > self._sealed:
             # It ends in the newest chunk, which may end another utterance too: the two
@@ -167,23 +206,65 @@ class UtteranceSession:
     def final_job(self) -> Job | None:
         if self.final_since() is None:
             return None
+        if not self._owed:
+            return self._ahead_job()
         owed = self._owed[0]
         self._busy = True
-        audio, options = owed.utterance.audio, self._options
+        audio, options, ready = owed.utterance.audio, self._options, owed.ready
+
+        def run() -> Decoded:
+            return ready if ready is not None else self._recognizer.transcribe(audio, True, options)
+
+        return Job(True, owed.since, run, self._finished, audio, options, ready)
+
+    def _ahead_job(self) -> Job:
+        """The final of the utterance in progress, decoded before its cut (see the
+        module doc)."""
+        assert self._settled is not None
+        (key, since), seg = self._settled, self._segmenter
+        self._ahead_key, self._busy = key, True
+        # It stands for a partial too, should the speaker go on.
+        self._partial_at, self._partial_time = seg.position, time.monotonic()
+        audio, seq, at = seg.settled_audio(), self._last_seq, seg.position
+        # Its voice is found once it is a final (diarize), not for a guess.
+        options = replace(self._options, diarize=False)
 
         def run() -> Decoded:
             return self._recognizer.transcribe(audio, True, options)
 
-        return Job(True, owed.since, run, self._finished, audio, options)
+        def finish(out: Decoded) -> list[Result]:
+            self._busy = False
+            for owed in self._owed:  # cut while it was decoded
+                if _key(owed.utterance) == key:
+                    owed.ready = out
+                    return []
+            if not (seg.in_speech and seg.speech_start == key[0]):
+                return []  # cut elsewhere (a flush, a forced cut): decoded again
+            if self._settled is not None and self._settled[0] == key:
+                self._ahead = (key, out)  # still silent: the cut will take it
+                return []
+            # The speaker went on: what was said so far is a partial, unless a second of
+            # newer audio has overtaken it (a burst).
+            if not out.text or seg.position - at >= self._recognizer.partial_interval * RATE:
+                return []
+            return [Result(seq, out.text, False, language=out.language)]
+
+        return Job(True, since, run, finish, audio, options)
 
     def partial_since(self, early: float = 0.0) -> float | None:
         seg = self._segmenter
-        # The first once the utterance has lasted the interval, the next the interval
+        # The first once the utterance has lasted FIRST_PARTIAL_S, the next the interval
         # after the last; `early` seconds sooner where the engine would idle otherwise.
-        interval = int((self._recognizer.partial_interval - early) * RATE)
-        if not seg.in_speech or seg.position - seg.speech_start < interval:
+        every = self._recognizer.partial_interval
+        interval = int((every - early) * RATE)
+        first = int((min(FIRST_PARTIAL_S, every) - early) * RATE)
+        if not seg.in_speech or seg.position - seg.speech_start < first:
             return None
-        if self._partial_at > seg.speech_start and seg.position - self._partial_at < interval:
+        if self._settled is not None:
+            return None  # a pause: nothing new to say (its final may be decoded ahead)
+        if self._partial_at <= seg.speech_start:  # the utterance's first: since it began
+            return time.monotonic() - (seg.position - seg.speech_start) / RATE
+        if seg.position - self._partial_at < interval:
             return None
         return self._partial_time
 
@@ -199,9 +280,16 @@ class UtteranceSession:
         def run() -> Decoded:
             return self._recognizer.transcribe(audio, False, options)
 
+        at = seg.position
+
         def finish(out: Decoded) -> list[Result]:
             # Worthless once its utterance was cut meanwhile: the final follows.
-            if not out.text or not seg.in_speech or seg.speech_start != start:
+            if not seg.in_speech or seg.speech_start != start:
+                return []
+            if not out.text:  # too little heard yet (a word begun): the next comes sooner
+                if self._partial_at == at:
+                    half = int(self._recognizer.partial_interval * RATE / 2)
+                    self._partial_at = max(at - half, start + 1)
                 return []
             return [Result(seq, out.text, False, language=out.language)]
 
@@ -223,8 +311,10 @@ class UtteranceSession:
 
     def _owe(self, utterance: Utterance) -> None:
         self._partial_at = self._segmenter.position
+        ahead, self._ahead, self._settled = self._ahead, None, None
         if len(utterance.audio) == 0:
             return  # all of it trimmed silence: nothing to say
+        ready = ahead[1] if ahead is not None and ahead[0] == _key(utterance) else None
         seq = self._seq_at(utterance.end)
         if self._owed and self._owed[-1].seq >= seq and not (self._busy and len(self._owed) == 1):
             # Two utterances end in one chunk (a client's chunks can be long): one final.
@@ -235,7 +325,7 @@ class UtteranceSession:
             return
         if self._owed and self._owed[-1].seq >= seq:
             log.warning("two finals end in chunk %d; the gateway keeps the first", seq)
-        self._owed.append(_Owed(utterance, seq, time.monotonic()))
+        self._owed.append(_Owed(utterance, seq, time.monotonic(), ready))
         self._cut += 1
 
     def _seq_at(self, sample: int) -> int:
@@ -252,3 +342,8 @@ class UtteranceSession:
             safe = min(safe, self._owed[0].utterance.start)
         while self._chunks and self._chunks[0][1] <= safe:
             self._committed = self._chunks.popleft()[0]
+
+
+def _key(utterance: Utterance) -> tuple[int, int]:
+    """Where an utterance lies (start, length): two cuts that agree hold the same audio."""
+    return utterance.start, len(utterance.audio)

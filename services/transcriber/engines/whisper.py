@@ -51,9 +51,18 @@ log = logging.getLogger(__name__)
 # 0.5 s 20.5 %, 1 s 6.8 %, 2 s 1.7 %, 3 s 1.7 %, 30 s 1.1 %). Less for partials, 1 s,
 # gave no better latency in the capacity benchmark (its runs vary more than that).
 PAD_S = 3.0
+# Jobs of several sessions one pass takes at most on a GPU. On the CPU one: a batch cost
+# what its jobs did one by one, and each waited for the whole (bench/RESULTS.md).
+GPU_BATCH = 8
 FRAMES_PER_S = 100  # mel frames
 MAX_FRAMES = 3000  # the encoder's own limit: 30 s
 MAX_NEW_TOKENS = 220  # half of whisper's 448: no utterance of 25 s says more
+# Nor does a second of speech say more than this many tokens (fast English runs at 5-6,
+# punctuation counted). A text that loops (3 % of the partials of the test speech, cut
+# mid-word) then stops there: unbounded, such a partial took 0.45-0.6 s, five
+# times a partial's cost, and held up every result queued behind it.
+TOKENS_PER_S = (12, 8)  # finals, partials
+TOKENS_SLACK = 16
 MAX_LENGTH = 448  # the decoder's positions: prompt and text together
 MAX_PROMPT_TOKENS = 223  # faster-whisper keeps the last half of them for earlier text
 NO_SPEECH = 0.6  # faster-whisper's thresholds: a text this likely silence, and
@@ -73,7 +82,7 @@ class WhisperEngine:
     def __init__(
         self, model: str, language: str | None = "en", partial_interval: float = 1.0,
         beam_size: int = 5, threads: int = 0, device: str = "cpu", compute_type: str = "int8",
-        batch_size: int = 8, decoder: str = "batched", end_silence: float = 0.6,
+        batch_size: int | None = None, decoder: str = "batched", end_silence: float = 0.6,
     ) -> None:  # fmt: skip
         self.language = language
         self.partial_interval = partial_interval
@@ -81,9 +90,11 @@ class WhisperEngine:
         self.end_silence = end_silence
         # faster-whisper's own decoding takes one utterance at a time.
         self.batched = decoder == "batched"
-        self.batch_size = batch_size if self.batched else 1
         self.model = WhisperModel(model, device=device, compute_type=compute_type,
                                   cpu_threads=threads or min(4, os.cpu_count() or 1))  # fmt: skip
+        if batch_size is None:  # where the model runs ("auto" picks)
+            batch_size = GPU_BATCH if self.model.model.device == "cuda" else 1
+        self.batch_size = batch_size if self.batched else 1
         self._tokenizers: dict[str, Tokenizer] = {}
         self._suppress: list[int] | None = None
         self._vad = vad_model()
@@ -151,6 +162,8 @@ class WhisperEngine:
         # same place: sessions with earlier text (prompt, hotwords) of different lengths
         # are decoded in groups, their rows cut from the batch's encoder output.
         groups = self._groups(options)
+        per_s = TOKENS_PER_S[0] if final else TOKENS_PER_S[1]
+        most = min(MAX_NEW_TOKENS, math.ceil(longest / FRAMES_PER_S * per_s) + TOKENS_SLACK)
         encoded = self.model.model.encode(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(batch)),
             # Rows of a batch are cut apart for word timings or groups: on the host.
@@ -166,7 +179,7 @@ class WhisperEngine:
             mine = [prompts[i] for i in rows]
             generated = self.model.model.generate(
                 part, mine, beam_size=self.beam_size if final else 1,
-                max_length=min(MAX_LENGTH, max(map(len, mine)) + MAX_NEW_TOKENS),
+                max_length=min(MAX_LENGTH, max(map(len, mine)) + most),
                 return_scores=True, return_no_speech_prob=True, suppress_blank=True,
                 suppress_tokens=self._suppress,
             )  # fmt: skip
@@ -182,8 +195,9 @@ class WhisperEngine:
             texts.append(tokens)
             detected = language if o.language == "auto" else None
             out.append(Decoded(tokenizer.decode(tokens).strip(), [], detected))
-        if not final:
-            return out
+        if not final:  # a partial that loops says nothing worth showing
+            return [d if get_compression_ratio(d.text) <= LOOPING else d._replace(text="")
+                    for d in out]  # fmt: skip
         for i, decoded in enumerate(out):
             if decoded.text and get_compression_ratio(decoded.text) > LOOPING:
                 log.info("a final looped (%r...): decoded again with fallbacks", decoded.text[:40])
