@@ -3,8 +3,9 @@
 Two loops share the actor. The message loop reads the mailbox as fast as audio comes
 and takes every chunk into its session at once (decoding, resampling and voice
 activity are cheap); the decode loop spends the engine on what the sessions owe,
-finals first and the oldest first, then a partial of the newest state of an
-utterance, the session that waited longest first. A finalize or close is answered
+the result due first first (a final FINAL_SLACK_S after its cut, a partial of the
+newest state of an utterance PARTIAL_SLACK_S after the last: finals go first unless
+a partial is about to miss its cadence). A finalize or close is answered
 (`Flushed`) once the finals owed before it are published, however long that takes.
 
 Reliability rests on the consumer group: an entry stays pending until XACK, and

@@ -107,12 +107,16 @@ class Segmenter:
         its audio no longer changes unless speech resumes. None otherwise."""
         if not self._speech or self._quiet < TAIL_WINDOWS:
             return None
-        return self._start, (len(self._speech) - self._quiet + TAIL_WINDOWS) * WINDOW
+        return self._start, self._kept() * WINDOW
 
     def settled_audio(self) -> Audio:
         """The audio of `settled()`: what its final will decode if speech does not resume."""
-        keep = len(self._speech) - self._quiet + TAIL_WINDOWS
-        return np.concatenate(self._speech[:keep])
+        return np.concatenate(self._speech[: self._kept()])
+
+    def _kept(self) -> int:
+        """Windows of the utterance in progress a cut now keeps (TAIL_WINDOWS of its
+        silence, trimmed of the rest)."""
+        return max(0, len(self._speech) - max(0, self._quiet - TAIL_WINDOWS))
 
     def current(self) -> Audio:
         """The audio of the utterance in progress, for a partial result."""
@@ -143,7 +147,7 @@ class Segmenter:
             self._probs.append(prob)
             self._quiet = self._quiet + 1 if prob < self._off else 0
             if self._quiet >= self._silence_windows:
-                done.append(self._close(trim=max(0, self._quiet - TAIL_WINDOWS)))
+                done.append(self._close())
             elif self.position - self._start >= self._max_samples:
                 done.append(self._cut())
         return done
@@ -159,10 +163,10 @@ class Segmenter:
         self._pending = np.zeros(0, dtype=np.float32)
         # A flush is a cut: what follows starts afresh, as a replay after it would.
         self._preroll.clear()
-        return self._close(trim=max(0, self._quiet - TAIL_WINDOWS)) if self._speech else None
+        return self._close() if self._speech else None
 
-    def _close(self, trim: int) -> Utterance:
-        keep = self._speech[: len(self._speech) - trim] if trim < len(self._speech) else []
+    def _close(self) -> Utterance:
+        keep = self._speech[: self._kept()]
         audio = np.concatenate(keep) if keep else np.zeros(0, dtype=np.float32)
         utterance = Utterance(audio, self._start, self._start + len(audio))
         self._speech, self._probs = [], []

@@ -145,14 +145,11 @@ class UtteranceSession:
     def _settle(self, out: list[Result], seq: int) -> None:
         """Note whether the utterance in progress is settled (see `Segmenter.settled`);
         if the speaker goes on after a final was decoded ahead, its text is a partial."""
-        seg = self._segmenter
-        key = seg.settled()
+        key = self._segmenter.settled()
         if self._ahead is not None and key != self._ahead[0]:
             (start, _), decoded = self._ahead
             self._ahead = None
-            fresh = seg.position - self._partial_at < self._recognizer.partial_interval * RATE
-            if decoded.text and seg.in_speech and seg.speech_start == start and fresh:
-                out.append(Result(seq, decoded.text, False, language=decoded.language))
+            out += self._went_on(start, self._partial_at, seq, decoded)
         if key is None:
             self._settled = None
         elif self._settled is None or self._settled[0] != key:
@@ -238,18 +235,24 @@ class UtteranceSession:
                 if _key(owed.utterance) == key:
                     owed.ready = out
                     return []
-            if not (seg.in_speech and seg.speech_start == key[0]):
-                return []  # cut elsewhere (a flush, a forced cut): decoded again
             if self._settled is not None and self._settled[0] == key:
                 self._ahead = (key, out)  # still silent: the cut will take it
                 return []
-            # The speaker went on: what was said so far is a partial, unless a second of
-            # newer audio has overtaken it (a burst).
-            if not out.text or seg.position - at >= self._recognizer.partial_interval * RATE:
-                return []
-            return [Result(seq, out.text, False, language=out.language)]
+            return self._went_on(key[0], at, seq, out)
 
         return Job(True, since, run, finish, audio, options)
+
+    def _went_on(self, start: int, at: int, seq: int, out: Decoded) -> list[Result]:
+        """A final decoded ahead (handed out at segmenter position `at`) whose speaker
+        went on: what was said so far is a partial, unless the utterance was cut
+        elsewhere meanwhile (a flush, a forced cut: decoded again) or a second of newer
+        audio has overtaken it (a burst)."""
+        seg = self._segmenter
+        if not (out.text and seg.in_speech and seg.speech_start == start):
+            return []
+        if seg.position - at >= self._recognizer.partial_interval * RATE:
+            return []
+        return [Result(seq, out.text, False, language=out.language)]
 
     def partial_since(self, early: float = 0.0) -> float | None:
         seg = self._segmenter
