@@ -30,6 +30,7 @@ from faster_whisper.transcribe import (
     get_suppressed_tokens,
     merge_punctuations,
 )
+from threadpoolctl import threadpool_limits
 
 from services.transcriber.engines import (
     DEFAULT_OPTIONS,
@@ -54,6 +55,7 @@ PAD_S = 3.0
 # Jobs of several sessions one pass takes at most on a GPU. On the CPU one: a batch cost
 # what its jobs did one by one, and each waited for the whole (bench/RESULTS.md).
 GPU_BATCH = 8
+BLAS_THREADS = 1  # numpy's, in a process with a whisper engine (see WhisperEngine)
 FRAMES_PER_S = 100  # mel frames
 MAX_FRAMES = 3000  # the encoder's own limit: 30 s
 MAX_NEW_TOKENS = 220  # half of whisper's 448: no utterance of 25 s says more
@@ -92,6 +94,11 @@ class WhisperEngine:
         self.batched = decoder == "batched"
         self.model = WhisperModel(model, device=device, compute_type=compute_type,
                                   cpu_threads=threads or min(4, os.cpu_count() or 1))  # fmt: skip
+        # numpy's BLAS does only the mel filter bank's small product here, and its idle
+        # threads spin for a while after each call: on the cores the decoder needs (a
+        # transcriber burnt 1.8 CPU seconds a second of decoding). One thread, in the
+        # whole process: the same speed at half the CPU (bench/RESULTS.md, issue 22).
+        threadpool_limits(BLAS_THREADS, user_api="blas")
         if batch_size is None:  # where the model runs ("auto" picks)
             batch_size = GPU_BATCH if self.model.model.device == "cuda" else 1
         self.batch_size = batch_size if self.batched else 1
