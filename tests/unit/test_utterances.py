@@ -89,22 +89,27 @@ class Quiet(Recorder):
         return out if final else Decoded("", [])
 
 
-def test_a_partial_that_says_nothing_makes_the_next_due_half_an_interval_later(
+def test_a_partial_that_says_nothing_makes_the_next_due_half_an_interval_later_and_sooner(
     vad: object,
 ) -> None:
     sess = session(vad, recorder := Quiet())
     chunks = monologue(6).chunks()
     seq = 0
-    while (job := sess.partial_job()) is None:
+    while (began := sess.partial_since()) is None:
         seq += 1
         sess.feed(seq, chunks[seq - 1], (seq - 1) / 10)
+    job = sess.partial_job()
+    assert job is not None
     assert job.finish(job.run()) == []  # nothing heard: nothing sent
     at = seq
-    while sess.partial_since() is None:
+    while (since := sess.partial_since()) is None:
         seq += 1
         sess.feed(seq, chunks[seq - 1], (seq - 1) / 10)
     assert 4 <= seq - at <= 6, seq - at  # half of the 1 s interval, in 100 ms chunks
     assert len(recorder.calls) == 1
+    # The person has seen nothing since the utterance began: the next partial is due by
+    # then (the scheduler's deadline), not by when the one that said nothing was asked.
+    assert since == pytest.approx(began, abs=0.05)
 
 
 def test_a_final_is_decoded_while_the_pause_that_ends_it_runs_out_and_is_ready_at_the_cut(

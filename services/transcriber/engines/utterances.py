@@ -272,11 +272,10 @@ class UtteranceSession:
         return self._partial_time
 
     def partial_job(self, early: float = 0.0) -> Job | None:
-        if self.partial_since(early) is None:
+        if (since := self.partial_since(early)) is None:
             return None
         seg = self._segmenter
-        self._partial_at = seg.position
-        since, self._partial_time = self._partial_time, time.monotonic()
+        self._partial_at, self._partial_time = seg.position, time.monotonic()
         audio, seq, start = seg.current(), self._last_seq, seg.speech_start
         options = self._options
 
@@ -289,10 +288,13 @@ class UtteranceSession:
             # Worthless once its utterance was cut meanwhile: the final follows.
             if not seg.in_speech or seg.speech_start != start:
                 return []
-            if not out.text:  # too little heard yet (a word begun): the next comes sooner
+            # Too little heard yet (a word begun): the next comes half an interval on,
+            # due by when the person last saw a text (or the utterance began).
+            if not out.text:
                 if self._partial_at == at:
                     half = int(self._recognizer.partial_interval * RATE / 2)
                     self._partial_at = max(at - half, start + 1)
+                    self._partial_time = since
                 return []
             return [Result(seq, out.text, False, language=out.language)]
 
