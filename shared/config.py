@@ -158,7 +158,7 @@ class Settings:
     # The share of its time a transcriber's engine may spend decoding once it takes one
     # more session, at what its sessions cost it now: past it, no new session goes there
     # (all past it: HTTP 503), so those it has keep their latency.
-    max_busy: float = field(default=0.75, metadata=_env("HARK_MAX_BUSY"))
+    max_busy: float = field(default=0.7, metadata=_env("HARK_MAX_BUSY"))
     # The same for the gateway itself: how long (seconds) audio it has read may wait to be
     # stored in Redis. A gateway short of CPU falls behind here; past it, no new sessions
     # (HTTP 503); past twice it, the sessions sending the most are closed with `session_shed`.
