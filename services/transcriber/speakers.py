@@ -31,6 +31,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from services.transcriber.engines import BadSetting
 from shared.config import DIARIZE_EXTRA, diarize_available
@@ -88,6 +89,9 @@ def _load() -> Any:
             audio.wav_to_mel_spectrogram = mel_spectrogram
 
             torch.set_num_threads(1)  # beside the recogniser's threads, on the same cores
+            # numpy's BLAS too (the mel filter bank, the similarities): its idle threads
+            # spin on the recogniser's cores (see the whisper engine, which does the same).
+            threadpool_limits(1, user_api="blas")
             encoder = VoiceEncoder("cpu", verbose=False)
             encoder.embed_utterance(np.zeros(RATE, np.float32))  # its first run compiles
             _encoder = encoder
