@@ -52,6 +52,9 @@ class Router:
         self.present: set[str] = set()  # transcribers with a heartbeat, in any state
         self.draining: set[str] = set()  # live, but given no new sessions
         self.assigned: Counter[str] = Counter()
+        # When this gateway's sessions on each transcriber last ended (wall clock, as a
+        # beat's `ts`): a beat sent before an end still counts that session.
+        self._ended: dict[str, list[float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -139,8 +142,15 @@ class Router:
         has cost its engine lately (learnt from what it does, not a count). Before it
         knows that (a fresh transcriber), at its busy share per session."""
         beat = self.live.get(actor)
-        # Sessions given to it since its beat cost it nothing yet: count them too.
-        sessions = max(beat.load, self.assigned[actor]) if beat is not None else 0
+        # Sessions given to it since its beat cost it nothing yet: count them too; those
+        # that ended here since its beat are gone (a client's next session right after
+        # its last was refused for up to a beat, by a busy share that session left).
+        if beat is not None:
+            ended = [t for t in self._ended.get(actor, ()) if t > beat.ts]
+            self._ended[actor] = ended
+            sessions = max(beat.load - len(ended), self.assigned[actor])
+        else:
+            sessions = 0
         if beat is None or sessions == 0:
             # An idle engine takes a session whatever it costs: its busy share is the
             # tail of those gone (a burst's finals, decoding still).
@@ -183,6 +193,7 @@ class Router:
         self.assigned[actor] += 1
 
     def release(self, actor: str) -> None:
+        self._ended.setdefault(actor, []).append(time.time())
         self.assigned[actor] -= 1
         if self.assigned[actor] <= 0:
             del self.assigned[actor]

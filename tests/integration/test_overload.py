@@ -37,10 +37,12 @@ class Lagging:
         self.runtime = runtime
         self.lag_ms = 0
         self.load, self.busy, self.cost = 1, 0.0, 0.0
+        self.beating = True  # False: its last beat stands (one on its way, as it were)
 
     async def beat_forever(self) -> None:
         while True:
-            await self.runtime.beat("running", self.load, self.lag_ms, self.busy, self.cost)
+            if self.beating:
+                await self.runtime.beat("running", self.load, self.lag_ms, self.busy, self.cost)
             await asyncio.sleep(self.runtime.settings.heartbeat_interval / 2)
 
 
@@ -190,6 +192,28 @@ async def test_a_transcriber_busy_only_with_sessions_gone_takes_a_new_one(
     ws, hello = await open_session(gateway)
     assert hello["status"] == "ready"
     await ws.close()
+
+
+async def test_a_clients_next_session_right_after_its_last_is_not_refused_by_a_stale_beat(
+    gateway: TestClient[Any, Any], transcriber: Lagging
+) -> None:
+    # A session sent its audio in a burst: its transcriber's beat says one session and
+    # busy 95 % (no cost learnt: a saturated engine learns none). Another is refused.
+    transcriber.load = 0
+    await says_behind(gateway, transcriber, 0)
+    first, hello = await open_session(gateway)
+    transcriber.load, transcriber.busy = 1, 0.95
+    await says_behind(gateway, transcriber, 0)
+    await refused(gateway)
+    # The session ends; the transcriber's next beat, which would say so, has not come.
+    transcriber.beating = False
+    held = gateway.app[GATEWAY].sessions[hello["session_id"]]
+    await first.close()
+    await asyncio.wait_for(held.ended.wait(), 10)
+    await gateway.app[GATEWAY].router.refresh()
+    second, hello = await open_session(gateway)
+    assert hello["status"] == "ready"
+    await second.close()
 
 
 async def test_sessions_are_priced_at_what_a_second_of_audio_has_cost(
