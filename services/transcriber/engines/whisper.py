@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 # 0.5 s 20.5 %, 1 s 6.8 %, 2 s 1.7 %, 3 s 1.7 %, 30 s 1.1 %). Less for partials, 1 s,
 # gave no better latency in the capacity benchmark (its runs vary more than that).
 PAD_S = 3.0
-# Jobs of several sessions one pass takes at most on a GPU. On the CPU one: a batch cost
-# what its jobs did one by one, and each waited for the whole (bench/RESULTS.md).
+# Jobs of several sessions one pass takes at most on a GPU. On the CPU one: a batch
+# saves little (offline, one thread: finals nothing, partials 0-24 % in batches of 2-4)
+# and each of its jobs waits for the whole (bench/RESULTS.md).
 GPU_BATCH = 8
 BLAS_THREADS = 1  # numpy's, in a process with a whisper engine (see WhisperEngine)
 FRAMES_PER_S = 100  # mel frames
