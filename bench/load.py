@@ -301,7 +301,8 @@ async def _client(plan: Plan, index: int, tally: Tally, gate: asyncio.Semaphore)
             transport, client = await ws_connect(lambda: _Client(plan, tally), plan.url,
                                                  max_frame_size=1 << 20)  # fmt: skip
         except WSInvalidStatusError as exc:
-            tally.errors[f"connect: HTTP {exc.response.status}"] += 1
+            status = exc.response.status if exc.response is not None else "?"
+            tally.errors[f"connect: HTTP {status}"] += 1
             return
         except (WSError, OSError, TimeoutError) as exc:
             tally.errors[f"connect: {type(exc).__name__}"] += 1
