@@ -50,6 +50,7 @@ class ActorRuntime:
         self.started_at = time.time()
         self.instance = os.environ.get(INSTANCE_ENV, "")
         self._last_beat = 0.0
+        self.languages: list[str] = []  # what its heartbeat says (see Heartbeat)
         self._ttl_ms = int(settings.heartbeat_interval * (settings.heartbeat_misses + 1) * 1000)
 
     def heartbeat(
@@ -60,7 +61,7 @@ class ActorRuntime:
         beat = Heartbeat(
             name=self.name, pid=os.getpid(), role=self.role, state=state, load=load,
             version=VERSION, ts=time.time(), started_at=self.started_at, instance=self.instance,
-            lag_ms=lag_ms, busy=busy, cost=cost,
+            lag_ms=lag_ms, busy=busy, cost=cost, languages=self.languages,
         )  # fmt: skip
         return [
             ("SET", keys.actor(self.name), beat.encode(), "PX", self._ttl_ms),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -282,6 +283,15 @@ class Heartbeat(Message):
     # half minute or so (0 until it has heard enough): what one more real-time session
     # would cost it, learnt from what its engine does.
     cost: float = 0.0
+    # The language codes a transcriber's engine knows (whisper's, "auto" where it detects
+    # them); empty: it takes any. Gateways refuse another at the handshake.
+    languages: list[Any] = dataclasses.field(default_factory=list)
+
+
+def unknown_language(language: str, known: Sequence[str]) -> str:
+    """What a client is told of a language code the engine does not know."""
+    shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+    return f"language {language!r} is not one the engine knows ({shown})"
 
 
 @dataclass(slots=True)

@@ -210,6 +210,7 @@ async def handle_listen(gateway: Gateway, request: web.Request) -> web.StreamRes
     with _dg_errors(), gateway.admitted(request, schemes=SCHEMES) as ws:
         try:
             fmt, listen = listen_format(request.query)
+            gateway.check_language(fmt)
         except ClientError as exc:
             gateway.metrics.errors.labels(exc.code).inc()
             raise json_error(web.HTTPBadRequest, exc.code, exc.message) from None

@@ -273,6 +273,8 @@ async def _piece(
         session = await gateway.open_session(cast(web.WebSocketResponse, _NoSocket()), request,
                                              fmt, FileSession)  # fmt: skip
     except ClientError as exc:
+        if exc.code == "bad_setting":  # a language no engine here knows
+            raise ApiError(400, exc.message, param="language") from None
         raise ApiError(503, exc.message, kind="server_error", code=exc.code,
                        headers={"Retry-After": "2"}) from None  # fmt: skip
     assert isinstance(session, FileSession)

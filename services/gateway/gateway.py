@@ -33,7 +33,14 @@ from shared.audit import Audit
 from shared.auth import ApiKeys, Principal, origin_allowed
 from shared.config import SAMPLE_WIDTHS, Settings
 from shared.http_errors import json_error
-from shared.messages import ActorDown, AudioChunk, Message, SessionControl, Transcript
+from shared.messages import (
+    ActorDown,
+    AudioChunk,
+    Message,
+    SessionControl,
+    Transcript,
+    unknown_language,
+)
 from shared.redis_util import Coalescer
 from shared.tasks import Event, cancel_and_wait
 
@@ -383,6 +390,7 @@ class Gateway:
         fmt: AudioFormat,
         kind: type[Session],
     ) -> Session:
+        self.check_language(fmt)
         actor = await self.router.pick()
         if actor is None:
             raise ClientError("no_transcriber", "no transcriber is running; try again shortly")
@@ -739,9 +747,18 @@ class Gateway:
 
     async def set_format(self, session: Session, params: dict[str, Any]) -> None:
         """Change the format of the audio to come, in the session and its record."""
-        session.fmt = session.fmt.updated(params)
+        fmt = session.fmt.updated(params)
+        self.check_language(fmt)
+        session.fmt = fmt
         await self.redis.hset(keys.session(session.session_id),
                               mapping=_strings(session.fmt.public()))  # fmt: skip
+
+    def check_language(self, fmt: AudioFormat) -> None:
+        """ClientError `bad_setting` for a language code no transcriber's engine knows
+        (as their heartbeats say): refused at once, not for each chunk sent."""
+        known = self.router.languages()
+        if fmt.language is not None and known is not None and fmt.language not in known:
+            raise ClientError("bad_setting", unknown_language(fmt.language, known))
 
     async def finalized(self, session: Session) -> bool:
         """End the utterance in progress and wait (as a close does) for its final."""

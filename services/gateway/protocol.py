@@ -27,7 +27,7 @@ TELEPHONE_RATE = 8000  # G.711's own, unless the client says otherwise
 SAMPLE_RATES = range(8000, 48001)
 END_SILENCE_S = (0.1, 5.0)  # the silence that may end an utterance, seconds
 # A language code as whisper names languages (en, de, haw, yue), or auto; which ones an
-# engine knows, its transcriber says (bad_setting).
+# engine knows, its transcribers' heartbeats say (Gateway.check_language).
 LANGUAGE = re.compile(r"[a-z]{2,3}|auto")
 MAX_PROMPT_CHARS = 1000  # whisper takes the last 223 tokens of a prompt, about that
 MAX_HOTWORDS_CHARS = 500

@@ -163,6 +163,16 @@ class Router:
             return False
         return per_session * (sessions + 1) > self._max_busy
 
+    def languages(self) -> list[str] | None:
+        """The language codes the live transcribers' engines know, or None where one
+        takes any (or says nothing, as an older one), or none is live to ask."""
+        known: dict[str, None] = {}  # in the engines' order (whisper's: most spoken first)
+        for beat in self.live.values():
+            if not beat.languages:
+                return None
+            known.update(dict.fromkeys(beat.languages))
+        return list(known) or None
+
     def saturated(self) -> bool:
         """Every live transcriber is behind, or has no room for another speaker: a new
         session would only add to the queue and slow those already there."""

@@ -127,6 +127,7 @@ class Transcriber:
         self.redis = redis
         self.name = name
         self.runtime = ActorRuntime(settings, redis, name, "transcriber")
+        self.runtime.languages = list(getattr(engine, "languages", None) or ())
         self.audit = Audit(redis, name, settings.audit_maxlen)
         # The message loop's round trips (read, and the writes of the last round) go
         # out on a connection of their own, their replies parsed in bulk.

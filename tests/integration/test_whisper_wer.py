@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from services.transcriber.engines import drain
+from services.transcriber.engines import BadSetting, Options, drain
 from services.transcriber.engines.model_store import default_cache_dir, packaged_model
 from services.transcriber.engines.whisper import WhisperEngine
 from tests import wer
@@ -115,3 +115,15 @@ def test_a_partials_text_is_bounded_by_its_length_and_one_that_loops_says_nothin
     tokenizer = engine._tokenizer("en")
     engine.model.model = _Spy(spy._model, tokenizer.encode(" a cup of") * 8)
     assert engine.decode([second], False)[0].text == ""
+
+
+def test_the_languages_a_session_may_ask_for_are_those_the_model_has() -> None:
+    # What the transcriber's heartbeat says, and gateways refuse others by: whisper's
+    # order (most spoken first), detection, and no code the model has no token for
+    # (faster-whisper lists large-v3's Cantonese for every model).
+    engine = WhisperEngine(str(packaged_model(default_cache_dir())))
+    assert engine.languages[:3] == ("en", "zh", "de") and engine.languages[-1] == "auto"
+    assert "yue" not in engine.languages and len(engine.languages) == 100
+    with pytest.raises(BadSetting, match="'yue'"):
+        engine.open_session("s", "pcm_s16le", 16000, Options(language="yue"))
+    assert engine.open_session("s", "pcm_s16le", 16000, Options(language="de")) is not None

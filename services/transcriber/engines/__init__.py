@@ -164,7 +164,9 @@ class Engine(Protocol):
     """A recogniser, loaded once per actor, shared by its sessions.
 
     An engine may also have `batch_size` (more than 1) and `run_batch(jobs)`, the
-    outputs of several sessions' jobs in one pass (what each job's `run` would give).
+    outputs of several sessions' jobs in one pass (what each job's `run` would give),
+    and `languages`: the language codes a session may ask for (absent or empty: any;
+    gateways refuse another at the handshake, `open_session` with BadSetting too).
     """
 
     name: str

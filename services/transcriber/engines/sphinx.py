@@ -22,6 +22,7 @@ from services.transcriber.engines import DEFAULT_OPTIONS, BadSetting, Decoded, O
 from services.transcriber.engines.segmenter import Audio
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
 from shared.config import Settings
+from shared.messages import unknown_language
 
 ROOT = Path(__file__).resolve().parents[3]  # where `services` is, for the worker's imports
 
@@ -92,6 +93,7 @@ class SphinxEngine:
 
     name = "sphinx"
     blocking = True
+    languages = ("en",)
 
     def __init__(self, partial_interval: float = 1.0, end_silence: float = 0.6) -> None:
         self.partial_interval = partial_interval
@@ -111,9 +113,9 @@ class SphinxEngine:
     ) -> UtteranceSession:  # fmt: skip
         """A session; `prompt` and `hotwords` are hints it does not take (its model has
         no such input), a language other than English it refuses."""
-        if options.language not in (None, "en"):
-            raise BadSetting(f"language {options.language!r}: the sphinx engine knows "
-                             "English only (en); the whisper engine knows many")  # fmt: skip
+        if options.language is not None and options.language not in self.languages:
+            raise BadSetting(unknown_language(options.language, self.languages)
+                             + "; the whisper engine knows many")  # fmt: skip
         return open_session(self, self._vad, encoding, sample_rate, self.end_silence, options)
 
     def transcribe(self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:

@@ -45,6 +45,7 @@ from services.transcriber.engines.model_store import ModelUnavailable, default_c
 from services.transcriber.engines.segmenter import Audio
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
 from shared.config import Settings
+from shared.messages import unknown_language
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class WhisperEngine:
             batch_size = GPU_BATCH if self.model.model.device == "cuda" else 1
         self.batch_size = batch_size if self.batched else 1
         self._tokenizers: dict[str, Tokenizer] = {}
+        self.languages = self._languages_known()
         self._suppress: list[int] | None = None
         self._vad = vad_model()
 
@@ -127,12 +129,9 @@ class WhisperEngine:
         options: Options = DEFAULT_OPTIONS,
     ) -> UtteranceSession:  # fmt: skip
         """A session; BadSetting for a language this model does not know."""
-        language, known = options.language, self.model.supported_languages
-        if language is not None and language not in (*known, "auto"):
-            raise BadSetting(f"language {language!r} is not one this whisper model knows "
-                             f"({', '.join(known[:8])}, ...; or auto)")  # fmt: skip
-        if language == "auto" and not self.model.model.is_multilingual:
-            raise BadSetting("language 'auto': this whisper model knows English only")
+        language = options.language
+        if language is not None and language not in self.languages:
+            raise BadSetting(unknown_language(language, self.languages))
         return open_session(self, self._vad, encoding, sample_rate, self.end_silence, options)
 
     def transcribe(self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
@@ -216,6 +215,15 @@ class WhisperEngine:
             if words:
                 out[i] = out[i]._replace(words=words)
         return out
+
+    def _languages_known(self) -> tuple[str, ...]:
+        """The codes a session may ask for: those this model has a token for (faster-
+        whisper lists large-v3's `yue` for every model), in the tokenizer's order (most
+        spoken first: en, zh, de, ...), and "auto" where it can detect them."""
+        token = self.model.hf_tokenizer.token_to_id
+        ids = {code: token(f"<|{code}|>") for code in self.model.supported_languages}
+        known = sorted((code for code, id_ in ids.items() if id_ is not None), key=ids.__getitem__)
+        return (*known, *(("auto",) if self.model.model.is_multilingual else ()))
 
     def _languages(self, encoded: Any, options: Sequence[Options]) -> list[str]:
         """The language each row is decoded in: its session's, the engine's, or for
