@@ -68,6 +68,17 @@ class Speech:
         return [data[i : i + step] for i in range(0, len(data), step)]
 
 
+def silent_wav(seconds: float = 1.0) -> bytes:
+    """`seconds` of 16 kHz silence as a WAV file."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(b"\0" * int(seconds * RATE) * 2)
+    return out.getvalue()
+
+
 def sentences() -> list[str]:
     return (SPEECH / "sentences.txt").read_text().splitlines()
 

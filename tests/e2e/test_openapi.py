@@ -3,8 +3,6 @@ the live responses (openapi-core validates each one against the document)."""
 
 from __future__ import annotations
 
-import io
-import wave
 from typing import Any
 
 import aiohttp
@@ -21,6 +19,7 @@ from services.supervisor.openapi import OPENAPI as supervisor_doc
 from services.supervisor.supervisor import Supervisor
 from shared.config import Settings
 from tests.conftest import TreeFactory
+from tests.speech import silent_wav
 from tests.tree import Tree
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,17 +49,6 @@ NOT_EXERCISED = {
     ("/actors/{name}/drain", "delete", "404"), ("/actors/{name}/drain", "delete", "409"),
     ("/actors/{name}/restart", "post", "409"),
 }  # fmt: skip
-
-
-def _wav() -> bytes:
-    """A second of 16 kHz silence as a WAV file."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16_000)
-        wav.writeframes(b"\0" * 32_000)
-    return out.getvalue()
 
 
 class Checker:
@@ -147,13 +135,13 @@ async def _gateway_calls(tree: Tree, http: aiohttp.ClientSession) -> Checker:
         (None, 403, {**CLIENT, "Origin": "https://x.example"}),
         (b"not audio", 400, CLIENT),
         (b"\0" * 200_000, 413, CLIENT),
-        (_wav(), 200, CLIENT),
+        (silent_wav(), 200, CLIENT),
     ):
         form = aiohttp.FormData({"model": "whisper-1"})
-        form.add_field("file", answer or _wav(), filename="a.wav")
+        form.add_field("file", answer or silent_wav(), filename="a.wav")
         await check.call("POST", files, files, status, headers=headers, data=form)
     form = aiohttp.FormData({"model": "whisper-1", "response_format": "text"})
-    form.add_field("file", _wav(), filename="a.wav")
+    form.add_field("file", silent_wav(), filename="a.wav")
     await check.call("POST", files, files, 200, headers=CLIENT, data=form)
     await check.call("GET", "/original", "/original", 400, headers=CLIENT)
     await check.call("POST", "/token", "/token", 401)

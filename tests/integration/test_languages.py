@@ -5,8 +5,6 @@ where an engine takes any (the mock), go through."""
 
 from __future__ import annotations
 
-import io
-import wave
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from services.transcriber.engines.mock import MockEngine
 from shared.config import Settings
 from tests.integration.gateway_fixtures import _running, gateway_of, open_session, receive
+from tests.speech import silent_wav
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -31,16 +30,6 @@ class TwoLanguages(MockEngine):
 async def knows_two(settings: Settings) -> AsyncIterator[None]:
     async with _running(settings, TwoLanguages()):
         yield
-
-
-def _wav() -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16000)
-        wav.writeframes(b"\x00\x00" * 16000)
-    return out.getvalue()
 
 
 async def test_a_code_no_engine_knows_is_refused_at_the_handshake_with_those_it_knows(
@@ -78,7 +67,7 @@ async def test_deepgram_and_openai_clients_get_their_400_for_a_code_no_engine_kn
         await gateway.ws_connect("/v1/listen?language=xx&encoding=linear16&sample_rate=16000")
     assert refusal.value.status == 400
     form = aiohttp.FormData()
-    form.add_field("file", _wav(), filename="a.wav", content_type="audio/wav")
+    form.add_field("file", silent_wav(), filename="a.wav", content_type="audio/wav")
     form.add_field("model", "whisper-1")
     form.add_field("language", "xx")
     resp = await gateway.post("/v1/audio/transcriptions", data=form)
