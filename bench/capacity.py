@@ -30,9 +30,9 @@ instead, as people arrive, to see hark past its capacity: the sessions it refuse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
-import os
 import statistics
 import threading
 import time
@@ -40,8 +40,9 @@ import urllib.request
 from typing import Any
 
 import aiohttp
+import psutil
 
-from bench.load import Hark, _actors, _cpu_seconds, arg_parser
+from bench.load import Hark, _actors, arg_parser
 from tests import wer
 from tests.speech import Speech, pace, sentences, spoken
 
@@ -131,23 +132,12 @@ def _quantiles(xs: list[float]) -> dict[str, Any]:
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds of a process and of its live descendants (the sphinx engine decodes
     in a child process of its transcriber)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0.0, [pid]
-    while todo:
-        one = todo.pop()
-        try:
-            total += sum(_cpu_seconds(one))
-        except OSError:
-            continue
-        todo += children.get(one, [])
+    top = psutil.Process(pid)
+    total = 0.0
+    for proc in [top, *top.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
+            times = proc.cpu_times()
+            total += times.user + times.system
     return total
 
 

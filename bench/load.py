@@ -43,6 +43,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 from picows import (
     WSCloseCode,
     WSError,
@@ -412,18 +413,13 @@ def arg_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    times = psutil.Process(pid).cpu_times()
+    return times.user, times.system
 
 
 def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    rss: int = psutil.Process(pid).memory_info().rss
+    return rss / 2**20
 
 
 def _actors(status_url: str) -> dict[str, int]:

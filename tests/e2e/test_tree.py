@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 
 from services.supervisor.tree import free_port
@@ -24,22 +25,12 @@ pytestmark = pytest.mark.timeout(90)
 
 def exists(pid: int) -> bool:
     """Whether a process (a zombie too) with this id is in the process table."""
-    return os.path.exists(f"/proc/{pid}")
+    return psutil.pid_exists(pid)
 
 
 def children_of(pid: int) -> set[int]:
     """Every process whose parent is `pid`: the actors, and spares the status does not list."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(entry))
-    return found
+    return {child.pid for child in psutil.Process(pid).children()}
 
 
 async def stream(ws: aiohttp.ClientWebSocketResponse, sizes: list[int]) -> list[dict[str, Any]]:

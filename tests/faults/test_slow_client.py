@@ -6,10 +6,10 @@ import asyncio
 import socket
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 
 from tests.conftest import TreeFactory
@@ -23,10 +23,8 @@ QUEUE = 64  # HARK_SESSION_QUEUE for this test
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    rss: int = psutil.Process(pid).memory_info().rss
+    return rss // 1024
 
 
 def tiny_receive_buffer(addr_info: Any) -> socket.socket:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiodocker
 import aiohttp
+import psutil
 import pytest
 from aiodocker.exceptions import DockerError
 
@@ -160,9 +161,8 @@ async def test_stop_removes_every_container(engine: StubEngine, redis_url: str) 
 
 def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except FileNotFoundError:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
 
 

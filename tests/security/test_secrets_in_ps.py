@@ -9,6 +9,7 @@ import re
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import TreeFactory, redis_process
@@ -36,20 +37,8 @@ def _cmdlines(pids: list[int]) -> dict[int, bytes]:
 
 
 def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        one = todo.pop()
-        out.append(one)
-        todo += children.get(one, [])
-    return out
+    top = psutil.Process(pid)
+    return [pid, *(child.pid for child in top.children(recursive=True))]
 
 
 async def test_no_command_line_of_the_tree_holds_the_redis_password(
