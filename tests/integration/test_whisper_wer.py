@@ -115,6 +115,13 @@ def test_a_partials_text_is_bounded_by_its_length_and_one_that_loops_says_nothin
     tokenizer = engine._tokenizer("en")
     engine.model.model = _Spy(spy._model, tokenizer.encode(" a cup of") * 8)
     assert engine.decode([second], False)[0].text == ""
+    # Short loops, too short for the compression ratio to tell (seen in the first
+    # second of utterances), say nothing either; a word said twice is no loop.
+    for loop in (" ZZZZZZZZZZZZ", " Zem... Zem... Zem... Zem...", " Z. Z. Z. Z. Z. Z."):
+        engine.model.model = _Spy(spy._model, tokenizer.encode(loop))
+        assert engine.decode([second], False)[0].text == "", loop
+    engine.model.model = _Spy(spy._model, tokenizer.encode(" please please"))
+    assert engine.decode([second], False)[0].text == "please please"
 
 
 def test_the_languages_a_session_may_ask_for_are_those_the_model_has() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ MAX_PROMPT_TOKENS = 223  # faster-whisper keeps the last half of them for earlie
 NO_SPEECH = 0.6  # faster-whisper's thresholds: a text this likely silence, and
 LOW_LOGPROB = -1.0  # this unsure, is no text
 LOOPING = 2.4  # compression ratio past which a text repeats itself
+REPEATED_LETTER = re.compile(r"([^\W\d_])\1{4}")  # a letter five times running
 # Punctuation joined to the word beside it: faster-whisper's defaults.
 PREPEND = "\"'“¿([{-"
 APPEND = "\"'.。,，!！?？:：”)]}、"  # noqa: RUF001
@@ -203,8 +205,7 @@ class WhisperEngine:
             detected = language if o.language == "auto" else None
             out.append(Decoded(tokenizer.decode(tokens).strip(), [], detected))
         if not final:  # a partial that loops says nothing worth showing
-            return [d if get_compression_ratio(d.text) <= LOOPING else d._replace(text="")
-                    for d in out]  # fmt: skip
+            return [d._replace(text="") if _looping(d.text) else d for d in out]
         for i, decoded in enumerate(out):
             if decoded.text and get_compression_ratio(decoded.text) > LOOPING:
                 log.info("a final looped (%r...): decoded again with fallbacks", decoded.text[:40])
@@ -313,6 +314,19 @@ def cpu_share(transcribers: int) -> int:
     """Threads for one transcriber's model: the cores shared among the transcribers, so
     two do not fight over two cores."""
     return max(1, (os.cpu_count() or 1) // max(1, transcribers))
+
+
+def _looping(text: str) -> bool:
+    """Whether a partial's text repeats itself. Its compression ratio says so only of a
+    long one; the first second of an utterance, decoded, came out as "ZZZZZZZZZZZZ",
+    "Rrrrrrrrrrrrr" or "Zem... Zem... Zem... Zem..." in 8 or 9 of some 490 partials of a
+    capacity run (none of them right): a word three times running, a letter five."""
+    if get_compression_ratio(text) > LOOPING:
+        return True
+    words = re.findall(r"\w+", text.lower())
+    if any(a == b == c for a, b, c in zip(words, words[1:], words[2:], strict=False)):
+        return True
+    return REPEATED_LETTER.search(text) is not None
 
 
 def _fit(features: np.ndarray[Any, Any], frames: int) -> np.ndarray[Any, Any]:
