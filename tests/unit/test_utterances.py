@@ -63,8 +63,8 @@ def test_a_partial_waits_until_the_utterance_has_lasted_the_first_partials_time(
 ) -> None:
     # A partial of the first few windows of an utterance is mostly silence and preroll:
     # whisper makes "Thank you." of such audio. None is due before FIRST_PARTIAL_S of
-    # it, the next ones an interval after the one before, each `early` sooner (what an
-    # idle engine asks for).
+    # it, even where an idle engine asks `early`; the next ones an interval after the
+    # one before, each `early` sooner.
     speech = spoken([1, 2, 3], pause_s=1.0)
     sess = session(vad, recorder := Recorder())
     for seq, chunk in enumerate(speech.chunks(), start=1):
@@ -74,7 +74,7 @@ def test_a_partial_waits_until_the_utterance_has_lasted_the_first_partials_time(
             job.finish(job.run())
     partials = [n for final, n in recorder.calls if not final]
     assert len(partials) >= 3
-    first = (FIRST_PARTIAL_S - early) * RATE
+    first = FIRST_PARTIAL_S * RATE
     assert first <= min(partials) < first + 1600  # and no later than its chunk
     # Within an utterance (partials grow), an interval (1 s, less `early`) apart at least.
     steps = [b - a for a, b in itertools.pairwise(partials) if b > a]
