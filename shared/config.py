@@ -123,8 +123,8 @@ class Settings:
     # weights' type (int8 on the CPU; float16 or int8_float16 suit a GPU), threads for one
     # transcriber's model (0: the cores shared among the transcribers), and how many
     # sessions' utterances one pass through the model takes at most (None: 8 on a GPU, 1
-    # on the CPU, where a batch took as long as its jobs one by one and each waited for
-    # the whole: bench/RESULTS.md, issue 22 fourth round).
+    # on the CPU, where a batch saves little and each of its jobs waits for the whole:
+    # see GPU_BATCH in the whisper engine).
     device: str = field(default="cpu", metadata=_env("HARK_DEVICE"))
     compute_type: str = field(default="int8", metadata=_env("HARK_COMPUTE_TYPE"))
     whisper_threads: int = field(default=0, metadata=_env("HARK_WHISPER_THREADS"))

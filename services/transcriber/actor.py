@@ -514,10 +514,7 @@ class Transcriber:
         its way (its final makes a partial worthless). If none is due, partials due
         soon (then True)."""
         due: list[tuple[float, bool, _Session]] = []
-        for sid, sess in list(self._due.items()):
-            if not _owes(sess) or self.sessions.get(sid) is not sess:
-                del self._due[sid]  # forgotten until its next audio
-                continue
+        for sess in self._owing():
             engine = sess.engine
             if (since := engine.final_since()) is not None:
                 due.append((since + FINAL_SLACK_S, True, sess))
@@ -548,14 +545,22 @@ class Transcriber:
             picked.append((next_, job))
         return picked, bool(picked)
 
+    def _owing(self) -> list[_Session]:
+        """The sessions that may owe work; those that owe none (or have ended, or
+        started over) are forgotten until their next audio."""
+        owing = []
+        for sid, sess in list(self._due.items()):
+            if _owes(sess) and self.sessions.get(sid) is sess:
+                owing.append(sess)
+            else:
+                del self._due[sid]
+        return owing
+
     def _oldest(self, since: Callable[[_Session], float | None]) -> _Session | None:
         """The session for which `since` is least (None: not a candidate), of those that
-        may owe work; those that owe none are forgotten until their next audio."""
+        may owe work (`_owing`)."""
         best: tuple[float, _Session] | None = None
-        for sid, sess in list(self._due.items()):
-            if not _owes(sess) or self.sessions.get(sid) is not sess:
-                del self._due[sid]
-                continue
+        for sess in self._owing():
             when = since(sess)
             if when is not None and (best is None or when < best[0]):
                 best = (when, sess)

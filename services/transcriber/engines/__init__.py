@@ -150,8 +150,9 @@ class EngineSession(Protocol):
         ...
 
     def partial_since(self, early: float = 0.0) -> float | None:
-        """When this session last had a partial, if one is due now (or would be within
-        `early` seconds of audio); else None."""
+        """When this session last had a partial (or its utterance began), if one is due
+        now (or would be within `early` seconds of audio; an engine may hold an
+        utterance's first to its own time); else None."""
         ...
 
     def partial_job(self, early: float = 0.0) -> Job | None:
