@@ -121,8 +121,19 @@ async def started(
     return sup, await backend.next()
 
 
-async def audit(redis: Redis, event: str) -> list[dict[bytes, bytes]]:
-    return [f for _, f in await redis.xrange(keys.AUDIT) if f[b"event"] == event.encode()]
+async def audit(redis: Redis, event: str, count: int) -> list[dict[bytes, bytes]]:
+    """The first `count` audit entries of `event`, waiting for them: the supervisor
+    writes its audit from a queue, after the state change a test sees."""
+    found: list[dict[bytes, bytes]] = []
+    last = "0"
+    async with asyncio.timeout(10):
+        while len(found) < count:
+            for _, entries in await redis.xread({keys.AUDIT: last}, block=1000):
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if fields[b"event"] == event.encode():
+                        found.append(fields)
+    return found[:count]
 
 
 async def settled(sup: Supervisor, *states: State) -> None:
@@ -164,7 +175,7 @@ async def test_first_restart_is_immediate_then_backoff_doubles_with_jitter(
     for _ in range(3):
         handle.crash()
         handle = await backend.next()
-    delays = [float(e[b"delay_s"]) for e in await audit(redis, "actor_restart")]
+    delays = [float(e[b"delay_s"]) for e in await audit(redis, "actor_restart", 3)]
     assert delays[0] == 0.0
     assert 0.01 <= delays[1] <= 0.02  # backoff_min, jittered into [50 %, 100 %]
     assert 0.02 <= delays[2] <= 0.04  # doubled
@@ -183,7 +194,8 @@ async def test_more_restarts_than_the_intensity_allows_make_the_child_fatal(
     report = sup.status()
     assert (report["state"], report["healthy"]) == ("FATAL", False)
     assert report["actors"][0]["restarts"] == settings.restart_intensity
-    assert len(await audit(redis, "actor_fatal")) == 1
+    fatal = await audit(redis, "actor_fatal", 1)
+    assert fatal[0][b"child"] == b"transcriber-0"
 
 
 async def test_restarts_outside_the_period_do_not_count_toward_fatal(
