@@ -35,7 +35,7 @@ def client(port: int, key: str = KEY) -> openai.AsyncOpenAI:
 
 def error_rate(speech: Speech, said: str) -> float:
     rate = wer.errors(speech.text, said) / len(wer.normalise(speech.text))
-    print(f"{speech.seconds:.1f} s: WER {rate:.3f}: {said[:200]!r}")
+    print(f"{speech.seconds:.1f} s: WER {rate:.3f}: {said!r}")
     return rate
 
 

@@ -86,8 +86,8 @@ class _Spy:
     """The CTranslate2 model, its `generate` calls recorded; `loop` makes each text a
     loop, as whisper writes for some audio cut in the middle of a word."""
 
-    def __init__(self, model: object, loop: list[int] | None = None) -> None:
-        self._model, self._loop = model, loop
+    def __init__(self, model: object, loop: list[int] | None = None, times: int = -1) -> None:
+        self._model, self._loop, self._times = model, loop, times  # times: -1, every call
         self.max_lengths: list[int] = []
 
     def __getattr__(self, name: str) -> object:
@@ -95,8 +95,9 @@ class _Spy:
 
     def generate(self, encoded: object, prompts: list[list[int]], **kw: object) -> object:
         self.max_lengths.append(int(kw["max_length"]) - max(map(len, prompts)))  # type: ignore[call-overload]
-        if self._loop is None:
+        if self._loop is None or self._times == 0:
             return self._model.generate(encoded, prompts, **kw)  # type: ignore[attr-defined]
+        self._times -= 1
         return [SimpleNamespace(sequences_ids=[self._loop], scores=[-0.1], no_speech_prob=0.0)
                 for _ in prompts]  # fmt: skip
 
@@ -122,6 +123,29 @@ def test_a_partials_text_is_bounded_by_its_length_and_one_that_loops_says_nothin
         assert engine.decode([second], False)[0].text == "", loop
     engine.model.model = _Spy(spy._model, tokenizer.encode(" please please"))
     assert engine.decode([second], False)[0].text == "please please"
+    # A sentence said again, as whisper wrote past the end of one: not shown either.
+    for again in (" I can do it. I am there. I can do", " Well, see you there, see you there."):
+        engine.model.model = _Spy(spy._model, tokenizer.encode(again))
+        assert engine.decode([second], False)[0].text == "", again
+
+
+def test_a_final_with_words_made_up_past_the_speech_is_decoded_again() -> None:
+    # Whisper base wrote a sentence of the project's dialogue twice on some CPUs, the
+    # copy's words aligned to no audio (0 s each); its compression ratio tells nothing.
+    engine = WhisperEngine(str(packaged_model(default_cache_dir())))
+    sentence = (SPEECH / "sentences.txt").read_text().splitlines()[10]
+    with wave.open(str(SPEECH / "11.wav")) as wav:
+        audio = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(np.float32) / 32768
+    tokens = engine._tokenizer("en").encode(f" {sentence} {sentence}")
+    real = engine.model.model
+    engine.model.model = _Spy(real, tokens, times=1)  # the first decode only
+    final = engine.decode([audio], True)[0]
+    assert wer.errors(sentence, final.text) <= 1, final.text
+    assert min(end - start for _, start, end, _ in final.words) > 0.02, final.words
+    # The same text, kept where its words were heard (nothing is decoded again).
+    engine.model.model = spy = _Spy(real, engine._tokenizer("en").encode(f" {sentence}"))
+    assert engine.decode([audio], True)[0].text == sentence
+    assert len(spy.max_lengths) == 1
 
 
 def test_the_languages_a_session_may_ask_for_are_those_the_model_has() -> None:

@@ -8,8 +8,9 @@ utterance costs a fifth of the encoder's work. With less silence after the speec
 whisper loses words (measured on the test speech: `bench/RESULTS.md`).
 Jobs of several sessions go through the model together: CTranslate2 gains from batches
 on the CPU as much as on a GPU. Partials decode greedily; finals with the beam and word
-timings. A final whose text looks like a loop (compression ratio over 2.4) is decoded
-again the way faster-whisper does it, with its fallbacks.
+timings. A final whose text looks like a loop (compression ratio over 2.4), or with
+words aligned to no audio (made up past the speech), is decoded again the way
+faster-whisper does it, with its fallbacks.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ MAX_PROMPT_TOKENS = 223  # faster-whisper keeps the last half of them for earlie
 NO_SPEECH = 0.6  # faster-whisper's thresholds: a text this likely silence, and
 LOW_LOGPROB = -1.0  # this unsure, is no text
 LOOPING = 2.4  # compression ratio past which a text repeats itself
+# Words whisper says but aligns to no audio: a final of the project's dialogue, "I can do
+# it. I am there the whole day.", came out twice over, the copy's ten words each 0 s long
+# at the audio's end (its compression ratio 1.8, under LOOPING). Of 364 words of finals
+# of the test speech none other lasted under 60 ms.
+UNHEARD_S = 0.02
+UNHEARD_RUN = 3  # words running
 REPEATED_LETTER = re.compile(r"([^\W\d_])\1{4}")  # a letter five times running
 # Punctuation joined to the word beside it: faster-whisper's defaults.
 PREPEND = "\"'“¿([{-"
@@ -206,15 +213,19 @@ class WhisperEngine:
             out.append(Decoded(tokenizer.decode(tokens).strip(), [], detected))
         if not final:  # a partial that loops says nothing worth showing
             return [d._replace(text="") if _looping(d.text) else d for d in out]
-        for i, decoded in enumerate(out):
-            if decoded.text and get_compression_ratio(decoded.text) > LOOPING:
-                log.info("a final looped (%r...): decoded again with fallbacks", decoded.text[:40])
-                out[i] = self._fallback(audio[i], True, options[i])
-                texts[i] = []
+        again = {i for i, d in enumerate(out) if d.text and get_compression_ratio(d.text) > LOOPING}
+        for i in again:
+            texts[i] = []
         frames_of = [min(frames, f.shape[1]) for f in features]
         for i, words in enumerate(self._words(tokenizers, texts, encoded, frames_of)):
-            if words:
+            if _unheard(words):
+                again.add(i)
+            elif words:
                 out[i] = out[i]._replace(words=words)
+        for i in sorted(again):
+            log.info("a final looped or ran past the speech (%r...): decoded again with "
+                     "fallbacks", out[i].text[:40])  # fmt: skip
+            out[i] = self._fallback(audio[i], True, options[i])
         return out
 
     def _languages_known(self) -> tuple[str, ...]:
@@ -316,15 +327,35 @@ def cpu_share(transcribers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, transcribers))
 
 
+def _unheard(words: Sequence[Word]) -> bool:
+    """Whether a final's words hold a run of UNHEARD_RUN that take no time: text whisper
+    made up past the speech, most often a copy of what it just said."""
+    run = 0
+    for _, start, end, _ in words:
+        run = run + 1 if end - start < UNHEARD_S else 0
+        if run >= UNHEARD_RUN:
+            return True
+    return False
+
+
 def _looping(text: str) -> bool:
     """Whether a partial's text repeats itself. Its compression ratio says so only of a
     long one; the first second of an utterance, decoded, came out as "ZZZZZZZZZZZZ",
     "Rrrrrrrrrrrrr" or "Zem... Zem... Zem... Zem..." in 8 or 9 of some 490 partials of a
-    capacity run (none of them right): a word three times running, a letter five."""
+    capacity run (none of them right): a word three times running, a letter five. And
+    three words or more said again at once, or a text that starts over (what whisper
+    makes up past the speech, see UNHEARD_S: the sentence again, cut where the partial's
+    tokens end)."""
     if get_compression_ratio(text) > LOOPING:
         return True
     words = re.findall(r"\w+", text.lower())
     if any(a == b == c for a, b, c in zip(words, words[1:], words[2:], strict=False)):
+        return True
+    for size in range(3, len(words) // 2 + 1):
+        if any(words[i : i + size] == words[i + size : i + 2 * size]
+               for i in range(len(words) - 2 * size + 1)):  # fmt: skip
+            return True
+    if any(words[start:] == words[: len(words) - start] for start in range(3, len(words) - 2)):
         return True
     return REPEATED_LETTER.search(text) is not None
 
