@@ -89,7 +89,7 @@ class Quiet(Recorder):
         return out if final else Decoded("", [])
 
 
-def test_a_partial_that_says_nothing_makes_the_next_due_half_an_interval_later_and_sooner(
+def test_a_partial_that_says_nothing_makes_the_next_due_sooner_and_by_the_utterances_start(
     vad: object,
 ) -> None:
     sess = session(vad, recorder := Quiet())
@@ -98,18 +98,23 @@ def test_a_partial_that_says_nothing_makes_the_next_due_half_an_interval_later_a
     while (began := sess.partial_since()) is None:
         seq += 1
         sess.feed(seq, chunks[seq - 1], (seq - 1) / 10)
-    job = sess.partial_job()
-    assert job is not None
-    assert job.finish(job.run()) == []  # nothing heard: nothing sent
-    at = seq
-    while (since := sess.partial_since()) is None:
-        seq += 1
-        sess.feed(seq, chunks[seq - 1], (seq - 1) / 10)
-    assert 4 <= seq - at <= 6, seq - at  # half of the 1 s interval, in 100 ms chunks
-    assert len(recorder.calls) == 1
-    # The person has seen nothing since the utterance began: the next partial is due by
-    # then (the scheduler's deadline), not by when the one that said nothing was asked.
-    assert since == pytest.approx(began, abs=0.05)
+    apart = []  # chunks of new audio between partials that each said nothing
+    for _ in range(2):
+        job = sess.partial_job()
+        assert job is not None
+        assert job.finish(job.run()) == []  # nothing heard: nothing sent
+        at = seq
+        while (since := sess.partial_since()) is None:
+            seq += 1
+            sess.feed(seq, chunks[seq - 1], (seq - 1) / 10)
+        apart.append(seq - at)
+        # The person has seen nothing since the utterance began: the next partial is due
+        # by then (the scheduler's deadline), not by when the empty one was asked.
+        assert since == pytest.approx(began, abs=0.05)
+    # A quarter of the 1 s interval after the utterance's first, half after the next
+    # (in 100 ms chunks).
+    assert 2 <= apart[0] <= 3 and 4 <= apart[1] <= 6, apart
+    assert len(recorder.calls) == 2
 
 
 def test_a_final_is_decoded_while_the_pause_that_ends_it_runs_out_and_is_ready_at_the_cut(

@@ -45,9 +45,15 @@ log = logging.getLogger(__name__)
 # that: at 1 s, 13 of the 17 waits over 1.5 s at 8 speakers (128 sentences) were for the
 # first. Less is mostly guessed: at 0.7 s, or 0.4 s where an idle engine took it early,
 # 10 % of all partials at 8 speakers shared no word with their final ("Good.",
-# "Okay", "Ziv-3"), at 0.8 s 2-3 %. One that says nothing (too little of a word yet)
-# makes the next due half an interval later.
+# "Okay", "Ziv-3"), at 0.8 s 2-3 %.
 FIRST_PARTIAL_S = 0.8
+# A partial that says nothing (too little of a word yet) makes the next due this share
+# of an interval of new audio later: a quarter after an utterance's first, half after
+# others (a noise whisper hears nothing in is not decoded four times a second). At half
+# after the first too, a sentence whose first 0.9 s whisper says nothing of ("Please
+# write...") showed its first text 1.1-1.85 s after it began at 4 speakers on a slower
+# CPU, past the 1.5 s the cadence allows; at a quarter 1.05-1.26 s (bench/RESULTS.md).
+EMPTY_RETRY = (0.25, 0.5)
 
 
 class Recognizer(Protocol):
@@ -277,6 +283,7 @@ class UtteranceSession:
         if (since := self.partial_since(early)) is None:
             return None
         seg = self._segmenter
+        first = self._partial_at <= seg.speech_start
         self._partial_at, self._partial_time = seg.position, time.monotonic()
         audio, seq, start = seg.current(), self._last_seq, seg.speech_start
         options = self._options
@@ -290,12 +297,13 @@ class UtteranceSession:
             # Worthless once its utterance was cut meanwhile: the final follows.
             if not seg.in_speech or seg.speech_start != start:
                 return []
-            # Too little heard yet (a word begun): the next comes half an interval on,
-            # due by when the person last saw a text (or the utterance began).
+            # Too little heard yet (a word begun): the next comes sooner (see
+            # EMPTY_RETRY), due by when the person last saw a text (or the utterance began).
             if not out.text:
                 if self._partial_at == at:
-                    half = int(self._recognizer.partial_interval * RATE / 2)
-                    self._partial_at = max(at - half, start + 1)
+                    retry = EMPTY_RETRY[0] if first else EMPTY_RETRY[1]
+                    back = int(self._recognizer.partial_interval * (1 - retry) * RATE)
+                    self._partial_at = max(at - back, start + 1)
                     self._partial_time = since
                 return []
             return [Result(seq, out.text, False, language=out.language)]
