@@ -273,17 +273,21 @@ class UtteranceSession:
             return None
         if self._settled is not None:
             return None  # a pause: nothing new to say (its final may be decoded ahead)
-        if self._partial_at <= seg.speech_start:  # the utterance's first: since it began
+        if self._first_partial():  # due since the utterance began
             return time.monotonic() - (seg.position - seg.speech_start) / RATE
         if seg.position - self._partial_at < interval:
             return None
         return self._partial_time
 
+    def _first_partial(self) -> bool:
+        """Whether the next partial is its utterance's first (none nor a final decoded
+        ahead has been handed out since the utterance began)."""
+        return self._partial_at <= self._segmenter.speech_start
+
     def partial_job(self, early: float = 0.0) -> Job | None:
         if (since := self.partial_since(early)) is None:
             return None
-        seg = self._segmenter
-        first = self._partial_at <= seg.speech_start
+        seg, first = self._segmenter, self._first_partial()
         self._partial_at, self._partial_time = seg.position, time.monotonic()
         audio, seq, start = seg.current(), self._last_seq, seg.speech_start
         options = self._options
