@@ -49,6 +49,9 @@ class Speech:
     pcm: Pcm
     rate: int
     text: str
+    # Where each sentence's speech lies (seconds: its first and last sample louder than
+    # QUIET), where the speech was made of sentences (`spoken`).
+    spans: tuple[tuple[float, float], ...] = ()
 
     @property
     def seconds(self) -> float:
@@ -59,7 +62,8 @@ class Speech:
         if rate == self.rate:
             return self
         out = soxr.resample(self.pcm.astype(np.float32), self.rate, rate)
-        return Speech(np.clip(out, -32768, 32767).astype(np.int16), rate, self.text)
+        pcm = np.clip(out, -32768, 32767).astype(np.int16)
+        return Speech(pcm, rate, self.text, self.spans)
 
     def chunks(self, ms: int = 100) -> list[bytes]:
         """The audio as little-endian bytes in `ms` pieces, as a live client sends it."""
@@ -99,12 +103,19 @@ def spoken(indices: list[int], pause_s: float, trim: bool = False, tail_s: float
     then `tail_s` of silence."""
     texts = sentences()
     parts: list[Pcm] = []
+    spans: list[tuple[float, float]] = []
+    at = 0  # samples so far
     for n, index in enumerate(indices):
         if n:
             parts.append(np.zeros(int(pause_s * RATE), dtype=np.int16))
+            at += len(parts[-1])
         parts.append(sentence(index, trim))
+        loud = np.flatnonzero(np.abs(parts[-1].astype(np.int32)) > QUIET)
+        spans.append((float(at + loud[0]) / RATE, float(at + loud[-1] + 1) / RATE))
+        at += len(parts[-1])
     parts.append(np.zeros(int(tail_s * RATE), dtype=np.int16))
-    return Speech(np.concatenate(parts), RATE, " ".join(texts[i - 1] for i in indices))
+    text = " ".join(texts[i - 1] for i in indices)
+    return Speech(np.concatenate(parts), RATE, text, tuple(spans))
 
 
 def clip(name: str, tail_s: float = 0.5) -> Speech:

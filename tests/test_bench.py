@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,34 @@ def test_the_capacity_benchmark_runs_two_live_speakers_and_measures_them() -> No
     assert (line["speakers"], line["refused"], line["finals"]) == (2, 0, 4)
     assert 0 <= line["wer"] <= 0.2 and line["final_latency_s"]["p50"] > 0
     assert set(line["cpu_s_per_s"]) == {"redis", "gateway", "transcriber-0", "transcriber-1"}
+    # Hark's cut begins before the speech (its 0.3 s of audio before it), so the wait
+    # counted from the speech itself is no longer than the one counted from the cut.
+    assert 0 < line["partial_wait_s"]["max"] <= line["partial_wait_from_cut_s"]["max"]
+
+
+def test_the_partial_cadence_is_measured_while_the_person_speaks() -> None:
+    from bench.capacity import measure
+    from tests.speech import QUIET, spoken
+
+    speech = spoken([1, 2], pause_s=1.0)
+    (first, second) = speech.spans
+    loud = np.flatnonzero(np.abs(speech.pcm.astype(np.int32)) > QUIET) / speech.rate
+    assert (first[0], second[1]) == pytest.approx((loud[0], loud[-1] + 1 / speech.rate))
+    assert first[1] + 1.0 < second[0]  # the pause lies between them, quiet
+    assert not np.any((loud > first[1]) & (loud < second[0]))
+    # A partial 1 s into each sentence's speech; finals cut 0.3 s before the speech and
+    # 0.2 s after it, as hark cuts them.
+    events: list[tuple[float, dict[str, Any]]] = []
+    for onset, offset in speech.spans:
+        events.append((onset + 1.0, {"status": "transcript", "final": False, "text": "x"}))
+        final = {"status": "transcript", "final": True, "text": "",
+                 "start": onset - 0.3, "end": offset + 0.2}  # fmt: skip
+        events.append((offset + 0.9, final))
+    out = measure([speech], [{"events": events}])
+    said = max(max(1.0, b - a - 1.0) for a, b in speech.spans)  # onset, partial, offset
+    cut = max(max(1.3, b + 0.2 - (a + 1.0)) for a, b in speech.spans)  # start, partial, end
+    assert out["partial_wait_s"]["max"] == pytest.approx(said, abs=1e-3)
+    assert out["partial_wait_from_cut_s"]["max"] == pytest.approx(cut, abs=1e-3)
 
 
 def test_the_decoding_benchmark_decodes_every_encoding_whole() -> None:
