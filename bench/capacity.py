@@ -24,8 +24,11 @@ targets hold (WER <= 5 %, p50 <= 0.8 s, p95 <= 1.5 s, a partial at least every
 1.5 s). `--naive` also runs each K the way hark decoded before
 (HARK_WHISPER_DECODER=faster-whisper: 30 s windows, one utterance at a time) and
 prints the ratios of the two in the same run. `--sweep` runs the K given, and says
-the largest that held the targets. `--ramp S` starts the speakers S seconds apart
-instead, as people arrive, to see hark past its capacity: the sessions it refuses
+the largest that held the targets and, per K, how many runs did: `--runs N` runs each
+K N times (the runs of one K vary: at the edge of a machine's capacity one may hold
+and the next not), and a K counts as held only if every run of it held. `--ramp S`
+starts the speakers S seconds apart instead, as people arrive, to see hark past its
+capacity: the sessions it refuses
 (HTTP 503 with Retry-After) are counted, and the targets are judged on those it took.
 `--query` gives every session more settings (`diarize=true`: speakers labelled).
 """
@@ -227,17 +230,21 @@ def main() -> None:
                         help="more settings for every session, e.g. diarize=true")  # fmt: skip
     parser.add_argument("--naive", action="store_true",
                         help="also each K with faster-whisper's own decoding; ratios")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=1, metavar="N",
+                        help="run each K N times: it holds only if every run held")  # fmt: skip
     args = parser.parse_args()
     ks = [int(k) for k in args.sweep.split(",")] if args.sweep else [args.speakers]
     best = None
+    held: dict[int, int] = dict.fromkeys(ks, 0)  # runs of each K that held the targets
     env = {"HARK_LOG_LEVEL": "WARNING", **dict(kv.split("=", 1) for kv in args.set)}
-    for k in ks:
+    for k, run in itertools.product(ks, range(1, args.runs + 1)):
         line = run_k(k, args.engine, args.sentences, env, args.transcribers, args.ramp,
                      args.query)  # fmt: skip
-        print(json.dumps(line), flush=True)
-        if line["targets_hold"]:
+        print(json.dumps({**line, **({"run": run} if args.runs > 1 else {})}), flush=True)
+        held[k] += bool(line["targets_hold"])
+        if run == args.runs and held[k] == args.runs:
             best = k
-        if args.naive and args.engine == "whisper":
+        if args.naive and args.engine == "whisper" and run == 1:
             naive = run_k(
                 k,
                 args.engine,
@@ -260,7 +267,8 @@ def main() -> None:
                 ratio["transcriber_cpu_naive_over_batched"] = round(old_cpu / new_cpu, 2)
             print(json.dumps({"speakers": k, **ratio}), flush=True)
     if args.sweep:
-        print(json.dumps({"largest_k_within_targets": best}), flush=True)
+        runs = {str(k): f"{n}/{args.runs}" for k, n in held.items()}
+        print(json.dumps({"largest_k_within_targets": best, "runs_that_held": runs}), flush=True)
 
 
 if __name__ == "__main__":

@@ -61,16 +61,21 @@ def test_the_restart_benchmark_kills_and_times_a_transcriber() -> None:
     assert line["kills"] == 2 and line["kill_to_running_ms"]["max"] > 0
 
 
-def test_the_capacity_benchmark_runs_two_live_speakers_and_measures_them() -> None:
-    done, lines = _bench("bench.capacity", "--speakers", "2", "--sentences", "2")
+def test_the_capacity_benchmark_runs_two_live_speakers_twice_and_measures_them() -> None:
+    done, lines = _bench("bench.capacity", "--sweep", "2", "--runs", "2", "--sentences", "1")
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    (line,) = lines
-    assert (line["speakers"], line["refused"], line["finals"]) == (2, 0, 4)
-    assert 0 <= line["wer"] <= 0.2 and line["final_latency_s"]["p50"] > 0
-    assert set(line["cpu_s_per_s"]) == {"redis", "gateway", "transcriber-0", "transcriber-1"}
-    # Hark's cut begins before the speech (its 0.3 s of audio before it), so the wait
-    # counted from the speech itself is no longer than the one counted from the cut.
-    assert 0 < line["partial_wait_s"]["max"] <= line["partial_wait_from_cut_s"]["max"]
+    *runs, summary = lines
+    assert [line["run"] for line in runs] == [1, 2]
+    for line in runs:
+        assert (line["speakers"], line["refused"], line["finals"]) == (2, 0, 2)
+        assert 0 <= line["wer"] <= 0.2 and line["final_latency_s"]["p50"] > 0
+        assert set(line["cpu_s_per_s"]) == {"redis", "gateway", "transcriber-0", "transcriber-1"}
+        # Hark's cut begins before the speech (its 0.3 s of audio before it), so the wait
+        # counted from the speech itself is no longer than the one counted from the cut.
+        assert 0 < line["partial_wait_s"]["max"] <= line["partial_wait_from_cut_s"]["max"]
+    held = sum(line["targets_hold"] for line in runs)
+    assert summary == {"largest_k_within_targets": 2 if held == 2 else None,
+                       "runs_that_held": {"2": f"{held}/2"}}  # fmt: skip
 
 
 def test_the_partial_cadence_is_measured_while_the_person_speaks() -> None:
