@@ -120,3 +120,11 @@ def test_the_diarization_benchmark_scores_the_dialogue_with_and_without_labels()
     assert plain["complete"] and voiced["complete"] and voiced["wer"] == plain["wer"]
     assert voiced["labels"] == ["S1", "S2", "S3"] and voiced["word_accuracy_after_pause"] >= 0.95
     assert 0 <= voiced["der"] < 1 and total["cpu_ratio_diarize_over_plain"] > 0
+
+
+def test_a_sweep_counts_a_speaker_count_only_if_it_and_every_smaller_one_held() -> None:
+    from bench.capacity import largest_held
+
+    assert largest_held({2: 3, 4: 3, 6: 2, 8: 3}, runs=3) == 4  # 8 held after 6 failed
+    assert largest_held({8: 1, 4: 1}, runs=1) == 8  # the order given does not matter
+    assert largest_held({4: 0, 6: 1}, runs=1) is None
