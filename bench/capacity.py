@@ -25,11 +25,11 @@ targets hold (WER <= 5 %, p50 <= 0.8 s, p95 <= 1.5 s, a partial at least every
 (HARK_WHISPER_DECODER=faster-whisper: 30 s windows, one utterance at a time) and
 prints the ratios of the two in the same run. `--sweep` runs the K given and says, per
 K, how many runs held the targets, and the largest K held in every run, as was each
-smaller K of the sweep:
-`--runs N` runs each K N times (the runs of one K vary: at the edge of a machine's
-capacity one may hold and the next not). `--ramp S` starts the speakers S seconds
-apart instead, as people arrive, to see hark past its capacity: the sessions it refuses
-(HTTP 503 with Retry-After) are counted, and the targets are judged on those it took.
+smaller K of the sweep: `--runs N` runs each K N times (the runs of one K vary: at the
+edge of a machine's capacity one may hold and the next not). `--ramp S` starts the
+speakers S seconds apart instead, as people arrive, to see hark past its capacity:
+the sessions it refuses (HTTP 503 with Retry-After) are counted, and the targets are
+judged on those it took.
 `--query` gives every session more settings (`diarize=true`: speakers labelled).
 """
 
@@ -112,12 +112,9 @@ def measure(
             latencies.append(arrived - final["end"])
             # The earlier rounds' measure: from the utterance's start as hark cut it (its
             # 0.3 s of audio before the speech included) to its end.
-            points = [final["start"], *(t for t in partials if final["start"] < t < final["end"]),
-                      final["end"]]  # fmt: skip
-            cut_gaps.append(max(b - a for a, b in itertools.pairwise(points)))
+            cut_gaps.append(_longest_wait(partials, final["start"], final["end"]))
         for onset, offset in sp.spans:  # while the person spoke
-            points = [onset, *(t for t in partials if onset < t < offset), offset]
-            gaps.append(max(b - a for a, b in itertools.pairwise(points)))
+            gaps.append(_longest_wait(partials, onset, offset))
     rate = errors / words if words else None
     lat = _quantiles(latencies)
     gap = _quantiles(gaps)
@@ -130,6 +127,12 @@ def measure(
             "finals": len(latencies), "refused": refused,
             "refused_without_retry_after": unhinted,
             "targets_hold": holds}  # fmt: skip
+
+
+def _longest_wait(partials: list[float], start: float, end: float) -> float:
+    """The longest time from `start` to `end` with no partial arriving."""
+    points = [start, *(t for t in partials if start < t < end), end]
+    return max(b - a for a, b in itertools.pairwise(points))
 
 
 def _quantiles(xs: list[float]) -> dict[str, Any]:
@@ -216,9 +219,9 @@ def run_k(
 
 
 def largest_held(held: dict[int, int], runs: int) -> int | None:
-    """The largest K of a sweep below which every K held the targets in all its `runs`
-    (`held`: how many runs of each K did). A K that held above one that failed is
-    luck at the edge, not capacity."""
+    """The largest K of a sweep that held the targets in all its `runs`, as did every
+    smaller K (`held`: how many runs of each K did). A K that held above one that
+    failed is luck at the edge, not capacity."""
     best = None
     for k in sorted(held):
         if held[k] < runs:

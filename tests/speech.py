@@ -93,9 +93,16 @@ def sentence(index: int, trim: bool = False) -> Pcm:
         assert wav.getframerate() == RATE and wav.getsampwidth() == 2
         pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.int16)
     if trim:
-        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > QUIET)
-        pcm = pcm[max(0, loud[0] - 800) : loud[-1] + 800]  # 50 ms kept each side
+        first, end = speech_span(pcm)
+        pcm = pcm[max(0, first - 800) : end + 799]  # 50 ms kept each side
     return pcm
+
+
+def speech_span(pcm: Pcm) -> tuple[int, int]:
+    """Where a recording's speech lies: its first sample louder than QUIET, and the one
+    after its last."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > QUIET)
+    return int(loud[0]), int(loud[-1]) + 1
 
 
 def spoken(indices: list[int], pause_s: float, trim: bool = False, tail_s: float = 0.0) -> Speech:
@@ -110,8 +117,8 @@ def spoken(indices: list[int], pause_s: float, trim: bool = False, tail_s: float
             parts.append(np.zeros(int(pause_s * RATE), dtype=np.int16))
             at += len(parts[-1])
         parts.append(sentence(index, trim))
-        loud = np.flatnonzero(np.abs(parts[-1].astype(np.int32)) > QUIET)
-        spans.append((float(at + loud[0]) / RATE, float(at + loud[-1] + 1) / RATE))
+        first, end = speech_span(parts[-1])
+        spans.append(((at + first) / RATE, (at + end) / RATE))
         at += len(parts[-1])
     parts.append(np.zeros(int(tail_s * RATE), dtype=np.int16))
     text = " ".join(texts[i - 1] for i in indices)
