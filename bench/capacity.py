@@ -31,26 +31,39 @@ speakers S seconds apart instead, as people arrive, to see hark past its capacit
 the sessions it refuses (HTTP 503 with Retry-After) are counted, and the targets are
 judged on those it took.
 `--query` gives every session more settings (`diarize=true`: speakers labelled).
+
+The host's speed is part of every figure: on a shared machine it moves within an hour
+(a decode took 1.4-1.8 times as long at one hour as at the one before, nothing else
+running here). So each line has `probe_s`, taken just before and just after the run
+while hark idles: the median of three timings of one fixed job on one decoder thread,
+whisper base as shipped (sentence 1 as a final, its first 1.5 s as a partial). Runs
+compare where their probes agree; a run whose two probes differ much saw the host
+change under it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import statistics
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import numpy as np
 import psutil
 
 from bench.load import Hark, _actors, arg_parser
+from services.transcriber.engines.model_store import default_cache_dir, packaged_model
+from services.transcriber.engines.whisper import WhisperEngine
 from tests import wer
-from tests.speech import Speech, pace, sentences, spoken
+from tests.speech import RATE, Speech, pace, sentence, sentences, spoken
 
 WER_BOUND, P50_BOUND, P95_BOUND, PARTIAL_BOUND = 0.05, 0.8, 1.5, 1.5
 
@@ -218,6 +231,31 @@ def run_k(
             "audio_s": round(speech[0].seconds, 1)}  # fmt: skip
 
 
+class Probe:
+    """The host's speed now (see the module doc): seconds for one fixed job."""
+
+    def __init__(self) -> None:
+        self._engine = WhisperEngine(str(packaged_model(default_cache_dir())), threads=1)
+        self._audio = (sentence(1) / 32768).astype(np.float32)
+        self()  # the first decode of a model is slower than those after it
+
+    def __call__(self) -> float:
+        took = []
+        for _ in range(3):
+            began = time.perf_counter()
+            self._engine.decode([self._audio], final=True)
+            self._engine.decode([self._audio[: int(1.5 * RATE)]], final=False)
+            took.append(time.perf_counter() - began)
+        return round(statistics.median(took), 3)
+
+
+def probed(probe: Callable[[], float], run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A run's line, with the probe taken before and after it."""
+    before = probe()
+    line = run()
+    return {**line, "probe_s": {"before": before, "after": probe()}}
+
+
 def largest_held(held: dict[int, int], runs: int) -> int | None:
     """The largest K of a sweep that held the targets in all its `runs`, as did every
     smaller K (`held`: how many runs of each K did). A K that held above one that
@@ -251,22 +289,18 @@ def main() -> None:
     ks = [int(k) for k in args.sweep.split(",")] if args.sweep else [args.speakers]
     held: dict[int, int] = dict.fromkeys(ks, 0)  # runs of each K that held the targets
     env = {"HARK_LOG_LEVEL": "WARNING", **dict(kv.split("=", 1) for kv in args.set)}
+    probe = Probe()
     for k, run in itertools.product(ks, range(1, args.runs + 1)):
-        line = run_k(k, args.engine, args.sentences, env, args.transcribers, args.ramp,
-                     args.query)  # fmt: skip
+        one = functools.partial(run_k, k, args.engine, args.sentences, env, args.transcribers,
+                                args.ramp, args.query)  # fmt: skip
+        line = probed(probe, one)
         print(json.dumps({**line, **({"run": run} if args.runs > 1 else {})}), flush=True)
         held[k] += bool(line["targets_hold"])
         if args.naive and args.engine == "whisper" and run == 1:
-            naive = run_k(
-                k,
-                args.engine,
-                args.sentences,
-                {
-                    "HARK_LOG_LEVEL": "WARNING",
-                    "HARK_WHISPER_DECODER": "faster-whisper",
-                    "HARK_WHISPER_THREADS": "2",
-                },
-            )
+            naive_env = {"HARK_LOG_LEVEL": "WARNING", "HARK_WHISPER_DECODER": "faster-whisper",
+                         "HARK_WHISPER_THREADS": "2"}  # fmt: skip
+            naive_run = functools.partial(run_k, k, args.engine, args.sentences, naive_env)
+            naive = probed(probe, naive_run)
             print(json.dumps({**naive, "decoder": "faster-whisper"}), flush=True)
             ratio = {}
             for key in ("p50", "p95"):

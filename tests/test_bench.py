@@ -73,6 +73,7 @@ def test_the_capacity_benchmark_runs_two_live_speakers_twice_and_measures_them()
         # Hark's cut begins before the speech (its 0.3 s of audio before it), so the wait
         # counted from the speech itself is no longer than the one counted from the cut.
         assert 0 < line["partial_wait_s"]["max"] <= line["partial_wait_from_cut_s"]["max"]
+        assert line["probe_s"]["before"] > 0 and line["probe_s"]["after"] > 0
     held = sum(line["targets_hold"] for line in runs)
     assert summary == {"largest_k_within_targets": 2 if held == 2 else None,
                        "runs_that_held": {"2": f"{held}/2"}}  # fmt: skip
@@ -120,6 +121,24 @@ def test_the_diarization_benchmark_scores_the_dialogue_with_and_without_labels()
     assert plain["complete"] and voiced["complete"] and voiced["wer"] == plain["wer"]
     assert voiced["labels"] == ["S1", "S2", "S3"] and voiced["word_accuracy_after_pause"] >= 0.95
     assert 0 <= voiced["der"] < 1 and total["cpu_ratio_diarize_over_plain"] > 0
+
+
+def test_a_run_is_probed_just_before_and_just_after() -> None:
+    from bench.capacity import probed
+
+    calls: list[str] = []
+
+    def probe() -> float:
+        calls.append("probe")
+        return float(len(calls))
+
+    def run() -> dict[str, Any]:
+        calls.append("run")
+        return {"speakers": 2}
+
+    line = probed(probe, run)
+    assert calls == ["probe", "run", "probe"]
+    assert line == {"speakers": 2, "probe_s": {"before": 1.0, "after": 3.0}}
 
 
 def test_a_sweep_counts_a_speaker_count_only_if_it_and_every_smaller_one_held() -> None:
