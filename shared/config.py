@@ -115,6 +115,10 @@ class Settings:
     # The whisper engine's model: a CTranslate2 model directory, or a hub name (then, and
     # only then, faster-whisper may download). None: the Whisper base model packages.
     whisper_model: str | None = field(default=None, metadata=_env("HARK_WHISPER_MODEL"))
+    # The model of partials in the languages it knows (a directory or hub name, as
+    # above); "main": the model above; None: Whisper tiny.en, where its package is
+    # installed (about half a partial's cost: bench/RESULTS.md, issue 22).
+    partial_model: str | None = field(default=None, metadata=_env("HARK_PARTIAL_MODEL"))
     language: str = field(default="en", metadata=_env("HARK_LANGUAGE"))
     partial_interval: float = field(default=1.0, metadata=_env("HARK_PARTIAL_INTERVAL"))
     # Seconds of silence that end an utterance (its final is decoded then).

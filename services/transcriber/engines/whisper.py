@@ -6,11 +6,13 @@ utterance to that. CTranslate2's encoder takes any length, so a batch here is pa
 only to its longest utterance plus `PAD_S` of silence (rounded up to a second): a 3 s
 utterance costs a fifth of the encoder's work. With less silence after the speech
 whisper loses words (measured on the test speech: `bench/RESULTS.md`).
-Jobs of several sessions go through the model together: CTranslate2 gains from batches
-on the CPU as much as on a GPU. Partials decode greedily; finals with the beam and word
-timings. A final whose text looks like a loop (compression ratio over 2.4), or with
-words aligned to no audio (made up past the speech), is decoded again the way
-faster-whisper does it, with its fallbacks.
+Partials in a language it knows come from a smaller model (Whisper tiny.en unless
+HARK_PARTIAL_MODEL says otherwise): about half the cost of the base model's, as often
+like the final (bench/RESULTS.md). Jobs of several sessions go through the model
+together: CTranslate2 gains from batches on the CPU as much as on a GPU. Partials
+decode greedily; finals with the beam and word timings. A final whose text looks like
+a loop (compression ratio over 2.4), or with words aligned to no audio (made up past
+the speech), is decoded again the way faster-whisper does it, with its fallbacks.
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ from services.transcriber.engines import (
     Options,
     Word,
 )
-from services.transcriber.engines.model_store import ModelUnavailable, default_cache_dir, resolve
+from services.transcriber.engines.model_store import (
+    ModelUnavailable,
+    default_cache_dir,
+    packaged_partial_model,
+    resolve,
+)
 from services.transcriber.engines.segmenter import Audio
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
 from shared.config import Settings
@@ -96,6 +103,7 @@ class WhisperEngine:
         self, model: str, language: str | None = "en", partial_interval: float = 1.0,
         beam_size: int = 5, threads: int = 0, device: str = "cpu", compute_type: str = "int8",
         batch_size: int | None = None, decoder: str = "batched", end_silence: float = 0.6,
+        partial_model: str | None = None,
     ) -> None:  # fmt: skip
         self.language = language
         self.partial_interval = partial_interval
@@ -117,6 +125,10 @@ class WhisperEngine:
         self.languages = self._languages_known()
         self._suppress: list[int] | None = None
         self._vad = vad_model()
+        # Partials of the sessions whose language it knows (see the module doc).
+        self.small = None if partial_model is None else WhisperEngine(
+            partial_model, language, partial_interval, threads=threads, device=device,
+            compute_type=compute_type, batch_size=batch_size, decoder=decoder)  # fmt: skip
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WhisperEngine:
@@ -130,7 +142,7 @@ class WhisperEngine:
             threads=settings.whisper_threads or cpu_share(settings.transcribers),
             device=settings.device, compute_type=settings.compute_type,
             batch_size=settings.batch_size, decoder=settings.whisper_decoder,
-            end_silence=settings.end_silence,
+            end_silence=settings.end_silence, partial_model=_partial_model(settings, cache),
         )  # fmt: skip
 
     def open_session(
@@ -166,6 +178,8 @@ class WhisperEngine:
         """Texts (and for finals words) of utterances, in one pass through the model,
         each with its session's options (language, prompt, hotwords)."""
         options = options or [DEFAULT_OPTIONS] * len(audio)
+        if not final and self.small is not None and all(map(self._small_knows, options)):
+            return self.small.decode(audio, final, options)
         if not self.batched:
             return [self._fallback(a, final, o) for a, o in zip(audio, options, strict=True)]
         extractor = self.model.feature_extractor
@@ -227,6 +241,11 @@ class WhisperEngine:
                      "fallbacks", out[i].text[:40])  # fmt: skip
             out[i] = self._fallback(audio[i], True, options[i])
         return out
+
+    def _small_knows(self, options: Options) -> bool:
+        """Whether the smaller model knows the language a session's partials are in."""
+        assert self.small is not None
+        return (options.language or self.language or "en") in self.small.languages
 
     def _languages_known(self) -> tuple[str, ...]:
         """The codes a session may ask for: those this model has a token for (faster-
@@ -319,6 +338,22 @@ class WhisperEngine:
             if self._suppress is None:  # the same for every language
                 self._suppress = get_suppressed_tokens(tokenizer, [-1])
         return tokenizer
+
+
+def _partial_model(settings: Settings, cache: Path) -> str | None:
+    """The partials' model (see Settings.partial_model); None: the finals' model. Without
+    its package, partials come from the finals' model, a warning says so."""
+    if settings.partial_model == "main":
+        return None
+    try:
+        if settings.partial_model:
+            return resolve(settings.partial_model, cache)
+        return str(packaged_partial_model())
+    except ModelUnavailable as exc:
+        if settings.partial_model:
+            raise EngineUnavailable(str(exc)) from None
+        log.warning("%s; partials come from the finals' model (slower)", exc)
+        return None
 
 
 def cpu_share(transcribers: int) -> int:
