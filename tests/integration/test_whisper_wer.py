@@ -180,6 +180,11 @@ def test_english_partials_come_from_the_small_model_the_rest_from_the_main_one()
     assert engine.decode([audio[:32000]], False, [Options(language="de")])[0].text
     assert wer.errors(sentence, engine.decode([audio], True)[0].text) <= 1
     assert (len(small.max_lengths), len(main.max_lengths)) == (1, 2)
+    # A partial the small model hears nothing in (as tiny.en often of a sentence's
+    # first half second) is decoded by the main model.
+    engine.small.model.model = nothing = _Spy(small._model, [])
+    assert engine.decode([audio[:32000]], False)[0].text
+    assert (len(nothing.max_lengths), len(main.max_lengths)) == (1, 3)
     assert WhisperEngine.from_settings(Settings(partial_model="main")).small is None
     with pytest.raises(EngineUnavailable, match="does not exist"):
         WhisperEngine.from_settings(Settings(partial_model="/no/such/model"))

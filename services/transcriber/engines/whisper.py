@@ -176,10 +176,24 @@ class WhisperEngine:
         self, audio: Sequence[Audio | None], final: bool, options: Sequence[Options] | None = None
     ) -> list[Decoded]:
         """Texts (and for finals words) of utterances, in one pass through the model,
-        each with its session's options (language, prompt, hotwords)."""
+        each with its session's options (language, prompt, hotwords); partials by the
+        smaller model where it knows their language, and by this one where it heard
+        nothing (tiny.en says nothing of a sentence's first 0.5-0.9 s more often than
+        base: an utterance's first partial then came up to 2.3 s into the speech)."""
         options = options or [DEFAULT_OPTIONS] * len(audio)
-        if not final and self.small is not None and all(map(self._small_knows, options)):
-            return self.small.decode(audio, final, options)
+        if final or self.small is None or not all(map(self._small_knows, options)):
+            return self._decode(audio, final, options)
+        out = self.small.decode(audio, final, options)
+        if again := [i for i, decoded in enumerate(out) if not decoded.text]:
+            redone = self._decode([audio[i] for i in again], final, [options[i] for i in again])
+            for i, decoded in zip(again, redone, strict=True):
+                out[i] = decoded
+        return out
+
+    def _decode(
+        self, audio: Sequence[Audio | None], final: bool, options: Sequence[Options]
+    ) -> list[Decoded]:
+        """`decode` by this model."""
         if not self.batched:
             return [self._fallback(a, final, o) for a, o in zip(audio, options, strict=True)]
         extractor = self.model.feature_extractor
