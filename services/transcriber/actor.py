@@ -25,7 +25,6 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,17 +66,21 @@ REDIS_BACKOFF_MIN_S = 0.1
 REDIS_BACKOFF_MAX_S = 2.0
 # A session that has sent nothing for this long lost its gateway without an "end".
 IDLE_SESSION_S = 600.0
-# A partial may be decoded this much sooner than its interval where the engine would
-# idle otherwise: partials then come spread out instead of in step with the finals
-# (bench/RESULTS.md, issue 22: at 8 speakers the wait for a partial's p95 1.6-1.7 s
-# became 1.3-1.5 s, finals as fast).
+# A partial is a candidate this much sooner than its interval: decoded then where the
+# engine would idle otherwise (partials then come spread out instead of in step with
+# the finals: at 8 speakers the wait for a partial's p95 1.6-1.7 s became 1.3-1.5 s),
+# and by its deadline where it would not. Candidates only once the interval had passed,
+# with the deadline 1.0 s, partials were overdue when they became candidates and came
+# 1.52-1.71 s after the one before (bench/RESULTS.md, issue 22).
 EARLY_PARTIAL_S = 0.3
 # The order of work, earliest deadline first: a final should be out this long after
 # it is owed (its cut: finals are wanted 0.8 s after the speech at the median, 0.6 s
 # of which is the end silence), a partial this long after the last one (or the start
-# of its utterance): one at least every 1.5 s, less what decoding it takes.
+# of its utterance): one at least every 1.5 s, less what decoding it and the job under
+# way take (1.2 with base's partials; 1.0 with tiny.en's, which cost half: the longest
+# wait at 8 speakers 1.50-1.56 s instead of 1.61-1.64 s, finals as fast).
 FINAL_SLACK_S = 0.3
-PARTIAL_SLACK_S = 1.2
+PARTIAL_SLACK_S = 1.0
 # The weight of the latest beat's share in the busy share a heartbeat reports (beats
 # come every half interval: a few seconds of history).
 BUSY_WEIGHT = 0.25
@@ -461,7 +464,7 @@ class Transcriber:
         """Spend the engine on what the sessions owe (see the module doc), for ever."""
         batch_size = max(1, getattr(self.engine, "batch_size", 1))
         while True:
-            picked, early = self._next_jobs(batch_size)
+            picked = self._next_jobs(batch_size)
             if not picked:
                 self._work.clear()
                 await self._work.wait()
@@ -471,10 +474,9 @@ class Transcriber:
             outs = await self._run(jobs)
             if log.isEnabledFor(logging.DEBUG):
                 finals = [job.since for job in jobs if job.final]
-                log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials%s "
+                log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials "
                           "in %.2f s", len(finals), began - min(finals, default=began),
-                          len(jobs) - len(finals), " (early)" if early else "",
-                          time.monotonic() - began)  # fmt: skip
+                          len(jobs) - len(finals), time.monotonic() - began)  # fmt: skip
             for (sess, job), out in zip(picked, outs, strict=True):
                 if self.sessions.get(sess.session_id) is not sess:
                     continue  # started over, or ended, meanwhile: its audio is read again
@@ -507,43 +509,29 @@ class Transcriber:
                 self._busy_s += time.monotonic() - self._counting_since
                 self._counting_since = None
 
-    def _next_jobs(self, most: int) -> tuple[list[tuple[_Session, Job]], bool]:
+    def _next_jobs(self, most: int) -> list[tuple[_Session, Job]]:
         """Up to `most` jobs of different sessions and of one kind (final or partial):
         the job whose result is due first (earliest deadline: see FINAL_SLACK_S), and
         the others of its kind by their deadlines; none for a session whose flush is on
-        its way (its final makes a partial worthless). If none is due, partials due
-        soon (then True)."""
+        its way (its final makes a partial worthless). A partial is a candidate
+        EARLY_PARTIAL_S before its interval is up, so it is taken by its deadline, not
+        only once its interval has passed (see EARLY_PARTIAL_S)."""
         due: list[tuple[float, bool, _Session]] = []
         for sess in self._owing():
             engine = sess.engine
             if (since := engine.final_since()) is not None:
                 due.append((since + FINAL_SLACK_S, True, sess))
-            elif not sess.markers and (since := engine.partial_since()) is not None:
+            elif not sess.markers and (since := engine.partial_since(EARLY_PARTIAL_S)) is not None:
                 due.append((since + PARTIAL_SLACK_S, False, sess))
         picked: list[tuple[_Session, Job]] = []
-        if due:
-            due.sort(key=lambda d: d[0])
-            kind = due[0][1]
-            for _, final, sess in due:
-                if final is kind and len(picked) < most:
-                    job = sess.engine.final_job() if final else sess.engine.partial_job()
-                    if job is not None:
-                        picked.append((sess, job))
-            return picked, False
-        taken: set[str] = set()
-
-        def soon(s: _Session) -> float | None:
-            if s.session_id in taken or s.markers:
-                return None
-            return s.engine.partial_since(EARLY_PARTIAL_S)
-
-        while len(picked) < most and (next_ := self._oldest(soon)) is not None:
-            job = next_.engine.partial_job(EARLY_PARTIAL_S)
-            if job is None:
-                break
-            taken.add(next_.session_id)
-            picked.append((next_, job))
-        return picked, bool(picked)
+        due.sort(key=lambda d: d[0])
+        for _, final, sess in due:
+            if final is due[0][1] and len(picked) < most:
+                engine = sess.engine
+                job = engine.final_job() if final else engine.partial_job(EARLY_PARTIAL_S)
+                if job is not None:
+                    picked.append((sess, job))
+        return picked
 
     def _owing(self) -> list[_Session]:
         """The sessions that may owe work; those that owe none (or have ended, or
@@ -555,16 +543,6 @@ class Transcriber:
             else:
                 del self._due[sid]
         return owing
-
-    def _oldest(self, since: Callable[[_Session], float | None]) -> _Session | None:
-        """The session for which `since` is least (None: not a candidate), of those that
-        may owe work (`_owing`)."""
-        best: tuple[float, _Session] | None = None
-        for sess in self._owing():
-            when = since(sess)
-            if when is not None and (best is None or when < best[0]):
-                best = (when, sess)
-        return None if best is None else best[1]
 
     async def _finish(self, sess: _Session, results: list[Result]) -> None:
         """Publish a decode's results and settle the session, on the decode loop's own

@@ -94,16 +94,19 @@ async def test_sessions_sent_at_once_are_decoded_in_batches_and_each_close_follo
 
 
 class _Owing:
-    """An engine session that owes a final or a partial since a given time."""
+    """An engine session that owes a final or a partial since a given time (a partial
+    whose interval is not up yet where `early`: a candidate only EARLY_PARTIAL_S ahead)."""
 
-    def __init__(self, final: float | None = None, partial: float | None = None) -> None:
-        self.final, self.partial = final, partial
+    def __init__(
+        self, final: float | None = None, partial: float | None = None, early: bool = False
+    ) -> None:
+        self.final, self.partial, self.early = final, partial, early
 
     def final_since(self) -> float | None:
         return self.final
 
     def partial_since(self, early: float = 0.0) -> float | None:
-        return self.partial
+        return None if self.early and not early else self.partial
 
     def final_job(self) -> Job | None:
         return None if self.final is None else Job(True, self.final, lambda: None, lambda _: [])
@@ -115,15 +118,19 @@ class _Owing:
 
 
 @pytest.mark.parametrize(
-    ("final_age", "partial_age", "first"),
+    ("final_age", "partial_age", "early", "first"),
     [
-        (0.0, 1.0, "partial"),  # due 1.2 s after it began: before the final, 0.3 s after its cut
-        (0.0, 0.5, "final"),
-        (0.5, 1.3, "final"),
+        (0.0, 1.0, False, "partial"),  # due 1.0 s after the last: before the final's 0.3 s
+        (0.0, 0.5, False, "final"),
+        (0.5, 1.1, False, "final"),
+        # Its interval not up yet, but due before the final: its deadline rules (it came
+        # 1.52-1.71 s after the one before while only a full interval made a candidate).
+        (0.0, 1.0, True, "partial"),
+        (0.5, 1.0, True, "final"),
     ],
 )
 async def test_the_result_due_first_is_decoded_first_final_or_partial(
-    redis_url: str, final_age: float, partial_age: float, first: str
+    redis_url: str, final_age: float, partial_age: float, early: bool, first: str
 ) -> None:
     # A final is wanted FINAL_SLACK_S after its cut, a partial PARTIAL_SLACK_S after the
     # last one (or its utterance's start): finals go first, but no longer starve a
@@ -133,9 +140,9 @@ async def test_the_result_due_first_is_decoded_first_final_or_partial(
     actor = Transcriber(Settings(redis_url=redis_url), engine, client, "t-0")  # type: ignore[arg-type]
     now = time.monotonic()
     for sid, owing in (("f", _Owing(final=now - final_age)),
-                       ("p", _Owing(partial=now - partial_age))):  # fmt: skip
+                       ("p", _Owing(partial=now - partial_age, early=early))):  # fmt: skip
         actor.sessions[sid] = actor._due[sid] = _Session(sid, sid, owing)  # type: ignore[arg-type]
-    picked, early = actor._next_jobs(4)
+    picked = actor._next_jobs(4)
     await client.aclose()
-    assert not early and len(picked) == 1  # one kind a pass
+    assert len(picked) == 1  # one kind a pass
     assert picked[0][0].session_id == first[0]
