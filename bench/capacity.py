@@ -22,7 +22,8 @@ most sessions, highest busy share and last cost (polled from the supervisor's
 /status each second: what admission went by); and whether the
 targets hold (WER <= 5 %, p50 <= 0.8 s, p95 <= 1.5 s, a partial at least every
 1.5 s). `--naive` also runs each K the way hark decoded before
-(HARK_WHISPER_DECODER=faster-whisper: 30 s windows, one utterance at a time) and
+(HARK_WHISPER_DECODER=faster-whisper: 30 s windows, one utterance at a time, partials
+from the main model) and
 prints the ratios of the two in the same run. `--sweep` runs the K given and says, per
 K, how many runs held the targets, and the largest K held in every run, as was each
 smaller K of the sweep: `--runs N` runs each K N times (the runs of one K vary: at the
@@ -298,7 +299,7 @@ def main() -> None:
         held[k] += bool(line["targets_hold"])
         if args.naive and args.engine == "whisper" and run == 1:
             naive_env = {"HARK_LOG_LEVEL": "WARNING", "HARK_WHISPER_DECODER": "faster-whisper",
-                         "HARK_WHISPER_THREADS": "2"}  # fmt: skip
+                         "HARK_WHISPER_THREADS": "2", "HARK_PARTIAL_MODEL": "main"}  # fmt: skip
             naive_run = functools.partial(run_k, k, args.engine, args.sentences, naive_env)
             naive = probed(probe, naive_run)
             print(json.dumps({**naive, "decoder": "faster-whisper"}), flush=True)
