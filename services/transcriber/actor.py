@@ -5,7 +5,9 @@ and takes every chunk into its session at once (decoding, resampling and voice
 activity are cheap); the decode loop spends the engine on what the sessions owe,
 the result due first first (a final FINAL_SLACK_S after its cut, a partial of the
 newest state of an utterance PARTIAL_SLACK_S after the last: finals go first unless
-a partial is about to miss its cadence). A finalize or close is answered
+a partial is about to miss its cadence); where the engine decodes partials with a
+model of their own, a partial whose deadline passes while finals decode is decoded
+beside them, in a thread of its own. A finalize or close is answered
 (`Flushed`) once the finals owed before it are published, however long that takes.
 
 Reliability rests on the consumer group: an entry stays pending until XACK, and
@@ -144,7 +146,9 @@ class Transcriber:
         self._due: dict[str, _Session] = {}
         self._busy_s = 0.0  # the engine's decoding since the last beat
         self._busy_from = time.monotonic()
-        self._counting_since: float | None = None  # when the decode under way began
+        self._counting_since: float | None = None  # since when a decode has been under way
+        self._running = 0  # decodes under way (a partial may run beside finals)
+        self._inflight: set[str] = set()  # the sessions whose jobs are being decoded
         self.busy = 0.0  # its share of the time, smoothed over beats
         # Decoding seconds and audio seconds, each decayed over COST_WINDOW_S: their
         # ratio is what a second of audio costs the engine (see _busy).
@@ -463,27 +467,64 @@ class Transcriber:
     async def _decode_loop(self) -> None:
         """Spend the engine on what the sessions owe (see the module doc), for ever."""
         batch_size = max(1, getattr(self.engine, "batch_size", 1))
+        beside = bool(getattr(self.engine, "partials_apart", False))
         while True:
             picked = self._next_jobs(batch_size)
             if not picked:
                 self._work.clear()
                 await self._work.wait()
                 continue
-            jobs = [job for _, job in picked]
-            began = time.monotonic()
+            decoding = asyncio.ensure_future(self._decode(picked))
+            try:
+                if beside and picked[0][1].final:
+                    await self._partials_beside(decoding, batch_size)
+                await decoding
+            finally:
+                decoding.cancel()  # only where the partials beside it failed
+
+    async def _partials_beside(self, decoding: asyncio.Future[None], most: int) -> None:
+        """While finals decode, decode beside them each partial that is overdue (its
+        deadline passed: see PARTIAL_SLACK_S), where the engine takes partials from a
+        model of their own (`partials_apart`): the partial need not wait for the finals
+        (a final takes 0.35-0.45 s on one core; behind one, a partial came up to 1.8 s
+        after the one before at 8 speakers on two cores)."""
+        while not decoding.done():
+            now = time.monotonic()
+            picked = self._next_jobs(most, overdue_by=now)
+            if picked:
+                await self._decode(picked)
+                continue
+            due = [d for d, final, _ in self._candidates() if not final]
+            self._work.clear()  # the main loop looks for work itself once `decoding` ends
+            woken: asyncio.Future[Any] = asyncio.ensure_future(self._work.wait())
+            try:
+                await asyncio.wait({decoding, woken}, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=max(0.0, min(due) - now) if due else None)  # fmt: skip
+            finally:
+                woken.cancel()
+
+    async def _decode(self, picked: list[tuple[_Session, Job]]) -> None:
+        """Decode the jobs picked and publish their results."""
+        jobs = [job for _, job in picked]
+        sids = {sess.session_id for sess, _ in picked}
+        self._inflight |= sids
+        began = time.monotonic()
+        try:
             outs = await self._run(jobs)
-            if log.isEnabledFor(logging.DEBUG):
-                finals = [job.since for job in jobs if job.final]
-                log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials "
-                          "in %.2f s", len(finals), began - min(finals, default=began),
-                          len(jobs) - len(finals), time.monotonic() - began)  # fmt: skip
-            for (sess, job), out in zip(picked, outs, strict=True):
-                if self.sessions.get(sess.session_id) is not sess:
-                    continue  # started over, or ended, meanwhile: its audio is read again
-                with logs.session_context(sess.session_id):
-                    results = job.finish(out)
-                    self._mark_due(sess)
-                    await self._finish(sess, results)
+        finally:
+            self._inflight -= sids
+        if log.isEnabledFor(logging.DEBUG):
+            finals = [job.since for job in jobs if job.final]
+            log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials "
+                      "in %.2f s", len(finals), began - min(finals, default=began),
+                      len(jobs) - len(finals), time.monotonic() - began)  # fmt: skip
+        for (sess, job), out in zip(picked, outs, strict=True):
+            if self.sessions.get(sess.session_id) is not sess:
+                continue  # started over, or ended, meanwhile: its audio is read again
+            with logs.session_context(sess.session_id):
+                results = job.finish(out)
+                self._mark_due(sess)
+                await self._finish(sess, results)
 
     async def _run(self, jobs: list[Job]) -> list[Any]:
         """The jobs' outputs: in one batch where the engine takes batches; a blocking
@@ -501,28 +542,28 @@ class Transcriber:
                 outs = [job.run() for job in jobs]
             return [_voiced(job, out) for job, out in zip(jobs, outs, strict=True)]
 
-        self._counting_since = time.monotonic()
+        if self._running == 0:  # busy is the time any decode is under way
+            self._counting_since = time.monotonic()
+        self._running += 1
         try:
             return await asyncio.to_thread(run) if self.engine.blocking else run()
         finally:
-            if self._counting_since is not None:
+            self._running -= 1
+            if self._running == 0 and self._counting_since is not None:
                 self._busy_s += time.monotonic() - self._counting_since
                 self._counting_since = None
 
-    def _next_jobs(self, most: int) -> list[tuple[_Session, Job]]:
+    def _next_jobs(self, most: int, overdue_by: float | None = None) -> list[tuple[_Session, Job]]:
         """Up to `most` jobs of different sessions and of one kind (final or partial):
         the job whose result is due first (earliest deadline: see FINAL_SLACK_S), and
         the others of its kind by their deadlines; none for a session whose flush is on
-        its way (its final makes a partial worthless). A partial is a candidate
-        EARLY_PARTIAL_S before its interval is up, so it is taken by its deadline, not
-        only once its interval has passed (see EARLY_PARTIAL_S)."""
-        due: list[tuple[float, bool, _Session]] = []
-        for sess in self._owing():
-            engine = sess.engine
-            if (since := engine.final_since()) is not None:
-                due.append((since + FINAL_SLACK_S, True, sess))
-            elif not sess.markers and (since := engine.partial_since(EARLY_PARTIAL_S)) is not None:
-                due.append((since + PARTIAL_SLACK_S, False, sess))
+        its way (its final makes a partial worthless) or whose job is being decoded. A
+        partial is a candidate EARLY_PARTIAL_S before its interval is up, so it is taken
+        by its deadline, not only once its interval has passed (see EARLY_PARTIAL_S).
+        With `overdue_by`: partials alone, those whose deadline has passed by then."""
+        due = self._candidates()
+        if overdue_by is not None:
+            due = [d for d in due if not d[1] and d[0] <= overdue_by]
         picked: list[tuple[_Session, Job]] = []
         due.sort(key=lambda d: d[0])
         for _, final, sess in due:
@@ -532,6 +573,20 @@ class Transcriber:
                 if job is not None:
                     picked.append((sess, job))
         return picked
+
+    def _candidates(self) -> list[tuple[float, bool, _Session]]:
+        """(deadline, final, session) of the sessions that owe a job now and are not
+        being decoded."""
+        due: list[tuple[float, bool, _Session]] = []
+        for sess in self._owing():
+            engine = sess.engine
+            if sess.session_id in self._inflight:
+                continue
+            if (since := engine.final_since()) is not None:
+                due.append((since + FINAL_SLACK_S, True, sess))
+            elif not sess.markers and (since := engine.partial_since(EARLY_PARTIAL_S)) is not None:
+                due.append((since + PARTIAL_SLACK_S, False, sess))
+        return due
 
     def _owing(self) -> list[_Session]:
         """The sessions that may owe work; those that owe none (or have ended, or

@@ -167,7 +167,10 @@ class Engine(Protocol):
     An engine may also have `batch_size` (more than 1) and `run_batch(jobs)`, the
     outputs of several sessions' jobs in one pass (what each job's `run` would give),
     and `languages`: the language codes a session may ask for (absent or empty: any;
-    gateways refuse another at the handshake, `open_session` with BadSetting too).
+    gateways refuse another at the handshake, `open_session` with BadSetting too), and
+    `partials_apart`: True where partials are decoded by a model of their own, which
+    a thread may run beside the finals' (the transcriber then decodes a partial that
+    would miss its cadence while finals decode).
     """
 
     name: str

@@ -129,6 +129,9 @@ class WhisperEngine:
         self.small = None if partial_model is None else WhisperEngine(
             partial_model, language, partial_interval, threads=threads, device=device,
             compute_type=compute_type, batch_size=batch_size, decoder=decoder)  # fmt: skip
+        # Its partials may run beside the finals (see Engine): on the CPU, where the
+        # two models' calls share the cores; a GPU batches instead.
+        self.partials_apart = self.small is not None and self.model.model.device == "cpu"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WhisperEngine:
