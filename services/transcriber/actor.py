@@ -140,6 +140,9 @@ class Transcriber:
         # The decode loop's writes (finals, their acks, the answers to flushes) have a
         # connection of their own: they leave as each decode ends, not with the next read.
         self.results_wire = Wire(redis)
+        # One write on it at a time: a partial decoded beside the finals (see
+        # _partials_beside) may end while their results are on their way.
+        self._results_lock = asyncio.Lock()
         self._work = asyncio.Event()  # set when a session may owe new work
         # The sessions that may owe work, so the decode loop looks at those alone: a
         # mock transcriber holds hundreds of sessions that never owe any.
@@ -509,22 +512,22 @@ class Transcriber:
         sids = {sess.session_id for sess, _ in picked}
         self._inflight |= sids
         began = time.monotonic()
-        try:
+        try:  # a session is in flight until its results are written: in order
             outs = await self._run(jobs)
+            if log.isEnabledFor(logging.DEBUG):
+                finals = [job.since for job in jobs if job.final]
+                log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials "
+                          "in %.2f s", len(finals), began - min(finals, default=began),
+                          len(jobs) - len(finals), time.monotonic() - began)  # fmt: skip
+            for (sess, job), out in zip(picked, outs, strict=True):
+                if self.sessions.get(sess.session_id) is not sess:
+                    continue  # started over, or ended, meanwhile: its audio is read again
+                with logs.session_context(sess.session_id):
+                    results = job.finish(out)
+                    self._mark_due(sess)
+                    await self._finish(sess, results)
         finally:
             self._inflight -= sids
-        if log.isEnabledFor(logging.DEBUG):
-            finals = [job.since for job in jobs if job.final]
-            log.debug("decoded %d finals (oldest owed %.2f s before) and %d partials "
-                      "in %.2f s", len(finals), began - min(finals, default=began),
-                      len(jobs) - len(finals), time.monotonic() - began)  # fmt: skip
-        for (sess, job), out in zip(picked, outs, strict=True):
-            if self.sessions.get(sess.session_id) is not sess:
-                continue  # started over, or ended, meanwhile: its audio is read again
-            with logs.session_context(sess.session_id):
-                results = job.finish(out)
-                self._mark_due(sess)
-                await self._finish(sess, results)
 
     async def _run(self, jobs: list[Job]) -> list[Any]:
         """The jobs' outputs: in one batch where the engine takes batches; a blocking
@@ -613,7 +616,8 @@ class Transcriber:
                 return
             sess.writing = True
             try:
-                await self.results_wire.execute(pipe, raise_on_error=True)
+                async with self._results_lock:
+                    await self.results_wire.execute(pipe, raise_on_error=True)
             except (RedisError, OSError) as exc:
                 # The results are not stored: the message loop starts over from what
                 # Redis holds (their audio is still pending), which decodes them again.

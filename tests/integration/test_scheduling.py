@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.transcriber.actor import Transcriber, _Session
-from services.transcriber.engines import DEFAULT_OPTIONS, Job, Options
+from services.transcriber.engines import DEFAULT_OPTIONS, Job, Options, Result
 from services.transcriber.engines.utterances import UtteranceSession, open_session, vad_model
 from shared import keys
 from shared.config import Settings
@@ -151,7 +151,7 @@ async def test_the_result_due_first_is_decoded_first_final_or_partial(
 
 class _OneEach:
     """An engine session that owes one final or one partial since a given time, whose
-    job runs `run`."""
+    job runs `run` and says "said"."""
 
     committed_seq = 0
     finals_done = 0
@@ -167,16 +167,20 @@ class _OneEach:
 
     def final_job(self) -> Job | None:
         since, self.final = self.final, None
-        return None if since is None else Job(True, since, self.run, lambda _: [])
+        return None if since is None else Job(True, since, self.run, _said(True))
 
     def partial_job(self, early: float = 0.0) -> Job | None:
         since, self.partial = self.partial, None
-        return None if since is None else Job(False, since, self.run, lambda _: [])
+        return None if since is None else Job(False, since, self.run, _said(False))
+
+
+def _said(final: bool) -> Any:
+    return lambda _: [Result(1, "said", final)]
 
 
 @pytest.mark.parametrize("apart", [True, False])
 async def test_a_partial_overdue_while_a_final_decodes_is_decoded_beside_it(
-    redis_url: str, apart: bool
+    redis: Redis, redis_url: str, apart: bool
 ) -> None:
     # Behind a final (0.35-0.45 s on one core) a partial came up to 1.8 s after the one
     # before at 8 speakers. Where the engine decodes partials with a model of their own,
@@ -200,11 +204,16 @@ async def test_a_partial_overdue_while_a_final_decodes_is_decoded_beside_it(
     }
     for sid, owing in sessions.items():
         actor.sessions[sid] = actor._due[sid] = _Session(sid, sid, owing)  # type: ignore[arg-type]
-    loop = asyncio.create_task(actor._decode_loop())
-    try:
-        for ran in (partial_ran, final_ran):
-            assert await asyncio.to_thread(ran.wait, 10)
-    finally:
-        loop.cancel()
-        await client.aclose()
+    async with Channel(redis, "f") as said_final, Channel(redis, "p") as said_partial:
+        loop = asyncio.create_task(actor._decode_loop())
+        try:
+            for ran in (partial_ran, final_ran):
+                assert await asyncio.to_thread(ran.wait, 10)
+            # Both published, each on its own write (one connection, one at a time).
+            for channel, final in ((said_final, True), (said_partial, False)):
+                msg = await channel.next()
+                assert isinstance(msg, Transcript) and (msg.text, msg.final) == ("said", final)
+        finally:
+            loop.cancel()
+            await client.aclose()
     assert beside == [apart]
