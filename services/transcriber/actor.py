@@ -493,11 +493,11 @@ class Transcriber:
         after the one before at 8 speakers on two cores)."""
         while not decoding.done():
             now = time.monotonic()
-            picked = self._next_jobs(most, overdue_by=now)
-            if picked:
+            partials = [d for d in self._candidates() if not d[1]]
+            if picked := self._take([d for d in partials if d[0] <= now], most):
                 await self._decode(picked)
                 continue
-            due = [d for d, final, _ in self._candidates() if not final]
+            due = [deadline for deadline, _, _ in partials]
             self._work.clear()  # the main loop looks for work itself once `decoding` ends
             woken: asyncio.Future[Any] = asyncio.ensure_future(self._work.wait())
             try:
@@ -556,17 +556,20 @@ class Transcriber:
                 self._busy_s += time.monotonic() - self._counting_since
                 self._counting_since = None
 
-    def _next_jobs(self, most: int, overdue_by: float | None = None) -> list[tuple[_Session, Job]]:
+    def _next_jobs(self, most: int) -> list[tuple[_Session, Job]]:
         """Up to `most` jobs of different sessions and of one kind (final or partial):
         the job whose result is due first (earliest deadline: see FINAL_SLACK_S), and
         the others of its kind by their deadlines; none for a session whose flush is on
         its way (its final makes a partial worthless) or whose job is being decoded. A
         partial is a candidate EARLY_PARTIAL_S before its interval is up, so it is taken
-        by its deadline, not only once its interval has passed (see EARLY_PARTIAL_S).
-        With `overdue_by`: partials alone, those whose deadline has passed by then."""
-        due = self._candidates()
-        if overdue_by is not None:
-            due = [d for d in due if not d[1] and d[0] <= overdue_by]
+        by its deadline, not only once its interval has passed (see EARLY_PARTIAL_S)."""
+        return self._take(self._candidates(), most)
+
+    def _take(
+        self, due: list[tuple[float, bool, _Session]], most: int
+    ) -> list[tuple[_Session, Job]]:
+        """The jobs of up to `most` of the candidates `due` (see _candidates): the one
+        due first, and others of its kind by their deadlines."""
         picked: list[tuple[_Session, Job]] = []
         due.sort(key=lambda d: d[0])
         for _, final, sess in due:

@@ -96,12 +96,20 @@ async def test_sessions_sent_at_once_are_decoded_in_batches_and_each_close_follo
 
 class _Owing:
     """An engine session that owes a final or a partial since a given time (a partial
-    whose interval is not up yet where `early`: a candidate only EARLY_PARTIAL_S ahead)."""
+    whose interval is not up yet where `early`: a candidate only EARLY_PARTIAL_S ahead),
+    handed out once; its job runs `run` and says "said"."""
+
+    committed_seq = 0
+    finals_done = 0
 
     def __init__(
-        self, final: float | None = None, partial: float | None = None, early: bool = False
+        self,
+        final: float | None = None,
+        partial: float | None = None,
+        early: bool = False,
+        run: Any = lambda: None,
     ) -> None:
-        self.final, self.partial, self.early = final, partial, early
+        self.final, self.partial, self.early, self.run = final, partial, early, run
 
     def final_since(self) -> float | None:
         return self.final
@@ -110,12 +118,16 @@ class _Owing:
         return None if self.early and not early else self.partial
 
     def final_job(self) -> Job | None:
-        return None if self.final is None else Job(True, self.final, lambda: None, lambda _: [])
+        since, self.final = self.final, None
+        return None if since is None else Job(True, since, self.run, _said(True))
 
     def partial_job(self, early: float = 0.0) -> Job | None:
-        if self.partial is None:
-            return None
-        return Job(False, self.partial, lambda: None, lambda _: [])
+        since, self.partial = self.partial, None
+        return None if since is None else Job(False, since, self.run, _said(False))
+
+
+def _said(final: bool) -> Any:
+    return lambda _: [Result(1, "said", final)]
 
 
 @pytest.mark.parametrize(
@@ -149,35 +161,6 @@ async def test_the_result_due_first_is_decoded_first_final_or_partial(
     assert picked[0][0].session_id == first[0]
 
 
-class _OneEach:
-    """An engine session that owes one final or one partial since a given time, whose
-    job runs `run` and says "said"."""
-
-    committed_seq = 0
-    finals_done = 0
-
-    def __init__(self, run: Any, final: float | None = None, partial: float | None = None) -> None:
-        self.run, self.final, self.partial = run, final, partial
-
-    def final_since(self) -> float | None:
-        return self.final
-
-    def partial_since(self, early: float = 0.0) -> float | None:
-        return self.partial
-
-    def final_job(self) -> Job | None:
-        since, self.final = self.final, None
-        return None if since is None else Job(True, since, self.run, _said(True))
-
-    def partial_job(self, early: float = 0.0) -> Job | None:
-        since, self.partial = self.partial, None
-        return None if since is None else Job(False, since, self.run, _said(False))
-
-
-def _said(final: bool) -> Any:
-    return lambda _: [Result(1, "said", final)]
-
-
 @pytest.mark.parametrize("apart", [True, False])
 async def test_a_partial_overdue_while_a_final_decodes_is_decoded_beside_it(
     redis: Redis, redis_url: str, apart: bool
@@ -199,8 +182,8 @@ async def test_a_partial_overdue_while_a_final_decodes_is_decoded_beside_it(
 
     now = time.monotonic()  # both overdue, the final's deadline first
     sessions = {
-        "f": _OneEach(final, final=now - 2.0),
-        "p": _OneEach(partial_ran.set, partial=now - 1.5),
+        "f": _Owing(final=now - 2.0, run=final),
+        "p": _Owing(partial=now - 1.5, run=partial_ran.set),
     }
     for sid, owing in sessions.items():
         actor.sessions[sid] = actor._due[sid] = _Session(sid, sid, owing)  # type: ignore[arg-type]
