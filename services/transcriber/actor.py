@@ -495,6 +495,7 @@ class Transcriber:
             now = time.monotonic()
             partials = [d for d in self._candidates() if not d[1]]
             if picked := self._take([d for d in partials if d[0] <= now], most):
+                log.debug("a partial decoded beside the finals")
                 await self._decode(picked)
                 continue
             due = [deadline for deadline, _, _ in partials]

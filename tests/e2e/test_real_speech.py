@@ -1,7 +1,8 @@
 """Real speech through `hark up`'s tree with the whisper engine loses nothing: a long
-monologue in a burst, 8 and 48 kHz sessions at once with a finalize midway, kill -9
-of the transcriber three times mid-utterance, and silence and noise that must stay
-silent. Every close answers complete, every final once, word error rate <= 5 %."""
+monologue in a burst, 8 and 48 kHz sessions at once with a finalize midway, four
+live speakers at 8 to 48 kHz on one transcriber with a kill -9, kill -9 of the
+transcriber three times mid-utterance, and silence and noise that must stay silent.
+Every close answers complete, every final once, word error rate <= 5 %."""
 
 from __future__ import annotations
 
@@ -93,6 +94,41 @@ async def test_8_and_48_khz_sessions_at_once_with_a_finalize_midway_come_back_wh
     assert row["restarts"] == 0 and row["state"] == "RUNNING"
     exits = [e for e in await tree.audit() if e["event"] in ("actor_exit", "actor_restart")]
     assert not exits, exits
+
+
+async def test_sessions_at_8_to_48_khz_at_real_time_pace_with_a_kill_lose_nothing(
+    start_tree: TreeFactory, redis_url: str
+) -> None:
+    # Live speakers, partials on, four on one transcriber on one thread: as busy as one
+    # of the capacity benchmark's at 8 speakers, where partials are decoded beside the
+    # finals (the decode loop's second lane). A kill -9 midway: nothing lost.
+    env = {**WHISPER, "HARK_WHISPER_THREADS": "1", "HARK_LOG_LEVEL": "DEBUG"}
+    tree = await start_tree(redis_url=redis_url, transcribers=1, env=env)
+    speeches = [spoken([1 + n, 5 + n, 9 + n, 13 + n], pause_s=1.0).at(rate)
+                for n, rate in enumerate((8000, 16000, 44100, 48000))]  # fmt: skip
+    killed: list[bool] = []
+
+    async def kill(index: int) -> None:  # 8 s into the first session
+        if index == 80:
+            victim = await tree.actor("transcriber-0")
+            os.kill(victim["pid"], signal.SIGKILL)
+            killed.append(True)
+
+    done = await asyncio.gather(*(send(tree.ws_url, s, speed=1.0, on_chunk=kill if n == 0
+                                       else None) for n, s in enumerate(speeches)))  # fmt: skip
+    errors = words = 0  # the bound is a rate over many words: all four sessions'
+    for (replies, _), speech in zip(done, speeches, strict=True):
+        said = " ".join(r["text"] for r in check_whole(replies, speech, bound=1.0))
+        errors += wer.errors(speech.text, said)
+        words += len(wer.normalise(speech.text))
+        assert any(r["status"] == "transcript" and not r["final"] for r in replies)
+    assert errors / words <= BOUND, errors / words
+    assert killed
+    row = await tree.actor("transcriber-0")
+    assert row["restarts"] == 1, row
+    beside = tree.log_path.read_text(errors="replace").count("a partial decoded beside the finals")
+    print(f"partials decoded beside the finals: {beside}")
+    assert beside > 0
 
 
 async def test_three_kills_of_the_transcriber_mid_utterance_lose_no_final(
