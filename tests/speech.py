@@ -37,7 +37,9 @@ class Recorder:
         self.partial_interval = partial_interval
         self.calls: list[tuple[bool, int]] = []  # (final, samples)
 
-    def transcribe(self, audio: Any, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
+    def transcribe(
+        self, audio: Any, final: bool, options: Options = DEFAULT_OPTIONS, hurry: bool = False
+    ) -> Decoded:
         self.calls.append((final, len(audio)))
         return Decoded(f"{len(audio)} samples", [])
 

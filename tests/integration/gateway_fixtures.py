@@ -90,7 +90,7 @@ class HeldSession(Immediate):
     def final_since(self) -> float | None:
         return None if self._owed is None else self._owed.since
 
-    def final_job(self) -> Job | None:
+    def final_job(self, hurry: bool = False) -> Job | None:
         return self._owed
 
 

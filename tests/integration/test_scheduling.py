@@ -117,9 +117,9 @@ class _Owing:
     def partial_since(self, early: float = 0.0) -> float | None:
         return None if self.early and not early else self.partial
 
-    def final_job(self) -> Job | None:
+    def final_job(self, hurry: bool = False) -> Job | None:
         since, self.final = self.final, None
-        return None if since is None else Job(True, since, self.run, _said(True))
+        return None if since is None else Job(True, since, self.run, _said(True), hurried=hurry)
 
     def partial_job(self, early: float = 0.0) -> Job | None:
         since, self.partial = self.partial, None
@@ -159,6 +159,28 @@ async def test_the_result_due_first_is_decoded_first_final_or_partial(
     await client.aclose()
     assert len(picked) == 1  # one kind a pass
     assert picked[0][0].session_id == first[0]
+
+
+@pytest.mark.parametrize(
+    ("finals", "most", "hurried"), [(1, 1, False), (3, 1, True), (3, 4, False)]
+)
+async def test_finals_that_leave_others_waiting_are_hurried(
+    redis_url: str, finals: int, most: int, hurried: bool
+) -> None:
+    # When sentences of several speakers end together, each final taken while another
+    # waits is decoded the faster way (whisper: greedy), so the last is not late by a
+    # beam search of each one before it. A batch that takes them all hurries none.
+    client = Redis.from_url(redis_url)
+    actor = Transcriber(Settings(redis_url=redis_url), BatchingEngine(), client, "t-0")  # type: ignore[arg-type]
+    now = time.monotonic()
+    owed = {f"f{n}": _Owing(final=now - n) for n in range(finals)}
+    owed["p"] = _Owing(partial=now - 0.5)  # due after the finals; no final waits for it
+    for sid, owing in owed.items():
+        actor.sessions[sid] = actor._due[sid] = _Session(sid, sid, owing)  # type: ignore[arg-type]
+    picked = actor._next_jobs(most)
+    await client.aclose()
+    assert len(picked) == min(finals, most) and all(job.final for _, job in picked)
+    assert [job.hurried for _, job in picked] == [hurried] * len(picked)
 
 
 @pytest.mark.parametrize("apart", [True, False])

@@ -342,7 +342,7 @@ class _Stuck(Immediate):
     def final_since(self) -> float | None:
         return None if self.handed else self.owed
 
-    def final_job(self) -> Job | None:
+    def final_job(self, hurry: bool = False) -> Job | None:
         self.handed = True
         return Job(True, self.owed, lambda: self.release.wait(10), lambda _: [])
 
@@ -409,7 +409,7 @@ class _Steady(Immediate):
     def final_since(self) -> float | None:
         return time.monotonic() if self.owed else None
 
-    def final_job(self) -> Job | None:
+    def final_job(self, hurry: bool = False) -> Job | None:
         seq = self.owed.pop(0)
 
         def done(_: object) -> list[Result]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.transcriber.engines import DEFAULT_OPTIONS, Decoded, Options, drain
+from services.transcriber.engines import DEFAULT_OPTIONS, Decoded, Options, drain, utterances
 from services.transcriber.engines.segmenter import RATE
 from services.transcriber.engines.utterances import (
     FIRST_PARTIAL_S,
@@ -84,8 +84,10 @@ def test_a_partial_waits_until_the_utterance_has_lasted_the_first_partials_time(
 class Quiet(Recorder):
     """A recogniser that hears nothing in a partial (too little of a word yet)."""
 
-    def transcribe(self, audio: Any, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
-        out = super().transcribe(audio, final, options)
+    def transcribe(
+        self, audio: Any, final: bool, options: Options = DEFAULT_OPTIONS, hurry: bool = False
+    ) -> Decoded:
+        out = super().transcribe(audio, final, options, hurry)
         return out if final else Decoded("", [])
 
 
@@ -142,6 +144,26 @@ def test_a_final_is_decoded_while_the_pause_that_ends_it_runs_out_and_is_ready_a
     assert [(r.seq, r.start, r.end, r.text) for r in drain(after)] == [
         (r.seq, r.start, r.end, r.text) for r in finals
     ]
+
+
+@pytest.mark.parametrize(("pace", "hurried"), [(1.0, True), (1.2, True), (10.0, False)])
+def test_a_final_is_hurried_only_while_its_audio_comes_at_a_live_pace(
+    vad: object, pace: float, hurried: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scheduler asks for a final in a hurry when others wait behind it; a session
+    # sent faster than real time is a backlog, no person waits on it: its finals keep
+    # the engine's best (whisper: the beam). The chunks come `pace` times real time.
+    clock = [1000.0]
+    monkeypatch.setattr(utterances.time, "monotonic", lambda: clock[0])
+    sess = session(vad, Recorder())
+    finals: list[bool] = []
+    for seq, chunk in enumerate(spoken([1, 2, 3], pause_s=1.0).chunks(), start=1):
+        clock[0] += 0.1 / pace
+        sess.feed(seq, chunk, (seq - 1) / 10)
+        while (job := sess.final_job(hurry=True)) is not None:
+            finals.append(job.hurried)
+            job.finish(job.run())
+    assert len(finals) >= 2 and set(finals) == {hurried}, finals
 
 
 @pytest.mark.parametrize("decoded", ["in the pause", "after it"])

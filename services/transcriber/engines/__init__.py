@@ -92,6 +92,7 @@ class Job:
     audio: Any = None  # what `run` decodes, for an engine that decodes jobs in batches
     options: Options = DEFAULT_OPTIONS  # its session's, for a batch of several sessions
     ready: Any = None  # what `run` gives, known already (a final decoded ahead of its cut)
+    hurried: bool = False  # a final that others wait behind (see EngineSession.final_job)
 
 
 class BadInput(ValueError):
@@ -144,9 +145,12 @@ class EngineSession(Protocol):
         whose end is settled but not yet cut, could be decoded ahead); None if none."""
         ...
 
-    def final_job(self) -> Job | None:
+    def final_job(self, hurry: bool = False) -> Job | None:
         """The oldest final owed, unless one of this session is being decoded already
-        (finals leave in order); None when none is owed."""
+        (finals leave in order); None when none is owed. `hurry`: other finals wait
+        behind it, so the engine may decode it faster at some cost in accuracy (whisper:
+        a greedy search instead of the beam), if its audio comes live (`Job.hurried`
+        says whether it did)."""
         ...
 
     def partial_since(self, early: float = 0.0) -> float | None:
@@ -195,7 +199,7 @@ class Immediate:
     def final_since(self) -> float | None:
         return None
 
-    def final_job(self) -> Job | None:
+    def final_job(self, hurry: bool = False) -> Job | None:
         return None
 
     def partial_since(self, early: float = 0.0) -> float | None:

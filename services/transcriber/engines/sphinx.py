@@ -118,7 +118,9 @@ class SphinxEngine:
                              + "; the whisper engine knows many")  # fmt: skip
         return open_session(self, self._vad, encoding, sample_rate, self.end_silence, options)
 
-    def transcribe(self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
+    def transcribe(
+        self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS, hurry: bool = False
+    ) -> Decoded:
         pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
         reply = self._worker.call(pcm, final)
         words = reply["words"]

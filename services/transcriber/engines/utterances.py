@@ -54,6 +54,13 @@ FIRST_PARTIAL_S = 0.8
 # write...") showed its first text 1.1-1.85 s after it began at 4 speakers on a slower
 # CPU, past the 1.5 s the cadence allows; at a quarter 1.05-1.26 s (bench/RESULTS.md).
 EMPTY_RETRY = (0.25, 0.5)
+# A final is hurried (see EngineSession.final_job) only while its session's audio comes
+# at a live speaker's pace: over the last PACE_WINDOW_S, no more than LIVE_LEAD_S of
+# audio ahead of the clock. Audio sent faster than real time is a backlog, not a person
+# waiting for the words: two sessions sent at 10 times real time, each final hurried
+# while the other's waited, missed 6.0 % of one's words (the 48 kHz test speech).
+PACE_WINDOW_S = 3.0
+LIVE_LEAD_S = 1.0
 
 
 class Recognizer(Protocol):
@@ -61,8 +68,11 @@ class Recognizer(Protocol):
 
     partial_interval: float
 
-    def transcribe(self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
-        """Its text, and for a final its words (times relative to the audio)."""
+    def transcribe(
+        self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS, hurry: bool = False
+    ) -> Decoded:
+        """Its text, and for a final its words (times relative to the audio); `hurry`: a
+        final others wait behind (see EngineSession.final_job)."""
         ...
 
 
@@ -105,6 +115,8 @@ class UtteranceSession:
         self._decoder = decoder
         self._segmenter = segmenter
         self._chunks: deque[tuple[int, int]] = deque()  # (seq, samples decoded after it)
+        # (when, samples decoded by then) of the chunks of the last PACE_WINDOW_S
+        self._arrivals: deque[tuple[float, int]] = deque()
         self._decoded = 0
         self._committed = 0
         self._last_seq = 0
@@ -141,6 +153,10 @@ class UtteranceSession:
         samples = self._decoder.decode(audio)
         self._decoded += len(samples)
         self._chunks.append((seq, self._decoded))
+        now = time.monotonic()
+        self._arrivals.append((now, self._decoded))
+        while now - self._arrivals[0][0] > PACE_WINDOW_S:
+            self._arrivals.popleft()
         events: list[Result] = []
         for utterance in self._segmenter.feed(samples):
             self._owe(utterance)
@@ -194,6 +210,14 @@ class UtteranceSession:
         self._advance()
         return []
 
+    @property
+    def live(self) -> bool:
+        """Whether the audio comes at a live speaker's pace (see LIVE_LEAD_S)."""
+        if not self._arrivals:
+            return True
+        (then, before), (last, decoded) = self._arrivals[0], self._arrivals[-1]
+        return (decoded - before) / RATE - (last - then) <= LIVE_LEAD_S
+
     def final_since(self) -> float | None:
         if self._busy:
             return None
@@ -208,21 +232,24 @@ class UtteranceSession:
             return None
         return owed.since
 
-    def final_job(self) -> Job | None:
+    def final_job(self, hurry: bool = False) -> Job | None:
         if self.final_since() is None:
             return None
+        hurry = hurry and self.live
         if not self._owed:
-            return self._ahead_job()
+            return self._ahead_job(hurry)
         owed = self._owed[0]
         self._busy = True
         audio, options, ready = owed.utterance.audio, self._options, owed.ready
 
         def run() -> Decoded:
-            return ready if ready is not None else self._recognizer.transcribe(audio, True, options)
+            if ready is not None:
+                return ready
+            return self._recognizer.transcribe(audio, True, options, hurry)
 
-        return Job(True, owed.since, run, self._finished, audio, options, ready)
+        return Job(True, owed.since, run, self._finished, audio, options, ready, hurry)
 
-    def _ahead_job(self) -> Job:
+    def _ahead_job(self, hurry: bool) -> Job:
         """The final of the utterance in progress, decoded before its cut (see the
         module doc)."""
         assert self._settled is not None
@@ -235,7 +262,7 @@ class UtteranceSession:
         options = replace(self._options, diarize=False)
 
         def run() -> Decoded:
-            return self._recognizer.transcribe(audio, True, options)
+            return self._recognizer.transcribe(audio, True, options, hurry)
 
         def finish(out: Decoded) -> list[Result]:
             self._busy = False
@@ -248,7 +275,7 @@ class UtteranceSession:
                 return []
             return self._went_on(key[0], at, seq, out)
 
-        return Job(True, since, run, finish, audio, options)
+        return Job(True, since, run, finish, audio, options, hurried=hurry)
 
     def _went_on(self, start: int, at: int, seq: int, out: Decoded) -> list[Result]:
         """A final decoded ahead (handed out at segmenter position `at`) whose speaker

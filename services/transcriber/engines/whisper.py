@@ -10,7 +10,8 @@ Partials in a language it knows come from a smaller model (Whisper tiny.en unles
 HARK_PARTIAL_MODEL says otherwise): about half the cost of the base model's, as often
 like the final (bench/RESULTS.md). Jobs of several sessions go through the model
 together: CTranslate2 gains from batches on the CPU as much as on a GPU. Partials
-decode greedily; finals with the beam and word timings. A final whose text looks like
+decode greedily; finals with the beam and word timings (greedily where others wait
+behind them, `hurry`: the scheduler's choice). A final whose text looks like
 a loop (compression ratio over 2.4), or with words aligned to no audio (made up past
 the speech), is decoded again the way faster-whisper does it, with its fallbacks.
 """
@@ -158,34 +159,42 @@ class WhisperEngine:
             raise BadSetting(unknown_language(language, self.languages))
         return open_session(self, self._vad, encoding, sample_rate, self.end_silence, options)
 
-    def transcribe(self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS) -> Decoded:
+    def transcribe(
+        self, audio: Audio, final: bool, options: Options = DEFAULT_OPTIONS, hurry: bool = False
+    ) -> Decoded:
         """Text of the audio, and for a final its words (times relative to the audio)."""
-        return self.decode([audio], final, [options])[0]
+        return self.decode([audio], final, [options], hurry)[0]
 
     def run_batch(self, jobs: Sequence[Job]) -> list[Any]:
-        """Decode several sessions' jobs at once: the finals together, the partials
-        together (a greedy search cannot share a batch with a beam search)."""
+        """Decode several sessions' jobs at once: the finals with the beam together, the
+        hurried ones together, the partials together (a greedy search cannot share a
+        batch with a beam search)."""
         out: list[Any] = [None] * len(jobs)
-        for final in (True, False):
-            picked = [i for i, job in enumerate(jobs) if job.final is final]
+        for final, hurry in ((True, False), (True, True), (False, False)):
+            picked = [i for i, job in enumerate(jobs)
+                      if job.final is final and (final and job.hurried) is hurry]  # fmt: skip
             if picked:
                 audio = [jobs[i].audio for i in picked]
                 options = [jobs[i].options for i in picked]
-                for i, decoded in zip(picked, self.decode(audio, final, options), strict=True):
-                    out[i] = decoded
+                decoded = self.decode(audio, final, options, hurry)
+                for i, one in zip(picked, decoded, strict=True):
+                    out[i] = one
         return out
 
     def decode(
-        self, audio: Sequence[Audio | None], final: bool, options: Sequence[Options] | None = None
-    ) -> list[Decoded]:
+        self, audio: Sequence[Audio | None], final: bool, options: Sequence[Options] | None = None,
+        hurry: bool = False,
+    ) -> list[Decoded]:  # fmt: skip
         """Texts (and for finals words) of utterances, in one pass through the model,
         each with its session's options (language, prompt, hotwords); partials by the
         smaller model where it knows their language, and by this one where it heard
         nothing (tiny.en says nothing of a sentence's first 0.5-0.9 s more often than
-        base: an utterance's first partial then came up to 2.3 s into the speech)."""
+        base: an utterance's first partial then came up to 2.3 s into the speech).
+        Finals with the beam search, unless `hurry` (others wait behind them): greedy,
+        in 0.7 of the time (word errors on the test speech 3.1 % instead of 2.6 %)."""
         options = options or [DEFAULT_OPTIONS] * len(audio)
         if final or self.small is None or not all(map(self._small_knows, options)):
-            return self._decode(audio, final, options)
+            return self._decode(audio, final, options, hurry)
         out = self.small.decode(audio, final, options)
         if again := [i for i, decoded in enumerate(out) if not decoded.text]:
             redone = self._decode([audio[i] for i in again], final, [options[i] for i in again])
@@ -194,8 +203,9 @@ class WhisperEngine:
         return out
 
     def _decode(
-        self, audio: Sequence[Audio | None], final: bool, options: Sequence[Options]
-    ) -> list[Decoded]:
+        self, audio: Sequence[Audio | None], final: bool, options: Sequence[Options],
+        hurry: bool = False,
+    ) -> list[Decoded]:  # fmt: skip
         """`decode` by this model."""
         if not self.batched:
             return [self._fallback(a, final, o) for a, o in zip(audio, options, strict=True)]
@@ -225,7 +235,7 @@ class WhisperEngine:
             part = encoded if len(groups) == 1 else _rows(encoded, rows)
             mine = [prompts[i] for i in rows]
             generated = self.model.model.generate(
-                part, mine, beam_size=self.beam_size if final else 1,
+                part, mine, beam_size=self.beam_size if final and not hurry else 1,
                 max_length=min(MAX_LENGTH, max(map(len, mine)) + most),
                 return_scores=True, return_no_speech_prob=True, suppress_blank=True,
                 suppress_tokens=self._suppress,
