@@ -183,6 +183,30 @@ async def test_finals_that_leave_others_waiting_are_hurried(
     assert [job.hurried for _, job in picked] == [hurried] * len(picked)
 
 
+def _final_and_partial(
+    client: Redis, redis_url: str, apart: bool, final: Any, partial: Any
+) -> Transcriber:
+    """A transcriber (one job a pass; partials `apart` or not) whose session "f" owes a
+    final and "p" a partial, both overdue, the final's deadline first; their jobs run
+    `final` and `partial`."""
+    engine = BatchingEngine()
+    engine.batch_size = 1
+    engine.partials_apart = apart  # type: ignore[attr-defined]
+    actor = Transcriber(Settings(redis_url=redis_url), engine, client, "t-0")  # type: ignore[arg-type]
+    now = time.monotonic()
+    owed = {"f": _Owing(final=now - 2.0, run=final), "p": _Owing(partial=now - 1.5, run=partial)}
+    for sid, owing in owed.items():
+        actor.sessions[sid] = actor._due[sid] = _Session(sid, sid, owing)  # type: ignore[arg-type]
+    return actor
+
+
+async def _both_said(said_final: Channel, said_partial: Channel) -> None:
+    """The final of "f" and the partial of "p" (see _final_and_partial) are published."""
+    for channel, final in ((said_final, True), (said_partial, False)):
+        msg = await channel.next()
+        assert isinstance(msg, Transcript) and (msg.text, msg.final) == ("said", final)
+
+
 @pytest.mark.parametrize("apart", [True, False])
 async def test_a_partial_overdue_while_a_final_decodes_is_decoded_beside_it(
     redis: Redis, redis_url: str, apart: bool
@@ -191,10 +215,6 @@ async def test_a_partial_overdue_while_a_final_decodes_is_decoded_beside_it(
     # before at 8 speakers. Where the engine decodes partials with a model of their own,
     # an overdue partial runs beside the final instead of after it.
     client = Redis.from_url(redis_url)
-    engine = BatchingEngine()
-    engine.batch_size = 1
-    engine.partials_apart = apart  # type: ignore[attr-defined]
-    actor = Transcriber(Settings(redis_url=redis_url), engine, client, "t-0")  # type: ignore[arg-type]
     partial_ran, final_ran = threading.Event(), threading.Event()
     beside: list[bool] = []  # whether the partial had run by the end of the final
 
@@ -202,23 +222,65 @@ async def test_a_partial_overdue_while_a_final_decodes_is_decoded_beside_it(
         beside.append(partial_ran.wait(3.0))
         final_ran.set()
 
-    now = time.monotonic()  # both overdue, the final's deadline first
-    sessions = {
-        "f": _Owing(final=now - 2.0, run=final),
-        "p": _Owing(partial=now - 1.5, run=partial_ran.set),
-    }
-    for sid, owing in sessions.items():
-        actor.sessions[sid] = actor._due[sid] = _Session(sid, sid, owing)  # type: ignore[arg-type]
+    actor = _final_and_partial(client, redis_url, apart, final, partial_ran.set)
     async with Channel(redis, "f") as said_final, Channel(redis, "p") as said_partial:
         loop = asyncio.create_task(actor._decode_loop())
         try:
             for ran in (partial_ran, final_ran):
                 assert await asyncio.to_thread(ran.wait, 10)
             # Both published, each on its own write (one connection, one at a time).
-            for channel, final in ((said_final, True), (said_partial, False)):
-                msg = await channel.next()
-                assert isinstance(msg, Transcript) and (msg.text, msg.final) == ("said", final)
+            await _both_said(said_final, said_partial)
         finally:
             loop.cancel()
             await client.aclose()
     assert beside == [apart]
+
+
+async def test_results_of_a_partial_beside_the_finals_take_turns_on_the_connection(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The partial beside and the final write their results on the decode loop's one
+    # Redis connection. Two writes at once crashed a transcriber ("read() called while
+    # another coroutine is already waiting for incoming data"). Here the first write
+    # is held until the other result comes to be written too: it must wait its turn.
+    client = Redis.from_url(redis_url)
+    partial_ran = threading.Event()
+    actor = _final_and_partial(client, redis_url, True, lambda: partial_ran.wait(3.0),
+                               partial_ran.set)  # fmt: skip
+    second = asyncio.Event()  # the second result came to be written
+    writing, most, held = 0, 0, [False]
+
+    class Turns(asyncio.Lock):
+        async def acquire(self) -> bool:
+            if self.locked():
+                second.set()
+            return await super().acquire()
+
+    real = actor.results_wire.execute
+
+    async def execute(*args: Any, **kw: Any) -> list[Any]:
+        nonlocal writing, most
+        writing += 1
+        most = max(most, writing)
+        try:
+            if writing > 1:
+                second.set()
+            if not held[0]:
+                held[0] = True
+                await second.wait()
+            return await real(*args, **kw)
+        finally:
+            writing -= 1
+
+    monkeypatch.setattr(actor, "_results_lock", Turns())
+    monkeypatch.setattr(actor.results_wire, "execute", execute)
+    async with Channel(redis, "f") as said_final, Channel(redis, "p") as said_partial:
+        loop = asyncio.create_task(actor._decode_loop())
+        try:
+            await asyncio.wait_for(second.wait(), 10)
+            assert most == 1, "two writes at once on one connection"
+            await _both_said(said_final, said_partial)
+        finally:
+            loop.cancel()
+            await client.aclose()
+    assert most == 1
