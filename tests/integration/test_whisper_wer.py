@@ -20,6 +20,7 @@ from services.transcriber.engines.model_store import default_cache_dir, packaged
 from services.transcriber.engines.whisper import WhisperEngine
 from shared.config import Settings
 from tests import wer
+from tests.speech import spoken
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -81,6 +82,25 @@ def test_utterances_decoded_eight_at_a_time_stay_within_five_percent_with_word_t
         assert [w for w, _, _, _ in timed], out.text
         starts = [s for _, s, _, _ in timed]
         assert starts == sorted(starts) and timed[-1][2] <= len(clip) / 16000 + 0.5
+
+
+def test_a_finalize_just_after_a_sentence_adds_no_final_of_its_own() -> None:
+    # The sentence's last sound, left over from the cut (0.2-0.5 s), is a final of its
+    # own: whisper made "word." and "you." of it, words it gave a probability of 0.07
+    # and 0.09. A final none of whose words whisper is sure of says nothing.
+    engine = WhisperEngine(str(packaged_model(default_cache_dir())), partial_interval=1e6)
+    speech = spoken([5, 6], pause_s=1.0).at(8000)  # "...near the river." ends at 2.9 s
+    for finalize_at in (29, 30, 31):
+        session = engine.open_session("s", "pcm_s16le", speech.rate)
+        finals = []
+        for seq, chunk in enumerate(speech.chunks(), start=1):
+            finals += session.feed(seq, chunk, (seq - 1) / 10)
+            if seq == finalize_at:
+                finals += session.flush()
+            finals += drain(session)
+        finals += session.flush() + drain(session)
+        texts = [r.text for r in finals if r.final]
+        assert len(texts) == 2 and wer.errors(speech.text, " ".join(texts)) <= 2, texts
 
 
 def test_hurried_finals_are_decoded_greedily_apart_from_the_others_within_five_percent() -> None:
