@@ -54,14 +54,15 @@ class ActorRuntime:
         self._ttl_ms = int(settings.heartbeat_interval * (settings.heartbeat_misses + 1) * 1000)
 
     def heartbeat(
-        self, state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0
-    ) -> list[Command]:
+        self, state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0,
+        hurried: float = 0.0,
+    ) -> list[Command]:  # fmt: skip
         """The commands of a heartbeat, for a caller that sends them with its own."""
         self._last_beat = time.monotonic()
         beat = Heartbeat(
             name=self.name, pid=os.getpid(), role=self.role, state=state, load=load,
             version=VERSION, ts=time.time(), started_at=self.started_at, instance=self.instance,
-            lag_ms=lag_ms, busy=busy, cost=cost, languages=self.languages,
+            lag_ms=lag_ms, busy=busy, cost=cost, hurried=hurried, languages=self.languages,
         )  # fmt: skip
         return [
             ("SET", keys.actor(self.name), beat.encode(), "PX", self._ttl_ms),

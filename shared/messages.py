@@ -283,6 +283,11 @@ class Heartbeat(Message):
     # half minute or so (0 until it has heard enough): what one more real-time session
     # would cost it, learnt from what its engine does.
     cost: float = 0.0
+    # A transcriber's share of the finals it decoded in a hurry (a greedy search instead
+    # of the beam, because others waited behind them: EngineSession.final_job), smoothed
+    # over its last beats (0..1): above 0, its speakers trade a little accuracy for
+    # latency, a sign the tree is near its capacity.
+    hurried: float = 0.0
     # The language codes a transcriber's engine knows (whisper's, "auto" where it detects
     # them); empty: it takes any. Gateways refuse another at the handshake.
     languages: list[Any] = dataclasses.field(default_factory=list)

@@ -70,6 +70,7 @@ class Child:
     lag_ms: int | None = None
     busy: float | None = None  # a transcriber's engine: its share of the time, from its beat
     cost: float | None = None  # and its decoding seconds per audio second, from its beat
+    hurried: float | None = None  # and the share of its finals decoded in a hurry
     draining: bool = False  # a transcriber given no new sessions
     restart_requested: bool = False  # by an operator: restart now, whatever the exit
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,6 +114,7 @@ class Child:
             "lag_ms": self.lag_ms,
             "busy": self.busy,
             "cost": self.cost,
+            "hurried": self.hurried,
             "draining": self.draining,
         }
 

@@ -21,6 +21,7 @@ COLUMNS = (
     ("RESTARTS", "restarts", 9), ("LAST EXIT", "last_exit", 18),
     ("HEARTBEAT", "heartbeat_age_s", 10), ("RESTART MS", "last_restart_ms", 10),
     ("LAG MS", "lag_ms", 6), ("BUSY", "busy", 5), ("COST", "cost", 5),
+    ("HURRIED", "hurried", 7),
 )  # fmt: skip
 
 

@@ -20,6 +20,10 @@ async def render(supervisor: Supervisor) -> bytes:
     lag = Gauge("hark_transcriber_lag_seconds",
                 "The longest a transcriber's audio waited in its mailbox between its last "
                 "two heartbeats", ["actor"], registry=registry)  # fmt: skip
+    hurried = Gauge("hark_transcriber_finals_hurried_ratio",
+                    "The share of a transcriber's finals decoded in a hurry (a greedy search: "
+                    "others waited), over its last heartbeats", ["actor"],
+                    registry=registry)  # fmt: skip
     restart_ms = Gauge("hark_actor_last_restart_milliseconds",
                        "From the actor's last exit to its replacement ready", ["actor"],
                        registry=registry)  # fmt: skip
@@ -32,6 +36,8 @@ async def render(supervisor: Supervisor) -> bytes:
             beat.labels(child.name).set(child.heartbeat_age)
         if child.lag_ms is not None:
             lag.labels(child.name).set(child.lag_ms / 1000)
+        if child.hurried is not None:
+            hurried.labels(child.name).set(child.hurried)
         if child.last_restart_ms is not None:
             restart_ms.labels(child.name).set(child.last_restart_ms)
     healthy.set(1 if supervisor.status()["healthy"] else 0)

@@ -81,6 +81,7 @@ async def check(supervisor: Supervisor) -> None:
             child.lag_ms = beat.lag_ms if transcriber else None
             child.busy = beat.busy if transcriber else None
             child.cost = beat.cost if transcriber else None
+            child.hurried = beat.hurried if transcriber else None
         # Silence is measured from the last beat seen, not from "missing right
         # now": after a Redis restart every key is missing until the next beat.
         if child.last_beat is None:

@@ -159,6 +159,8 @@ class Transcriber:
         # ratio is what a second of audio costs the engine (see _busy).
         self._cost_busy = self._cost_audio = 0.0
         self._audio_s = 0.0  # audio taken in since the last beat
+        self._finals_n = self._hurried_n = 0  # finals decoded since the last beat; hurried
+        self.hurried = 0.0  # the hurried ones' share, smoothed over beats
         self._broken = False  # a write of the decode loop failed: start over from Redis
         self.mailbox = keys.mailbox(name)
         self.sessions: dict[str, _Session] = {}
@@ -355,7 +357,8 @@ class Transcriber:
         self._commit(pipe, acks)
         if self.runtime.beat_due():
             busy, cost = self._busy()
-            pipe += self.runtime.heartbeat("running", len(self.sessions), self._lag(), busy, cost)
+            pipe += self.runtime.heartbeat("running", len(self.sessions), self._lag(), busy, cost,
+                                           self._hurried())  # fmt: skip
         self._sweep(pipe)
         if self._due:
             self._work.set()
@@ -453,6 +456,14 @@ class Transcriber:
         cost = self._cost_busy / self._cost_audio if self._cost_audio >= COST_MIN_AUDIO_S else 0.0
         return self.busy, round(cost, 4)
 
+    def _hurried(self) -> float:
+        """The share of the finals decoded since the last beat that were hurried (see
+        _take), smoothed over beats as busy is (none decoded: none hurried)."""
+        share = self._hurried_n / self._finals_n if self._finals_n else 0.0
+        self._finals_n = self._hurried_n = 0
+        self.hurried = round((1 - BUSY_WEIGHT) * self.hurried + BUSY_WEIGHT * share, 3)
+        return self.hurried
+
     def _lag(self) -> int:
         """The lag for a heartbeat: the worst since the last one, so no spike is missed,
         of a mailbox entry's wait to be read and of the oldest final's wait to be
@@ -517,6 +528,9 @@ class Transcriber:
         began = time.monotonic()
         try:  # a session is in flight until its results are written: in order
             outs = await self._run(jobs)
+            decoded = [job for job in jobs if job.final and job.ready is None]
+            self._finals_n += len(decoded)
+            self._hurried_n += sum(job.hurried for job in decoded)
             if log.isEnabledFor(logging.DEBUG):
                 finals = [job.since for job in jobs if job.final]
                 log.debug("decoded %d finals (%d hurried, the oldest owed %.2f s before) and "

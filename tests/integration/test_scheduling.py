@@ -183,6 +183,32 @@ async def test_finals_that_leave_others_waiting_are_hurried(
     assert [job.hurried for _, job in picked] == [hurried] * len(picked)
 
 
+async def test_a_transcribers_beat_says_what_share_of_its_finals_were_hurried(
+    redis: Redis, redis_url: str
+) -> None:
+    # Ops see the engine trading accuracy for latency (status HURRIED, the metric
+    # hark_transcriber_finals_hurried_ratio): three finals owed at once, one a pass,
+    # the first two hurried.
+    client = Redis.from_url(redis_url)
+    engine = BatchingEngine()
+    engine.batch_size = 1
+    actor = Transcriber(Settings(redis_url=redis_url), engine, client, "t-0")  # type: ignore[arg-type]
+    now = time.monotonic()
+    for sid in ("a", "b", "c"):
+        owing = _Owing(final=now - 1.0)
+        actor.sessions[sid] = actor._due[sid] = _Session(sid, sid, owing)  # type: ignore[arg-type]
+    async with Channel(redis, "a") as a, Channel(redis, "b") as b, Channel(redis, "c") as c:
+        loop = asyncio.create_task(actor._decode_loop())
+        try:
+            for channel in (a, b, c):
+                assert isinstance(await channel.next(), Transcript)
+        finally:
+            loop.cancel()
+            await client.aclose()
+    assert actor._hurried() == round(0.25 * 2 / 3, 3)  # smoothed as busy is, from 0
+    assert actor._hurried() == round(0.75 * 0.25 * 2 / 3, 3)  # none decoded since
+
+
 def _final_and_partial(
     client: Redis, redis_url: str, apart: bool, final: Any, partial: Any
 ) -> Transcriber:

@@ -286,22 +286,24 @@ async def test_a_scale_down_stops_a_transcriber_waiting_out_its_restart_backoff(
     assert backend.spawned.empty()
 
 
-async def test_status_shows_a_transcribers_sessions_lag_busy_share_and_cost_from_its_heartbeat(
+async def test_status_shows_a_transcribers_sessions_lag_busy_cost_and_hurried_from_its_beat(
     make: list[Supervisor], settings: Settings, backend: FakeBackend, redis: Redis
 ) -> None:
     sup, handle = await started(make, settings, backend, spec())
     now = time.time()
     beat = Heartbeat(name="transcriber-0", pid=handle.pid, role="transcriber", state="running",
                      load=3, version="test", ts=now, started_at=now, instance=handle.instance,
-                     lag_ms=1234, busy=0.625, cost=0.21)  # fmt: skip
+                     lag_ms=1234, busy=0.625, cost=0.21, hurried=0.25)  # fmt: skip
     await redis.set(keys.actor("transcriber-0"), beat.encode())
     await check(sup)  # one round of the heartbeat monitor
     row = next(a for a in sup.status()["actors"] if a["name"] == "transcriber-0")
-    assert (row["sessions"], row["lag_ms"], row["busy"], row["cost"]) == (3, 1234, 0.625, 0.21)
+    assert (row["sessions"], row["lag_ms"], row["busy"], row["cost"], row["hurried"]) == (
+        3, 1234, 0.625, 0.21, 0.25)  # fmt: skip
     header, line = format_rows([row]).splitlines()
-    assert line[header.index("LAG MS") :].split() == ["1234", "0.625", "0.21"]  # the last columns
-    assert "hark_transcriber_lag_seconds{actor=\"transcriber-0\"} 1.234" in (
-        await metrics.render(sup)).decode()  # fmt: skip
+    assert line[header.index("LAG MS") :].split() == ["1234", "0.625", "0.21", "0.25"]
+    scraped = (await metrics.render(sup)).decode()
+    assert 'hark_transcriber_lag_seconds{actor="transcriber-0"} 1.234' in scraped
+    assert 'hark_transcriber_finals_hurried_ratio{actor="transcriber-0"} 0.25' in scraped
 
 
 async def _fatal(sup: Supervisor, backend: FakeBackend, handle: FakeHandle, name: str) -> None:

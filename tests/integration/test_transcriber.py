@@ -87,10 +87,11 @@ def on_beats(actor: Transcriber, seen: Callable[[Beat], None]) -> None:
     beat = actor.runtime.heartbeat
 
     def spy(
-        state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0
-    ) -> list[Command]:
+        state: str, load: int, lag_ms: int = 0, busy: float = 0.0, cost: float = 0.0,
+        hurried: float = 0.0,
+    ) -> list[Command]:  # fmt: skip
         seen(Beat(lag_ms, busy, cost))
-        return beat(state, load, lag_ms, busy, cost)
+        return beat(state, load, lag_ms, busy, cost, hurried)
 
     actor.runtime.heartbeat = spy  # type: ignore[method-assign]
 
