@@ -18,8 +18,9 @@ cut it, 0.2-0.3 s of audio before the speech, to its end, the measure of rounds
 before 2026-12-04's seventh); the
 CPU seconds of every process per second (a transcriber's with its decoder processes);
 the sessions refused; each transcriber's
-most sessions, highest busy share and last cost (polled from the supervisor's
-/status each second: what admission went by); and whether the
+most sessions, highest busy share, highest share of finals hurried and last cost
+(polled from the supervisor's /status each second: what admission went by); and
+whether the
 targets hold (WER <= 5 %, p50 <= 0.8 s, p95 <= 1.5 s, a partial at least every
 1.5 s). `--naive` also runs each K the way hark decoded before
 (HARK_WHISPER_DECODER=faster-whisper: 30 s windows, one utterance at a time, partials
@@ -210,9 +211,11 @@ def run_k(
                     continue
                 for a in actors:
                     if a["name"].startswith("transcriber") and a.get("sessions") is not None:
-                        mine = seen.setdefault(a["name"], {"sessions_max": 0, "busy_max": 0.0})
+                        mine = seen.setdefault(a["name"], {"sessions_max": 0, "busy_max": 0.0,
+                                                           "hurried_max": 0.0})  # fmt: skip
                         mine["sessions_max"] = max(mine["sessions_max"], a["sessions"])
                         mine["busy_max"] = max(mine["busy_max"], a["busy"] or 0.0)
+                        mine["hurried_max"] = max(mine["hurried_max"], a.get("hurried") or 0.0)
                         mine["cost_last"] = a.get("cost") or 0.0
 
         poller = threading.Thread(target=poll, daemon=True)
