@@ -447,7 +447,7 @@ class Transcriber:
             self._counting_since = now
         elapsed = max(1e-3, now - self._busy_from)
         share = min(1.0, self._busy_s / elapsed)
-        self.busy = round((1 - BUSY_WEIGHT) * self.busy + BUSY_WEIGHT * share, 3)
+        self.busy = _smoothed(self.busy, share)
         if self.busy < COST_SATURATED:  # smoothed: one long decode is no saturation
             keep = math.exp(-elapsed / COST_WINDOW_S)
             self._cost_busy = keep * self._cost_busy + self._busy_s
@@ -461,7 +461,7 @@ class Transcriber:
         _take), smoothed over beats as busy is (none decoded: none hurried)."""
         share = self._hurried_n / self._finals_n if self._finals_n else 0.0
         self._finals_n = self._hurried_n = 0
-        self.hurried = round((1 - BUSY_WEIGHT) * self.hurried + BUSY_WEIGHT * share, 3)
+        self.hurried = _smoothed(self.hurried, share)
         return self.hurried
 
     def _lag(self) -> int:
@@ -529,12 +529,13 @@ class Transcriber:
         try:  # a session is in flight until its results are written: in order
             outs = await self._run(jobs)
             decoded = [job for job in jobs if job.final and job.ready is None]
+            hurried = sum(job.hurried for job in decoded)
             self._finals_n += len(decoded)
-            self._hurried_n += sum(job.hurried for job in decoded)
+            self._hurried_n += hurried
             if log.isEnabledFor(logging.DEBUG):
                 finals = [job.since for job in jobs if job.final]
                 log.debug("decoded %d finals (%d hurried, the oldest owed %.2f s before) and "
-                          "%d partials in %.2f s", len(finals), sum(job.hurried for job in jobs),
+                          "%d partials in %.2f s", len(finals), hurried,
                           began - min(finals, default=began), len(jobs) - len(finals),
                           time.monotonic() - began)  # fmt: skip
             for (sess, job), out in zip(picked, outs, strict=True):
@@ -765,6 +766,11 @@ def _who(speakers: Speakers, result: Result) -> tuple[str, list[str]]:
     for (_, word_start, word_end, _), label in zip(result.words, said, strict=True):
         spoken[label] = spoken.get(label, 0.0) + word_end - word_start
     return max(spoken, key=lambda label: spoken[label]), said
+
+
+def _smoothed(previous: float, share: float) -> float:
+    """A share reported in heartbeats, smoothed over beats (BUSY_WEIGHT)."""
+    return round((1 - BUSY_WEIGHT) * previous + BUSY_WEIGHT * share, 3)
 
 
 def _owes(sess: _Session) -> bool:
